@@ -1,0 +1,239 @@
+"""The one typed settings object of a run: defaults, validation, JSON round trip.
+
+Papermill neither type-checks its `-p` values nor rejects unknown names, so every value a notebook receives
+goes through `Config.from_dict`, which names the setting at fault and what it accepts.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from helpers.atomic import atomic_write_text
+
+Layout = Literal["auto", "csv", "imagefolder"]
+Optimizer = Literal["adamw", "sgd"]
+Scheduler = Literal["onecycle", "cosine", "warmup_cosine", "cosine_restarts", "plateau", "none"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Preset = Literal["none", "light", "medium", "heavy"]
+Monitor = Literal["val_acc", "val_loss"]
+CheckpointKind = Literal["best_score", "best_loss", "last", "ema"]
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type or impossible; the message names it and how to fix it."""
+
+
+@dataclass
+class Config:
+    """Every setting of a run, with its default. Field comments are the user-facing documentation."""
+
+    # --- run and data -----------------------------------------------------------------------------
+    run_name: str = ""  # folder under outputs/runs; empty: "<dataset>-<backbone>"
+    data_dir: str = ""  # empty: the embedded digits demo set
+    dataset_name: str = ""  # folder under outputs/datasets; empty: data_dir's folder name
+    layout: Layout = "auto"  # csv (table + image folder), imagefolder (train/<class>/*), or auto-detect
+    csv_name: str = "train.csv"  # the label table, relative to data_dir
+    id_col: str = "id"  # image id column; the file is <image_dir>/<id><image_ext>
+    label_col: str = "label"  # class column: ints or strings
+    group_col: str = ""  # optional: rows sharing a group stay in one fold (StratifiedGroupKFold)
+    path_col: str = ""  # optional: a column of image paths relative to image_dir, instead of id + ext
+    image_dir: str = "train_image"  # image folder, relative to data_dir
+    image_ext: str = ".jpg"  # appended to the id to name its file
+    test_dir: str = "test_image"  # test images, relative to data_dir
+    sample_submission: str = "sample_submission.csv"  # test ids and submission columns
+    drop_bad_rows: bool = False  # False: stop on bad rows and list them; True: drop and record them
+    n_folds: int = 5  # K of stratified K-fold
+    seed: int = 42  # folds, initialisation, augmentation and loader order
+    # --- model ------------------------------------------------------------------------------------
+    backbone: str = "resnet18"  # any timm model name
+    img_size: int = 0  # square input side; 0: the backbone's, capped at the data's median side
+    pretrained: bool = False  # load pretrained weights (local file or Hugging Face cache, never a download)
+    weights_file: str = ""  # local .pth / .safetensors of pretrained weights
+    channels_last: bool = True  # memory format for conv nets
+    # --- training ---------------------------------------------------------------------------------
+    folds: list[int] = field(default_factory=lambda: [0])  # folds to train; [] means all
+    epochs: int = 5
+    batch_size: int = 64  # per optimizer step is batch_size * grad_accum
+    lr: float = 3e-3  # peak learning rate
+    weight_decay: float = 0.05
+    optimizer: Optimizer = "adamw"
+    scheduler: Scheduler = "onecycle"
+    warmup_epochs: float = 0.0  # linear warmup for warmup_cosine (onecycle has its own ramp)
+    label_smoothing: float = 0.1
+    augment: Preset = "light"  # training augmentation preset
+    precision: Precision = "auto"  # auto: bf16 (or fp16) on CUDA, fp32 on CPU
+    grad_accum: int = 1  # micro-batches per optimizer step
+    clip_grad: float = 0.0  # max gradient norm; 0 disables clipping
+    ema: bool = False  # keep an exponential moving average of the weights
+    ema_decay: float = 0.998
+    mixup: float = 0.0  # mixup alpha; 0 disables
+    cutmix: float = 0.0  # cutmix alpha; 0 disables
+    monitor: Monitor = "val_acc"  # metric that picks best_score and drives early stopping
+    patience: int = 0  # epochs without improvement before stopping; 0 disables
+    num_workers: int = -1  # loader processes; -1: a choice for this machine's cores
+    cache_images: bool = True  # keep decoded images in RAM when they fit in cache_mb
+    cache_mb: int = 1024
+    resume: bool = True  # continue from fold<k>_last when it exists
+    # --- evaluation and inference -----------------------------------------------------------------
+    checkpoint: CheckpointKind = "best_score"  # which checkpoint 04 and 05 use
+    tta_views: list[str] = field(default_factory=lambda: ["identity"])  # see helpers.tta.VIEWS
+    ensemble_runs: list[str] = field(default_factory=list)  # more runs to ensemble in 05
+
+    # ------------------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self._check_values()
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The setting names, in declaration order."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        """Build a config from plain values, rejecting unknown names and values of the wrong type."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown setting(s) {unknown}. Known settings: {', '.join(known)}. "
+                "Check the spelling of the -p name."
+            )
+        hints = typing.get_type_hints(cls)
+        coerced = {name: _coerce(name, value, hints[name]) for name, value in values.items()}
+        return cls(**coerced)
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some settings changed, validated like any other."""
+        return Config.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        """Write the settings as JSON, atomically."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Config:
+        """Read a run's config.json; a setting this version no longer knows is an error."""
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: run the notebook that writes it first")
+        return cls.from_dict(json.loads(path.read_text()))
+
+    # ------------------------------------------------------------------------------------------------
+    def _check_values(self) -> None:
+        def need(ok: bool, name: str, message: str) -> None:
+            if not ok:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: {message}")
+
+        need(self.n_folds >= 2, "n_folds", "must be at least 2")
+        need(all(0 <= k < self.n_folds for k in self.folds), "folds",
+             f"every fold must be in 0..{self.n_folds - 1} (n_folds={self.n_folds}); [] trains all")
+        need(len(set(self.folds)) == len(self.folds), "folds", "a fold is listed twice")
+        need(self.epochs >= 1, "epochs", "must be at least 1")
+        need(self.batch_size >= 1, "batch_size", "must be at least 1")
+        need(self.img_size == 0 or self.img_size >= 8, "img_size", "must be 0 (automatic) or at least 8")
+        need(self.lr > 0, "lr", "must be positive")
+        need(self.weight_decay >= 0, "weight_decay", "must be 0 or more")
+        need(self.warmup_epochs >= 0, "warmup_epochs", "must be 0 or more")
+        need(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+        need(self.grad_accum >= 1, "grad_accum", "must be at least 1")
+        need(self.clip_grad >= 0, "clip_grad", "must be 0 (off) or positive")
+        need(0 < self.ema_decay < 1, "ema_decay", "must be in (0, 1)")
+        need(self.mixup >= 0, "mixup", "must be 0 (off) or a positive alpha")
+        need(self.cutmix >= 0, "cutmix", "must be 0 (off) or a positive alpha")
+        need(self.patience >= 0, "patience", "must be 0 (off) or positive")
+        need(self.num_workers >= -1, "num_workers", "must be -1 (automatic) or 0 or more")
+        need(self.cache_mb >= 0, "cache_mb", "must be 0 or more")
+        need(bool(self.backbone), "backbone", "must name a timm model, e.g. resnet18")
+        need(not self.image_ext or self.image_ext.startswith("."), "image_ext", "must start with a dot, e.g. .jpg")
+        need(bool(self.tta_views), "tta_views", "name at least one view, e.g. ['identity']")
+        if self.layout == "csv" or self.layout == "auto":
+            need(bool(self.id_col or self.path_col), "id_col", "set id_col or path_col")
+            need(bool(self.label_col), "label_col", "must name the label column")
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check one value against its declared type; accept the lossless conversions papermill needs."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false"}:
+            return value.lower() == "true"
+        raise ConfigError(f"{name}={value!r} must be True or False")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{name}={value!r} must be a whole number")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{name}={value!r} must be a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if value is None:
+            return ""
+        raise ConfigError(f"{name}={value!r} must be text (quote it)")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        elif not isinstance(value, list | tuple):
+            value = [value]
+        return [_coerce(f"{name}[{i}]", _parse_item(v, item), item) for i, v in enumerate(value)]
+    raise TypeError(f"unsupported config type for {name}: {hint}")
+
+
+def _parse_item(value: Any, item: type) -> Any:
+    if item is int and isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return value
+    return value
+
+
+# -- notebooks ------------------------------------------------------------------------------------------
+PARAMETER_MARKER = "# parameters"  # first line of the parameters cell; papermill's own cell starts so too
+
+
+def parameter_names(cell_sources: list[str]) -> list[str]:
+    """Names assigned in parameter cells: the notebook's own and the one papermill injects after it."""
+    names: list[str] = []
+    for source in cell_sources:
+        if not source.lstrip().lower().startswith(PARAMETER_MARKER):
+            continue
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.Assign):
+                names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names.append(node.target.id)
+    return list(dict.fromkeys(names))
+
+
+def config_from_notebook(namespace: dict[str, Any], base: Config | None = None) -> Config:
+    """The config a notebook's parameter cells describe, on top of `base` (defaults if None).
+
+    The names come from the executed cells themselves, so a name papermill injected that no setting has
+    (a typo in `-p`) is an error here, where papermill itself only warns.
+    """
+    history = namespace.get("In") or []
+    names = parameter_names(list(history))
+    values = {n: namespace[n] for n in names if n in namespace}
+    merged = {**(base.to_dict() if base else {}), **values}
+    return Config.from_dict(merged)

@@ -1,0 +1,124 @@
+"""From a config to a checked, folded table of training images: the data half of every notebook.
+
+`prepare_dataset` reads either layout, opens every image once, lists every problem with its fix, stops
+(or drops the bad rows and records them), saves the class map and the folds with the dataset, and
+returns what the later steps need.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from helpers.atomic import atomic_to_csv, atomic_write_text
+from helpers.config import Config
+from helpers.demo import ensure_demo_data
+from helpers.folds import load_or_make_folds
+from helpers.health import FIXES, check_images
+from helpers.paths import datasets_dir, resolve_path, runs_dir
+from helpers.tables import DataError, class_names, detect_layout, problem_frame, read_labels
+
+
+@dataclass
+class DataInfo:
+    """A prepared dataset: the clean table (id, path, label, label_idx, group, fold, height, width) and more."""
+
+    name: str
+    data_dir: Path
+    layout: str
+    folder: Path  # outputs/datasets/<name>
+    table: pd.DataFrame
+    classes: list[str]
+    problems: pd.DataFrame  # every problem found, dropped or not
+    n_rows: int  # rows in the source table
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def data_dir_of(cfg: Config) -> Path:
+    """The folder holding the data: the configured one, or the demo set (built on first use)."""
+    return resolve_path(cfg.data_dir) if cfg.data_dir else ensure_demo_data()
+
+
+def dataset_name_of(cfg: Config) -> str:
+    if cfg.dataset_name:
+        return cfg.dataset_name
+    return resolve_path(cfg.data_dir).name if cfg.data_dir else "digits"
+
+
+def run_dir_of(cfg: Config) -> Path:
+    """outputs/runs/<run_name>, with run_name defaulting to '<dataset>-<backbone>'."""
+    return runs_dir() / (cfg.run_name or f"{dataset_name_of(cfg)}-{cfg.backbone}")
+
+
+def prepare_dataset(cfg: Config, run_dir: Path | None = None) -> DataInfo:
+    """Read, check and fold the training data; raise DataError listing every problem unless dropping."""
+    data_dir = data_dir_of(cfg)
+    if not data_dir.is_dir():
+        raise DataError(f"data_dir {data_dir} is not a folder; set data_dir to your data's folder or '' for the demo.")
+    name = dataset_name_of(cfg)
+    folder = datasets_dir() / name
+    layout = detect_layout(cfg, data_dir)
+    frame, problems = read_labels(cfg, data_dir)
+
+    checkable = ~frame["line"].isin(problems.loc[problems["problem"].str.contains("outside"), "line"])
+    checks = check_images(frame.loc[checkable, "path"].tolist(), folder / "image_check.csv")
+    frame = frame.merge(checks[["path", "problem", "height", "width"]].drop_duplicates("path"), on="path", how="left")
+    bad_images = frame[frame["problem"].fillna("") != ""]
+    problems = pd.concat([problems, problem_frame([
+        {"line": r.line, "id": r.id, "file": r.path, "problem": f"image {r.problem}", "fix": FIXES[r.problem]}
+        for r in bad_images.itertuples()
+    ])], ignore_index=True)
+
+    clean = frame[~frame["line"].isin(problems["line"])]
+    problems = pd.concat([problems, _small_class_problems(clean, cfg.n_folds)], ignore_index=True)
+    problems = problems.sort_values("line", kind="stable", na_position="last").reset_index(drop=True)
+
+    if not problems.empty and not cfg.drop_bad_rows:
+        raise DataError(
+            f"{len(problems)} problem(s) in {data_dir}. Fix each one as its 'fix' column says, or set "
+            "drop_bad_rows=True to train without these rows (they are then listed in the run's dropped_rows.csv):",
+            problems,
+        )
+    clean = frame[~frame["line"].isin(problems["line"].dropna())]
+    small = problems.loc[problems["line"].isna(), "id"]
+    clean = clean[~clean["label"].astype(str).isin(small)].drop(columns="problem").reset_index(drop=True)
+    if not problems.empty and run_dir is not None:
+        atomic_to_csv(problems, run_dir / "dropped_rows.csv")
+    if clean["label"].nunique() < 2:
+        raise DataError(f"after dropping bad rows, {data_dir} has fewer than 2 classes left to train on.", problems)
+
+    classes = class_names(clean["label"])
+    clean["label"] = clean["label"].astype(str)
+    clean["label_idx"] = clean["label"].map({c: i for i, c in enumerate(classes)})
+    atomic_write_text(folder / "classes.json", json.dumps(classes, indent=2) + "\n")
+    clean["fold"] = load_or_make_folds(clean, cfg.n_folds, cfg.seed, bool(cfg.group_col), folder)
+    return DataInfo(name, data_dir, layout, folder, clean, classes, problems, len(frame))
+
+
+def _small_class_problems(clean: pd.DataFrame, n_folds: int) -> pd.DataFrame:
+    counts = clean["label"].astype(str).value_counts()
+    return problem_frame([
+        {"line": None, "id": label, "file": "", "problem": f"class {label!r} has {n} image(s), fewer than n_folds={n_folds}",
+         "fix": "add images of this class, lower n_folds, or set drop_bad_rows=True to leave the class out"}
+        for label, n in counts.items() if n < n_folds
+    ])
+
+
+def health_summary(info: DataInfo) -> pd.DataFrame:
+    """The data-health table: counts of rows, classes and each kind of problem."""
+    rows = [("rows in the table", info.n_rows), ("rows kept", len(info.table)), ("classes", info.num_classes)]
+    kinds = info.problems["problem"].str.replace(r" of line \d+|id '.*' has| '.*' has \d+ image\(s\),", "",
+                                                 regex=True)
+    rows += [(f"problem: {k}", n) for k, n in kinds.value_counts().items()]
+    rows.append(("rows dropped", info.n_rows - len(info.table)))
+    return pd.DataFrame(rows, columns=["check", "count"])
+
+
+def load_classes(folder: Path) -> list[str]:
+    return json.loads((folder / "classes.json").read_text())

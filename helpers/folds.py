@@ -1,0 +1,53 @@
+"""Cross-validation folds, persisted with the dataset so every run and every backbone of a sweep shares them.
+
+The folds file is keyed by a hash of the source table (ids, labels, groups), K and the seed: an edited
+table gets new folds instead of stale ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from helpers.atomic import atomic_to_csv, atomic_write_text
+
+
+def assign_folds(labels: pd.Series, groups: pd.Series | None, n_folds: int, seed: int) -> np.ndarray:
+    """A fold index per row: stratified by label, and by group too when groups are given."""
+    folds = np.full(len(labels), -1, dtype=int)
+    x = np.zeros(len(labels))
+    if groups is not None:
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(x, labels, groups)
+    else:
+        splits = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x, labels)
+    for k, (_, val_idx) in enumerate(splits):
+        folds[val_idx] = k
+    return folds
+
+
+def table_hash(table: pd.DataFrame) -> str:
+    """A hash of what decides the folds: ids, labels and groups, in order."""
+    return hashlib.sha256(table[["id", "label", "group"]].astype(str).to_csv(index=False).encode()).hexdigest()[:16]
+
+
+def load_or_make_folds(table: pd.DataFrame, n_folds: int, seed: int, use_groups: bool, folder: Path) -> np.ndarray:
+    """The persisted folds for this table, K and seed, made and saved first if missing or stale."""
+    stem = f"folds_k{n_folds}_seed{seed}" + ("_grouped" if use_groups else "")
+    csv_path, meta_path = folder / f"{stem}.csv", folder / f"{stem}.json"
+    digest = table_hash(table)
+    if meta_path.exists() and csv_path.exists() and json.loads(meta_path.read_text()).get("hash") == digest:
+        saved = pd.read_csv(csv_path, dtype={"id": str})
+        return saved.set_index("id").loc[table["id"].astype(str), "fold"].to_numpy()
+    groups = table["group"] if use_groups else None
+    folds = assign_folds(table["label"].astype(str), groups, n_folds, seed)
+    atomic_to_csv(pd.DataFrame({"id": table["id"], "label": table["label"], "group": table["group"], "fold": folds}),
+                  csv_path)
+    atomic_write_text(meta_path, json.dumps({"hash": digest, "n_folds": n_folds, "seed": seed,
+                                             "grouped": use_groups}, indent=2))
+    return folds

@@ -1,0 +1,73 @@
+"""Opening every image once, with the reader training uses, and remembering the result.
+
+The result is cached per file by size and modification time, so a second run over unchanged data is
+instant and a replaced file is checked again.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from helpers.atomic import atomic_to_csv
+from helpers.images import ImageError, read_image
+
+CHECK_COLUMNS = ["path", "size", "mtime_ns", "problem", "height", "width"]
+FIXES = {
+    "missing": "add the file, or fix the id / image_dir / image_ext",
+    "empty": "the file has zero bytes: replace it",
+    "not an image": "replace the file with a real image, or delete its line",
+    "truncated": "the file stops early (interrupted copy?): copy it again",
+}
+
+
+def _stat(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return -1, -1
+
+
+def _check_one(path: str) -> tuple[str, int, int]:
+    try:
+        image = read_image(path)
+    except ImageError as e:
+        return e.reason, 0, 0
+    return "", image.shape[0], image.shape[1]
+
+
+def check_images(paths: list[str], cache_file: Path | None = None, workers: int | None = None) -> pd.DataFrame:
+    """One row per path: `problem` (empty when readable), `height` and `width`.
+
+    Files whose size and mtime match the cache are not decoded again.
+    """
+    stats = pd.DataFrame([(p, *_stat(p)) for p in paths], columns=["path", "size", "mtime_ns"])
+    cached = _read_cache(cache_file)
+    merged = stats.merge(cached, on=["path", "size", "mtime_ns"], how="left")
+    todo = merged.index[merged["problem"].isna()].tolist()
+    if todo:
+        todo_paths = merged.loc[todo, "path"].tolist()
+        with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+            results = list(tqdm(pool.map(_check_one, todo_paths, chunksize=64), total=len(todo_paths),
+                                desc="checking images", unit="img"))
+        merged.loc[todo, ["problem", "height", "width"]] = pd.DataFrame(
+            results, index=todo, columns=["problem", "height", "width"]
+        )
+    merged["problem"] = merged["problem"].fillna("")
+    merged[["height", "width"]] = merged[["height", "width"]].astype(int)
+    if cache_file is not None and todo:
+        readable = merged[merged["problem"] != "missing"]
+        atomic_to_csv(pd.concat([cached[~cached["path"].isin(readable["path"])], readable])[CHECK_COLUMNS],
+                      cache_file)
+    return merged[CHECK_COLUMNS]
+
+
+def _read_cache(cache_file: Path | None) -> pd.DataFrame:
+    if cache_file is None or not cache_file.exists():
+        return pd.DataFrame(columns=CHECK_COLUMNS).astype({"size": int, "mtime_ns": int})
+    return pd.read_csv(cache_file, dtype={"path": str, "problem": str}, keep_default_na=False)
