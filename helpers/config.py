@@ -34,7 +34,7 @@ class Config:
     """Every setting of a run, with its default. Field comments are the user-facing documentation."""
 
     # --- run and data -----------------------------------------------------------------------------
-    run_name: str = ""  # folder under outputs/runs; empty: "<dataset>-<backbone>"
+    run_name: str = ""  # folder under outputs/runs; empty: the backbone's name
     data_dir: str = ""  # empty: the embedded digits demo set
     dataset_name: str = ""  # folder under outputs/datasets; empty: data_dir's folder name
     layout: Layout = "auto"  # csv (table + image folder), imagefolder (train/<class>/*), or auto-detect
@@ -87,6 +87,9 @@ class Config:
 
     # ------------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
         self._check_values()
 
     @classmethod
@@ -104,9 +107,7 @@ class Config:
                 f"unknown setting(s) {unknown}. Known settings: {', '.join(known)}. "
                 "Check the spelling of the -p name."
             )
-        hints = typing.get_type_hints(cls)
-        coerced = {name: _coerce(name, value, hints[name]) for name, value in values.items()}
-        return cls(**coerced)
+        return cls(**values)
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some settings changed, validated like any other."""
@@ -188,9 +189,14 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             return value
         if value is None:
             return ""
-        raise ConfigError(f"{name}={value!r} must be text (quote it)")
+        raise ConfigError(f"{name}={value!r} must be text (papermill: pass it with -r {name} VALUE)")
     if origin is list:
         (item,) = typing.get_args(hint)
+        if isinstance(value, str) and value.strip().startswith("["):
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                raise ConfigError(f"{name}={value!r} is not a valid list, e.g. [0, 1]") from None
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         elif not isinstance(value, list | tuple):

@@ -52,8 +52,8 @@ def dataset_name_of(cfg: Config) -> str:
 
 
 def run_dir_of(cfg: Config) -> Path:
-    """outputs/runs/<run_name>, with run_name defaulting to '<dataset>-<backbone>'."""
-    return runs_dir() / (cfg.run_name or f"{dataset_name_of(cfg)}-{cfg.backbone}")
+    """outputs/runs/<run_name>, with run_name defaulting to the backbone's name."""
+    return runs_dir() / (cfg.run_name or cfg.backbone)
 
 
 def prepare_dataset(cfg: Config, run_dir: Path | None = None) -> DataInfo:
@@ -68,7 +68,8 @@ def prepare_dataset(cfg: Config, run_dir: Path | None = None) -> DataInfo:
 
     checkable = ~frame["line"].isin(problems.loc[problems["problem"].str.contains("outside"), "line"])
     checks = check_images(frame.loc[checkable, "path"].tolist(), folder / "image_check.csv")
-    frame = frame.merge(checks[["path", "problem", "height", "width"]].drop_duplicates("path"), on="path", how="left")
+    frame = frame.merge(checks[["path", "problem", "height", "width"]].drop_duplicates("path"), on="path",
+                        how="left")
     bad_images = frame[frame["problem"].fillna("") != ""]
     problems = pd.concat([problems, problem_frame([
         {"line": r.line, "id": r.id, "file": r.path, "problem": f"image {r.problem}", "fix": FIXES[r.problem]}
@@ -88,8 +89,12 @@ def prepare_dataset(cfg: Config, run_dir: Path | None = None) -> DataInfo:
     clean = frame[~frame["line"].isin(problems["line"].dropna())]
     small = problems.loc[problems["line"].isna(), "id"]
     clean = clean[~clean["label"].astype(str).isin(small)].drop(columns="problem").reset_index(drop=True)
-    if not problems.empty and run_dir is not None:
-        atomic_to_csv(problems, run_dir / "dropped_rows.csv")
+    if run_dir is not None:
+        dropped_file = run_dir / "dropped_rows.csv"
+        if problems.empty:
+            dropped_file.unlink(missing_ok=True)
+        else:
+            atomic_to_csv(problems, dropped_file)
     if clean["label"].nunique() < 2:
         raise DataError(f"after dropping bad rows, {data_dir} has fewer than 2 classes left to train on.", problems)
 

@@ -70,3 +70,7 @@ def _write_digits(root: Path) -> None:
     pd.DataFrame({"id": ids[test_idx], "label": digits.target[test_idx]}).to_csv(
         root / "test_labels.csv", index=False
     )
+
+
+if __name__ == "__main__":
+    print(f"demo data: {ensure_demo_data()}")

@@ -22,6 +22,7 @@ FIXES = {
     "empty": "the file has zero bytes: replace it",
     "not an image": "replace the file with a real image, or delete its line",
     "truncated": "the file stops early (interrupted copy?): copy it again",
+    "unreadable": "the file cannot be opened (permissions?): make it readable",
 }
 
 
@@ -42,11 +43,12 @@ def _check_one(path: str) -> tuple[str, int, int]:
 
 
 def check_images(paths: list[str], cache_file: Path | None = None, workers: int | None = None) -> pd.DataFrame:
-    """One row per path: `problem` (empty when readable), `height` and `width`.
+    """One row per given path, in order: `problem` (empty when readable), `height` and `width`.
 
     Files whose size and mtime match the cache are not decoded again.
     """
-    stats = pd.DataFrame([(p, *_stat(p)) for p in paths], columns=["path", "size", "mtime_ns"])
+    unique = list(dict.fromkeys(paths))
+    stats = pd.DataFrame([(p, *_stat(p)) for p in unique], columns=["path", "size", "mtime_ns"])
     cached = _read_cache(cache_file)
     merged = stats.merge(cached, on=["path", "size", "mtime_ns"], how="left")
     todo = merged.index[merged["problem"].isna()].tolist()
@@ -64,10 +66,11 @@ def check_images(paths: list[str], cache_file: Path | None = None, workers: int 
         readable = merged[merged["problem"] != "missing"]
         atomic_to_csv(pd.concat([cached[~cached["path"].isin(readable["path"])], readable])[CHECK_COLUMNS],
                       cache_file)
-    return merged[CHECK_COLUMNS]
+    return merged[CHECK_COLUMNS].set_index("path").loc[list(paths)].reset_index()
 
 
 def _read_cache(cache_file: Path | None) -> pd.DataFrame:
     if cache_file is None or not cache_file.exists():
         return pd.DataFrame(columns=CHECK_COLUMNS).astype({"size": int, "mtime_ns": int})
-    return pd.read_csv(cache_file, dtype={"path": str, "problem": str}, keep_default_na=False)
+    cached = pd.read_csv(cache_file, dtype={"path": str, "problem": str}, keep_default_na=False)
+    return cached.drop_duplicates("path", keep="last")

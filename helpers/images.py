@@ -18,7 +18,7 @@ PNG_IDAT, PNG_IEND = b"IDAT", b"IEND"
 
 
 class ImageError(ValueError):
-    """An image that cannot be used; `reason` is one of: missing, empty, not an image, truncated."""
+    """An image that cannot be used; `reason` is one of: missing, empty, not an image, truncated, unreadable."""
 
     def __init__(self, path: Path, reason: str):
         super().__init__(f"{path}: {reason}")
@@ -56,4 +56,6 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageError(path, "missing") from None
     except IsADirectoryError:
         raise ImageError(path, "not an image") from None
+    except OSError:
+        raise ImageError(path, "unreadable") from None
     return decode_image(data, path)

@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh machine: `make demo` (the main job) and `make test` (the suite).
+# Each first creates .venv, installs the packages and the Jupyter kernel, and builds the demo data.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEMO_PARAMS ?= -p img_size 32
+export NO_ALBUMENTATIONS_UPDATE := 1
+export MPLBACKEND := Agg
+
+.PHONY: setup demo test lint lab bench clean-outputs
+
+$(STAMP): requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name imgkit --display-name "Python (imgkit)"
+	touch $(STAMP)
+
+setup: $(STAMP)
+	$(PY) -m helpers.demo
+
+demo: setup
+	$(PY) -m helpers.runner --backbone resnet18 $(DEMO_PARAMS)
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean-outputs:
+	rm -rf outputs/runs outputs/datasets outputs/leaderboard.csv

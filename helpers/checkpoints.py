@@ -1,0 +1,62 @@
+"""Checkpoints per fold: best_score, best_loss, last (resumable) and ema, written atomically.
+
+Each holds the plain timm state dict (no wrapper prefixes), so `timm.create_model(backbone,
+num_classes=N).load_state_dict(ckpt["model"])` works without this kit, plus the config, the class names
+and the epoch's metrics. Everything loads with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from helpers.atomic import atomic_torch_save
+
+KINDS = ("best_score", "best_loss", "last", "ema")
+
+
+def checkpoint_path(run_dir: Path, fold: int, kind: str) -> Path:
+    if kind not in KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}; choose one of {KINDS}")
+    return Path(run_dir) / "checkpoints" / f"fold{fold}_{kind}.pt"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().contiguous() for k, v in unwrap(model).state_dict().items()}
+
+
+def save_checkpoint(path: Path, model: nn.Module, config: dict, classes: list[str], metrics: dict,
+                    **extra: Any) -> Path:
+    """Write the model's plain state dict with its config, classes and metrics (and any resumable state)."""
+    payload = {"model": plain_state_dict(model), "backbone": config["backbone"], "num_classes": len(classes),
+               "classes": list(classes), "config": config, "metrics": metrics, **extra}
+    return atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist: train that fold with notebooks/03_train.ipynb")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """A timm model with the checkpoint's weights, in eval mode, and the checkpoint's metadata."""
+    ckpt = load_checkpoint(path)
+    model = timm.create_model(ckpt["backbone"], pretrained=False, num_classes=ckpt["num_classes"])
+    model.load_state_dict(ckpt.pop("model"))
+    return model.to(device).eval(), ckpt

@@ -1,0 +1,100 @@
+"""The Dataset and the loaders: the reader validation used, an optional RAM cache, reproducible augmentation.
+
+Augmentation randomness is seeded per sample from (seed, epoch, index), handed over by the sampler, so the
+images of an epoch are the same whatever the worker count and whether the run was resumed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from helpers.images import read_image
+
+SEED_STRIDE = 1_000_003
+
+
+def sample_seed(base_seed: int, key: int) -> int:
+    return (base_seed * SEED_STRIDE + key) % 2**32
+
+
+class EpochSampler(Sampler[int]):
+    """Yields keys `epoch * n + i`: the index i plus the epoch, so each sample's augmentation seed is known.
+
+    With `num_replicas > 1` each process takes every num_replicas-th index of the same permutation, padded
+    to equal length (the padded repeats are flagged by `is_padding`).
+    """
+
+    def __init__(self, n: int, shuffle: bool, seed: int, num_replicas: int = 1, rank: int = 0):
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n))
+        g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch))
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.order()
+        per_rank = -(-self.n // self.num_replicas)
+        padded = (order * self.num_replicas)[: per_rank * self.num_replicas]
+        return iter(self.epoch * self.n + i for i in padded[self.rank :: self.num_replicas])
+
+    def __len__(self) -> int:
+        return -(-self.n // self.num_replicas)
+
+
+class ImageDataset(Dataset):
+    """Images by path (or from a RAM cache) through an albumentations transform; yields (tensor, label, index)."""
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], transform: Callable, seed: int = 0,
+                 cache: list[np.ndarray] | None = None):
+        self.paths, self.labels = list(paths), np.asarray(labels, dtype=np.int64)
+        self.transform, self.seed, self.cache = transform, seed, cache
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image(self, index: int) -> np.ndarray:
+        return self.cache[index] if self.cache is not None else read_image(self.paths[index])
+
+    def __getitem__(self, key: int) -> tuple[torch.Tensor, int, int]:
+        index = key % len(self.paths)
+        if hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(sample_seed(self.seed, key))
+        tensor = self.transform(image=self.image(index))["image"]
+        return tensor, int(self.labels[index]), index
+
+
+def load_cache(paths: Sequence[str], heights: Sequence[int], widths: Sequence[int], limit_mb: int) -> list | None:
+    """All images decoded into RAM when they fit in limit_mb (None otherwise); shared with forked workers."""
+    need_mb = float(np.sum(np.asarray(heights, dtype=np.int64) * np.asarray(widths)) * 3) / 2**20
+    if need_mb > limit_mb:
+        return None
+    return [read_image(p) for p in tqdm(paths, desc=f"caching images ({need_mb:.0f} MB)", unit="img", leave=False)]
+
+
+def auto_workers(cached: bool) -> int:
+    """Loader processes for this machine: none when images come from RAM on a small machine, else cores - 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cached and cores <= 4:
+        return 0
+    return min(8, max(0, cores - 1))
+
+
+def make_loader(dataset: ImageDataset, batch_size: int, train: bool, seed: int, num_workers: int,
+                pin_memory: bool = False, num_replicas: int = 1, rank: int = 0) -> DataLoader:
+    """A loader over the dataset; training shuffles per epoch and keeps the last partial batch."""
+    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, num_replicas=num_replicas, rank=rank)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0, drop_last=False)

@@ -1,0 +1,89 @@
+"""Pictures the notebooks show, as small layered helpers: show_image -> image_grid -> show_images.
+
+Every helper returns its figure; `save_figure` writes it under the run folder so what a person saw in
+the notebook is also on disk.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from helpers.atomic import atomic_savefig
+
+
+def show_image(ax, image: np.ndarray, title: str = "", color: str = "black") -> None:
+    """One HxWx3 uint8 image on an axis, without ticks."""
+    ax.imshow(image)
+    ax.set_title(title, fontsize=8, color=color)
+    ax.axis("off")
+
+
+def image_grid(n: int, ncols: int = 8, size: float = 1.4) -> tuple[Figure, np.ndarray]:
+    """A figure with n image axes in rows of ncols; unused axes hidden."""
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + 0.25)), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, axes.flat[:n]
+
+
+def show_images(images: Sequence[np.ndarray], titles: Sequence[str] = (), ncols: int = 8,
+                colors: Sequence[str] = (), suptitle: str = "") -> Figure:
+    """A grid of images with optional per-image titles and title colours."""
+    fig, axes = image_grid(len(images), ncols)
+    for i, (ax, image) in enumerate(zip(axes, images, strict=True)):
+        show_image(ax, image, titles[i] if titles else "", colors[i] if colors else "black")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def show_class_counts(labels: pd.Series, classes: Sequence[str]) -> Figure:
+    """Bar chart of images per class, in class-map order."""
+    counts = labels.astype(str).value_counts().reindex(list(classes), fill_value=0)
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(classes) + 2), 3))
+    ax.bar(counts.index, counts.to_numpy(), color="tab:blue")
+    ax.set(xlabel="class", ylabel="images", title="Images per class")
+    ax.tick_params(axis="x", rotation=90 if len(classes) > 12 else 0)
+    fig.tight_layout()
+    return fig
+
+
+def show_size_histogram(heights: pd.Series, widths: pd.Series) -> Figure:
+    """Histograms of image heights and widths in pixels."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
+    for ax, values, name in zip(axes, (heights, widths), ("height", "width"), strict=True):
+        ax.hist(values, bins=min(30, max(1, values.nunique())), color="tab:green")
+        ax.set(xlabel=f"{name} (px)", ylabel="images", title=f"Image {name}")
+    fig.tight_layout()
+    return fig
+
+
+def show_curves(history: pd.DataFrame) -> Figure:
+    """Learning curves per fold: train/val loss, val accuracy and learning rate against epoch."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    for fold, rows in history.groupby("fold"):
+        axes[0].plot(rows["epoch"], rows["train_loss"], "--", label=f"fold {fold} train")
+        axes[0].plot(rows["epoch"], rows["val_loss"], label=f"fold {fold} val")
+        axes[1].plot(rows["epoch"], rows["val_acc"], marker="o", label=f"fold {fold}")
+        axes[2].plot(rows["epoch"], rows["lr"], label=f"fold {fold}")
+    for ax, title in zip(axes, ("loss", "validation accuracy", "learning rate (end of epoch)"), strict=True):
+        ax.set(xlabel="epoch", title=title)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, run_dir: Path, name: str) -> Figure:
+    """Write the figure to <run_dir>/plots/<name>.png and return it for display."""
+    atomic_savefig(fig, Path(run_dir) / "plots" / f"{name}.png")
+    return fig

@@ -1,0 +1,56 @@
+"""What the augmentation preview shows: one image under many draws, each transform alone, loader speed."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+
+import albumentations as A
+import numpy as np
+from torch.utils.data import DataLoader
+
+from helpers.augment import denormalize, preset_transforms
+
+
+def augmented_views(image: np.ndarray, transform: A.Compose, n: int, seed: int,
+                    mean: Sequence[float], std: Sequence[float]) -> list[np.ndarray]:
+    """The same image through the training pipeline n times, denormalised for display."""
+    views = []
+    for i in range(n):
+        transform.set_random_seed(seed + i)
+        views.append(denormalize(transform(image=image)["image"], mean, std))
+    return views
+
+
+def transform_name(transform: A.BasicTransform | A.BaseCompose) -> str:
+    if isinstance(transform, A.BaseCompose):
+        return f"{type(transform).__name__}({'|'.join(type(t).__name__ for t in transform.transforms)})"
+    return type(transform).__name__
+
+
+def transform_gallery(image: np.ndarray, preset: str, img_size: int, seed: int = 0) -> tuple[list, list[str]]:
+    """Each augmentation of the preset applied alone (always on), after the resize: images and names."""
+    images, names = [], []
+    for transform in preset_transforms(preset):
+        always = copy.deepcopy(transform)
+        always.p = 1.0
+        pipeline = A.Compose([A.Resize(img_size, img_size, strict=True), always], strict=True, seed=seed)
+        images.append(pipeline(image=image)["image"])
+        names.append(transform_name(transform))
+    return images, names
+
+
+def loader_throughput(loader: DataLoader, batches: int = 10,
+                      clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Images per second the loader delivers (decode, augment, collate) over a number of batches."""
+    iterator = iter(loader)
+    next(iterator)  # worker start-up is not throughput
+    started, images, done = clock(), 0, 0
+    for x, *_ in iterator:
+        images += len(x)
+        done += 1
+        if done >= batches:
+            break
+    seconds = clock() - started
+    return {"batches": done, "images": images, "seconds": seconds, "images_per_s": images / max(seconds, 1e-9)}

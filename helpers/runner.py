@@ -1,0 +1,110 @@
+"""Run the numbered notebooks headless, in order, for one run: `python -m helpers.runner --backbone NAME`.
+
+Papermill only warns about a parameter no notebook declares and never checks types, so every name and
+value is checked against the notebooks' parameters cells and the config before any notebook starts.
+Each notebook gets the parameters it declares; the executed copies go to outputs/runs/<run>/notebooks/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import papermill
+import yaml
+
+from helpers.config import Config, ConfigError
+from helpers.dataset import run_dir_of
+from helpers.paths import NOTEBOOKS_DIR, PROJECT_ROOT
+
+SERIES = ["01_data", "02_augment_preview", "03_train", "04_evaluate", "05_inference"]
+
+
+@dataclass
+class NotebookFailed(RuntimeError):
+    """A notebook of the series raised; names the notebook, the cell and the executed copy."""
+
+    notebook: str
+    cell: str
+    error: str
+    executed: Path
+
+    def __str__(self) -> str:
+        return f"{self.notebook} failed in {self.cell}: {self.error}\nexecuted copy: {self.executed}"
+
+
+def series_notebooks(names: list[str] | None = None) -> list[Path]:
+    """The series' notebooks that exist, in order (or the named ones)."""
+    chosen = names or SERIES
+    unknown = sorted(set(chosen) - set(SERIES))
+    if unknown:
+        raise ConfigError(f"unknown notebook(s) {unknown}; the series is {SERIES}")
+    return [NOTEBOOKS_DIR / f"{n}.ipynb" for n in SERIES if n in chosen and (NOTEBOOKS_DIR / f"{n}.ipynb").exists()]
+
+
+def declared_parameters(notebook: Path) -> set[str]:
+    return set(papermill.inspect_notebook(str(notebook)))
+
+
+def check_parameters(params: dict[str, Any], notebooks: list[Path]) -> Config:
+    """Refuse a name no notebook declares, and any value the config rejects; return the run's config."""
+    declared = set().union(*(declared_parameters(nb) for nb in notebooks))
+    unknown = sorted(set(params) - declared)
+    if unknown:
+        raise ConfigError(
+            f"parameter(s) {unknown} are declared by none of {[nb.stem for nb in notebooks]}. "
+            f"Declared: {sorted(declared)}"
+        )
+    return Config.from_dict(params)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML reads it: 3 -> int, 0.1 -> float, true -> bool, [0, 1] -> list."""
+    return yaml.safe_load(text) if text.strip() else ""
+
+
+def run_series(params: dict[str, Any], notebooks: list[str] | None = None, log: bool = True) -> Path:
+    """Execute the notebooks in order for one run; return the run folder. Raises NotebookFailed."""
+    paths = series_notebooks(notebooks)
+    cfg = check_parameters(params, paths)
+    run_dir = run_dir_of(cfg)
+    params = {**params, "run_name": run_dir.name}
+    out_dir = run_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for nb in paths:
+        own = {k: v for k, v in params.items() if k in declared_parameters(nb)}
+        executed = out_dir / nb.name
+        if log:
+            print(f"[{run_dir.name}] {nb.stem} {own}", flush=True)
+        try:
+            papermill.execute_notebook(str(nb), str(executed), parameters=own, cwd=str(PROJECT_ROOT),
+                                       kernel_name="python3", progress_bar=False, log_output=False)
+        except papermill.PapermillExecutionError as e:
+            raise NotebookFailed(nb.stem, f"cell {e.exec_count}", f"{e.ename}: {e.evalue}", executed) from None
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", help="timm model name")
+    parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="any notebook parameter, e.g. -p epochs 3")
+    parser.add_argument("--notebooks", help="comma-separated subset of the series, e.g. 01_data,03_train")
+    args = parser.parse_args(argv)
+    params = {name: parse_value(value) for name, value in args.param}
+    if args.backbone:
+        params["backbone"] = args.backbone
+    try:
+        run_dir = run_series(params, args.notebooks.split(",") if args.notebooks else None)
+    except (ConfigError, NotebookFailed) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"results: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

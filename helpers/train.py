@@ -1,0 +1,296 @@
+"""The one training loop: `train_one_epoch` and `evaluate` return flat metric dicts; `train_fold` runs a fold.
+
+Device-agnostic (CUDA or CPU), with autocast and one GradScaler per run, gradient accumulation (leftover
+micro-batches at the end of an epoch still make an update), clipping after unscaling, label smoothing,
+EMA, mixup/cutmix, early stopping, and resume from the `last` checkpoint. Randomness is reseeded from
+(seed, fold, epoch) at each epoch, so a resumed run replays exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import timm.optim
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
+from torch import nn
+from tqdm.auto import tqdm
+
+from helpers.atomic import atomic_to_csv
+from helpers.augment import build_eval_transform, build_train_transform
+from helpers.checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
+from helpers.config import Config
+from helpers.dataset import DataInfo
+from helpers.loaders import ImageDataset, auto_workers, load_cache, make_loader, sample_seed
+from helpers.model import create_model, data_config_for, default_img_size
+from helpers.precision import Precision, pick_device, resolve_precision
+from helpers.schedules import Schedule, build_schedule, current_lr
+
+NAN_CHECK_EVERY = 10  # optimizer-loop steps between loss checks (each check waits for the device)
+# settings that may change between a run and its resumption without changing what is trained
+RESUMABLE_CHANGES = {"resume", "num_workers", "cache_images", "cache_mb", "checkpoint", "tta_views",
+                     "ensemble_runs", "folds", "run_name", "drop_bad_rows"}
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or infinite; the epoch is not checkpointed."""
+
+
+@dataclass
+class TrainParts:
+    """What one optimisation step needs besides the model and the batch."""
+
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    precision: Precision
+    scaler: torch.amp.GradScaler
+    schedule: Schedule
+    grad_accum: int = 1
+    clip_grad: float = 0.0
+    ema: ModelEmaV3 | None = None
+    mixup: Mixup | None = None
+    channels_last: bool = False
+    updates: int = 0  # optimizer updates so far in this fold
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    fmt = torch.channels_last if channels_last and x.dim() == 4 else torch.contiguous_format
+    return x.to(device, non_blocking=True, memory_format=fmt)
+
+
+def train_one_epoch(model: nn.Module, loader, parts: TrainParts, device: torch.device,
+                    desc: str = "train") -> dict[str, float]:
+    """One pass over the loader; returns the mean training loss and the number of images."""
+    model.train()
+    n_batches, accum = len(loader), parts.grad_accum
+    loss_sum = torch.zeros((), device=device)
+    seen = 0
+    parts.optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(loader, desc=desc, leave=False, unit="batch")
+    for i, (x, y, _) in enumerate(bar):
+        x, y = _to_device(x, device, parts.channels_last), y.to(device, non_blocking=True)
+        target = y
+        if parts.mixup is not None:
+            x, target = parts.mixup(x, y)
+        group_start = (i // accum) * accum
+        group_size = min(accum, n_batches - group_start)
+        with parts.precision.context():
+            loss = parts.loss_fn(model(x), target)
+        parts.scaler.scale(loss / group_size).backward()
+        loss_sum += loss.detach().float() * len(y)
+        seen += len(y)
+        if i - group_start + 1 == group_size:
+            _update(model, parts)
+        if i % NAN_CHECK_EVERY == 0 or i == n_batches - 1:
+            _check_finite(loss_sum, desc, i)
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", lr=f"{current_lr(parts.optimizer):.2e}")
+    return {"train_loss": loss_sum.item() / max(1, seen), "train_images": seen}
+
+
+def _update(model: nn.Module, parts: TrainParts) -> None:
+    if parts.clip_grad > 0:
+        parts.scaler.unscale_(parts.optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), parts.clip_grad)
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.updates += 1
+    parts.schedule.after_update()
+    if parts.ema is not None:
+        parts.ema.update(model, step=parts.updates)
+
+
+def _check_finite(loss_sum: torch.Tensor, desc: str, step: int) -> None:
+    if not torch.isfinite(loss_sum):
+        raise NonFiniteLoss(
+            f"{desc}: the loss became {loss_sum.item()} by batch {step}. Nothing of this epoch is saved. "
+            "Lower lr, set clip_grad (e.g. 1.0), or use precision='fp32' / 'bf16'."
+        )
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, device: torch.device, precision: Precision,
+            channels_last: bool = False, desc: str = "predict") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits (float32), labels and dataset indices for every sample the loader yields, in loader order."""
+    model.eval()
+    logits, labels, indices = [], [], []
+    for x, y, idx in tqdm(loader, desc=desc, leave=False, unit="batch"):
+        with precision.context():
+            out = model(_to_device(x, device, channels_last))
+        logits.append(out.float().cpu())
+        labels.append(y)
+        indices.append(idx)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy(), torch.cat(indices).numpy()
+
+
+def evaluate(model: nn.Module, loader, device: torch.device, precision: Precision,
+             channels_last: bool = False) -> dict[str, float]:
+    """Mean cross-entropy over the whole set (not the last batch) and accuracy."""
+    logits, labels, _ = predict(model, loader, device, precision, channels_last, desc="validate")
+    t_logits, t_labels = torch.from_numpy(logits), torch.from_numpy(labels)
+    loss = F.cross_entropy(t_logits, t_labels, reduction="mean").item()
+    acc = float((t_logits.argmax(1) == t_labels).float().mean())
+    return {"val_loss": loss, "val_acc": acc}
+
+
+def resolve_img_size(cfg: Config, info: DataInfo) -> int:
+    """The configured size, or the backbone's own capped at the data's median side (rounded up to 32)."""
+    if cfg.img_size:
+        return cfg.img_size
+    median = int(np.median(np.maximum(info.table["height"], info.table["width"])))
+    return min(default_img_size(cfg.backbone), max(32, math.ceil(median / 32) * 32))
+
+
+def build_parts(cfg: Config, model: nn.Module, num_classes: int, updates_per_epoch: int,
+                device: torch.device) -> TrainParts:
+    """Optimizer, loss, precision, scaler, schedule, EMA and mixup for a fresh fold."""
+    optimizer = timm.optim.create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                               momentum=0.9)
+    mixup = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+                      num_classes=num_classes)
+    loss_fn = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    precision = resolve_precision(cfg.precision, device)
+    schedule = build_schedule(cfg.scheduler, optimizer, cfg.lr, cfg.epochs, updates_per_epoch,
+                              cfg.warmup_epochs, cfg.monitor)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
+    return TrainParts(optimizer, loss_fn, precision, precision.scaler(), schedule, cfg.grad_accum,
+                      cfg.clip_grad, ema, mixup, cfg.channels_last)
+
+
+def _improved(monitor: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value > best if monitor == "val_acc" else value < best
+
+
+def _record_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    path = run_dir / "metrics.csv"
+    history = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    if not history.empty:
+        history = history[~((history["fold"] == row["fold"]) & (history["epoch"] >= row["epoch"]))]
+    history = pd.concat([history, pd.DataFrame([row])], ignore_index=True)
+    atomic_to_csv(history, path)
+
+
+def _resume_state(cfg: Config, path: Path) -> dict[str, Any] | None:
+    if not (cfg.resume and path.exists()):
+        return None
+    ckpt = load_checkpoint(path)
+    before = {k: v for k, v in ckpt["config"].items() if k not in RESUMABLE_CHANGES}
+    now = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
+    changed = sorted(k for k in now if before.get(k) != now[k])
+    if changed:
+        raise ValueError(
+            f"{path} was trained with other settings ({', '.join(f'{k}: {before.get(k)!r} -> {now[k]!r}' for k in changed)}). "
+            "Set resume=False to start this fold again, or choose another run_name."
+        )
+    return ckpt
+
+
+def train_fold(cfg: Config, info: DataInfo, fold: int, run_dir: Path, device: torch.device | None = None,
+               ) -> pd.DataFrame:
+    """Train one fold to the end (or early stop), resuming from its `last` checkpoint when there is one.
+
+    Writes fold<k>_{best_score,best_loss,last[,ema]}.pt and one metrics.csv row per epoch; returns the fold's
+    rows of metrics.csv.
+    """
+    device = device or pick_device()
+    last_path = checkpoint_path(run_dir, fold, "last")
+    state = _resume_state(cfg, last_path)
+    if state is not None and state["finished"]:
+        return pd.read_csv(run_dir / "metrics.csv").query("fold == @fold")
+
+    seed_everything(cfg.seed + fold)
+    model = create_model(cfg.backbone, info.num_classes, cfg.pretrained, cfg.weights_file).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    data_cfg = data_config_for(cfg.backbone)
+    mean, std = data_cfg["mean"], data_cfg["std"]
+    train_rows, val_rows = info.table[info.table["fold"] != fold], info.table[info.table["fold"] == fold]
+
+    def dataset(rows: pd.DataFrame, transform) -> ImageDataset:
+        cache = load_cache(rows["path"], rows["height"], rows["width"], cfg.cache_mb) if cfg.cache_images else None
+        return ImageDataset(rows["path"], rows["label_idx"], transform, cfg.seed + fold, cache)
+
+    train_ds = dataset(train_rows, build_train_transform(cfg.augment, cfg.img_size, mean, std))
+    val_ds = dataset(val_rows, build_eval_transform(cfg.img_size, mean, std))
+    workers = cfg.num_workers if cfg.num_workers >= 0 else auto_workers(train_ds.cache is not None)
+    pin = device.type == "cuda"
+    train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed + fold, workers, pin)
+    val_loader = make_loader(val_ds, cfg.batch_size * 2, False, cfg.seed, workers, pin)
+    parts = build_parts(cfg, model, info.num_classes, math.ceil(len(train_loader) / cfg.grad_accum), device)
+
+    start_epoch, best, stale = 0, {"best_score": None, "best_loss": None}, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        parts.optimizer.load_state_dict(state["optimizer"])
+        parts.schedule.scheduler.load_state_dict(state["scheduler"])
+        parts.scaler.load_state_dict(state["scaler"])
+        if parts.ema is not None:
+            parts.ema.module.load_state_dict(state["ema"])
+        parts.updates, best, stale = state["updates"], state["best"], state["stale"]
+        start_epoch = state["epoch"] + 1
+
+    config = cfg.to_dict()
+    for epoch in tqdm(range(start_epoch, cfg.epochs), desc=f"fold {fold}", unit="epoch",
+                      initial=start_epoch, total=cfg.epochs):
+        seed_everything(sample_seed(cfg.seed, fold * 100_000 + epoch))
+        train_loader.sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        train_metrics = train_one_epoch(model, train_loader, parts, device, desc=f"fold {fold} epoch {epoch}")
+        train_seconds = time.perf_counter() - started
+        row = {"fold": fold, "epoch": epoch, "lr": current_lr(parts.optimizer), **train_metrics,
+               **evaluate(model, val_loader, device, parts.precision, cfg.channels_last)}
+        if parts.ema is not None:
+            ema_metrics = evaluate(parts.ema.module, val_loader, device, parts.precision, cfg.channels_last)
+            row.update({f"ema_{k}": v for k, v in ema_metrics.items()})
+        row["seconds"] = time.perf_counter() - started
+        row["images_per_s"] = train_metrics["train_images"] / train_seconds
+        parts.schedule.after_epoch(row[cfg.monitor])
+
+        score_improved = _improved(cfg.monitor, row[cfg.monitor], best["best_score"])
+        stale = 0 if score_improved else stale + 1
+        for kind, key in (("best_score", cfg.monitor), ("best_loss", "val_loss")):
+            if _improved("val_loss" if kind == "best_loss" else cfg.monitor, row[key], best[kind]):
+                best[kind] = row[key]
+                save_checkpoint(checkpoint_path(run_dir, fold, kind), model, config, info.classes, row)
+        if parts.ema is not None:
+            save_checkpoint(checkpoint_path(run_dir, fold, "ema"), parts.ema.module, config, info.classes, row)
+        finished = epoch == cfg.epochs - 1 or (cfg.patience > 0 and stale >= cfg.patience)
+        save_checkpoint(
+            last_path, model, config, info.classes, row, epoch=epoch, updates=parts.updates, best=best,
+            stale=stale, finished=finished, optimizer=parts.optimizer.state_dict(),
+            scheduler=parts.schedule.scheduler.state_dict(), scaler=parts.scaler.state_dict(),
+            ema=parts.ema.module.state_dict() if parts.ema is not None else None,
+            rng={"torch": torch.get_rng_state(), "python": random.getstate()},
+        )
+        _record_metrics(run_dir, row)
+        if finished:
+            break
+    return pd.read_csv(run_dir / "metrics.csv").query("fold == @fold")
+
+
+def train_folds(cfg: Config, info: DataInfo, run_dir: Path, device: torch.device | None = None) -> pd.DataFrame:
+    """Train the configured folds (all when `folds` is empty); returns metrics.csv."""
+    folds = cfg.folds or list(range(cfg.n_folds))
+    for fold in folds:
+        train_fold(cfg, info, fold, run_dir, device)
+    return pd.read_csv(run_dir / "metrics.csv")

@@ -1,0 +1,93 @@
+"""Shared fixtures: a temporary outputs folder and tiny datasets in both layouts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+SIDE = 16
+
+
+@pytest.fixture
+def outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """KIT_OUTPUTS pointed at a temp folder, so nothing lands in the repo's outputs/."""
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    monkeypatch.setenv("KIT_OUTPUTS", str(folder))
+    return folder
+
+
+def random_rgb(rng: np.random.Generator, side: int = SIDE) -> np.ndarray:
+    return rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)
+
+
+def write_image(path: Path, image: np.ndarray) -> Path:
+    """Write an RGB array with cv2 (which wants BGR); the suffix picks the format."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return path
+
+
+@pytest.fixture
+def make_csv_dataset(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: `<root>/train.csv` (id,label[,group]) + `<root>/train_image/<id>.jpg`; returns root.
+
+    `labels` are the class names (str or int); `per_class` images each. `groups_per_class` > 0 adds a
+    `group` column with that many groups per class, each group holding several consecutive images.
+    """
+
+    def make(
+        name: str = "csvdata",
+        labels: tuple = ("cat", "dog", "fox"),
+        per_class: int = 6,
+        seed: int = 0,
+        groups_per_class: int = 0,
+    ) -> Path:
+        root = tmp_path / name
+        rng = np.random.default_rng(seed)
+        rows = []
+        for label in labels:
+            for i in range(per_class):
+                image_id = f"{label}_{i:02d}"
+                write_image(root / "train_image" / f"{image_id}.jpg", random_rgb(rng))
+                row = {"id": image_id, "label": label}
+                if groups_per_class:
+                    row["group"] = f"g{label}_{i % groups_per_class}"
+                rows.append(row)
+        pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+        return root
+
+    return make
+
+
+@pytest.fixture
+def csv_dataset(make_csv_dataset: Callable[..., Path]) -> Path:
+    """3 classes x 6 images of 16x16, CSV layout."""
+    return make_csv_dataset()
+
+
+@pytest.fixture
+def make_imagefolder_dataset(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: `<root>/train/<class>/<n>.png`; returns root."""
+
+    def make(name: str = "folderdata", labels: tuple = ("ant", "bee", "wasp"), per_class: int = 6,
+             seed: int = 1) -> Path:
+        root = tmp_path / name
+        rng = np.random.default_rng(seed)
+        for label in labels:
+            for i in range(per_class):
+                write_image(root / "train" / str(label) / f"{i:02d}.png", random_rgb(rng))
+        return root
+
+    return make
+
+
+@pytest.fixture
+def imagefolder_dataset(make_imagefolder_dataset: Callable[..., Path]) -> Path:
+    """3 classes x 6 images of 16x16, ImageFolder layout."""
+    return make_imagefolder_dataset()
