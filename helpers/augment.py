@@ -45,7 +45,11 @@ def _medium() -> Augmentations:
     return [
         A.HorizontalFlip(p=0.5, strict=True),
         A.Affine(
-            translate_percent=(-0.1, 0.1), scale=(0.85, 1.15), rotate=(-15, 15), shear=(-5, 5), p=0.8,
+            translate_percent=(-0.1, 0.1),
+            scale=(0.85, 1.15),
+            rotate=(-15, 15),
+            shear=(-5, 5),
+            p=0.8,
             strict=True,
         ),
         A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.25, p=0.6, strict=True),
@@ -73,7 +77,10 @@ def _heavy() -> Augmentations:
             p=0.2,
         ),
         A.CoarseDropout(
-            num_holes_range=(1, 8), hole_height_range=(0.05, 0.1), hole_width_range=(0.05, 0.1), p=0.5,
+            num_holes_range=(1, 8),
+            hole_height_range=(0.05, 0.1),
+            hole_width_range=(0.05, 0.1),
+            p=0.5,
             strict=True,
         ),
     ]

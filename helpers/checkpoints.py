@@ -40,17 +40,27 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in unwrap(model).state_dict().items()}
 
 
-def save_checkpoint(path: Path, model: nn.Module, config: dict, classes: list[str], metrics: dict,
-                    **extra: Any) -> Path:
+def save_checkpoint(
+    path: Path, model: nn.Module, config: dict, classes: list[str], metrics: dict, **extra: Any
+) -> Path:
     """Write the model's plain state dict with its config, classes and metrics (and any resumable state)."""
-    payload = {"model": plain_state_dict(model), "backbone": config["backbone"], "num_classes": len(classes),
-               "classes": list(classes), "config": config, "metrics": metrics, **extra}
+    payload = {
+        "model": plain_state_dict(model),
+        "backbone": config["backbone"],
+        "num_classes": len(classes),
+        "classes": list(classes),
+        "config": config,
+        "metrics": metrics,
+        **extra,
+    }
     return atomic_torch_save(payload, path)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     if not Path(path).exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist: train that fold with notebooks/03_train.ipynb")
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist: train that fold with notebooks/03_train.ipynb"
+        )
     return torch.load(path, map_location=map_location, weights_only=True)
 
 

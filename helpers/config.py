@@ -134,8 +134,11 @@ class Config:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: {message}")
 
         need(self.n_folds >= 2, "n_folds", "must be at least 2")
-        need(all(0 <= k < self.n_folds for k in self.folds), "folds",
-             f"every fold must be in 0..{self.n_folds - 1} (n_folds={self.n_folds}); [] trains all")
+        need(
+            all(0 <= k < self.n_folds for k in self.folds),
+            "folds",
+            f"every fold must be in 0..{self.n_folds - 1} (n_folds={self.n_folds}); [] trains all",
+        )
         need(len(set(self.folds)) == len(self.folds), "folds", "a fold is listed twice")
         need(self.epochs >= 1, "epochs", "must be at least 1")
         need(self.batch_size >= 1, "batch_size", "must be at least 1")
@@ -153,7 +156,11 @@ class Config:
         need(self.num_workers >= -1, "num_workers", "must be -1 (automatic) or 0 or more")
         need(self.cache_mb >= 0, "cache_mb", "must be 0 or more")
         need(bool(self.backbone), "backbone", "must name a timm model, e.g. resnet18")
-        need(not self.image_ext or self.image_ext.startswith("."), "image_ext", "must start with a dot, e.g. .jpg")
+        need(
+            not self.image_ext or self.image_ext.startswith("."),
+            "image_ext",
+            "must start with a dot, e.g. .jpg",
+        )
         need(bool(self.tta_views), "tta_views", "name at least one view, e.g. ['identity']")
         if self.layout == "csv" or self.layout == "auto":
             need(bool(self.id_col or self.path_col), "id_col", "set id_col or path_col")

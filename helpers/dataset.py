@@ -60,7 +60,9 @@ def prepare_dataset(cfg: Config, run_dir: Path | None = None) -> DataInfo:
     """Read, check and fold the training data; raise DataError listing every problem unless dropping."""
     data_dir = data_dir_of(cfg)
     if not data_dir.is_dir():
-        raise DataError(f"data_dir {data_dir} is not a folder; set data_dir to your data's folder or '' for the demo.")
+        raise DataError(
+            f"data_dir {data_dir} is not a folder; set data_dir to your data's folder or '' for the demo."
+        )
     name = dataset_name_of(cfg)
     folder = datasets_dir() / name
     layout = detect_layout(cfg, data_dir)
@@ -68,13 +70,28 @@ def prepare_dataset(cfg: Config, run_dir: Path | None = None) -> DataInfo:
 
     checkable = ~frame["line"].isin(problems.loc[problems["problem"].str.contains("outside"), "line"])
     checks = check_images(frame.loc[checkable, "path"].tolist(), folder / "image_check.csv")
-    frame = frame.merge(checks[["path", "problem", "height", "width"]].drop_duplicates("path"), on="path",
-                        how="left")
+    frame = frame.merge(
+        checks[["path", "problem", "height", "width"]].drop_duplicates("path"), on="path", how="left"
+    )
     bad_images = frame[frame["problem"].fillna("") != ""]
-    problems = pd.concat([problems, problem_frame([
-        {"line": r.line, "id": r.id, "file": r.path, "problem": f"image {r.problem}", "fix": FIXES[r.problem]}
-        for r in bad_images.itertuples()
-    ])], ignore_index=True)
+    problems = pd.concat(
+        [
+            problems,
+            problem_frame(
+                [
+                    {
+                        "line": r.line,
+                        "id": r.id,
+                        "file": r.path,
+                        "problem": f"image {r.problem}",
+                        "fix": FIXES[r.problem],
+                    }
+                    for r in bad_images.itertuples()
+                ]
+            ),
+        ],
+        ignore_index=True,
+    )
 
     clean = frame[~frame["line"].isin(problems["line"])]
     problems = pd.concat([problems, _small_class_problems(clean, cfg.n_folds)], ignore_index=True)
@@ -96,7 +113,9 @@ def prepare_dataset(cfg: Config, run_dir: Path | None = None) -> DataInfo:
         else:
             atomic_to_csv(problems, dropped_file)
     if clean["label"].nunique() < 2:
-        raise DataError(f"after dropping bad rows, {data_dir} has fewer than 2 classes left to train on.", problems)
+        raise DataError(
+            f"after dropping bad rows, {data_dir} has fewer than 2 classes left to train on.", problems
+        )
 
     classes = class_names(clean["label"])
     clean["label"] = clean["label"].astype(str)
@@ -108,18 +127,27 @@ def prepare_dataset(cfg: Config, run_dir: Path | None = None) -> DataInfo:
 
 def _small_class_problems(clean: pd.DataFrame, n_folds: int) -> pd.DataFrame:
     counts = clean["label"].astype(str).value_counts()
-    return problem_frame([
-        {"line": None, "id": label, "file": "", "problem": f"class {label!r} has {n} image(s), fewer than n_folds={n_folds}",
-         "fix": "add images of this class, lower n_folds, or set drop_bad_rows=True to leave the class out"}
-        for label, n in counts.items() if n < n_folds
-    ])
+    return problem_frame(
+        [
+            {
+                "line": None,
+                "id": label,
+                "file": "",
+                "problem": f"class {label!r} has {n} image(s), fewer than n_folds={n_folds}",
+                "fix": "add images of this class, lower n_folds, or set drop_bad_rows=True to leave the class out",
+            }
+            for label, n in counts.items()
+            if n < n_folds
+        ]
+    )
 
 
 def health_summary(info: DataInfo) -> pd.DataFrame:
     """The data-health table: counts of rows, classes and each kind of problem."""
     rows = [("rows in the table", info.n_rows), ("rows kept", len(info.table)), ("classes", info.num_classes)]
-    kinds = info.problems["problem"].str.replace(r" of line \d+|id '.*' has| '.*' has \d+ image\(s\),", "",
-                                                 regex=True)
+    kinds = info.problems["problem"].str.replace(
+        r" of line \d+|id '.*' has| '.*' has \d+ image\(s\),", "", regex=True
+    )
     rows += [(f"problem: {k}", n) for k, n in kinds.value_counts().items()]
     rows.append(("rows dropped", info.n_rows - len(info.table)))
     return pd.DataFrame(rows, columns=["check", "count"])

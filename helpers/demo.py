@@ -65,7 +65,9 @@ def _write_digits(root: Path) -> None:
     train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
     _write_split(root, "train_image", list(ids[train_idx]), digits.images[train_idx])
     _write_split(root, "test_image", list(ids[test_idx]), digits.images[test_idx])
-    pd.DataFrame({"id": ids[train_idx], "label": digits.target[train_idx]}).to_csv(root / "train.csv", index=False)
+    pd.DataFrame({"id": ids[train_idx], "label": digits.target[train_idx]}).to_csv(
+        root / "train.csv", index=False
+    )
     pd.DataFrame({"id": ids[test_idx], "label": 0}).to_csv(root / "sample_submission.csv", index=False)
     pd.DataFrame({"id": ids[test_idx], "label": digits.target[test_idx]}).to_csv(
         root / "test_labels.csv", index=False

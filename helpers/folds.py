@@ -33,10 +33,14 @@ def assign_folds(labels: pd.Series, groups: pd.Series | None, n_folds: int, seed
 
 def table_hash(table: pd.DataFrame) -> str:
     """A hash of what decides the folds: ids, labels and groups, in order."""
-    return hashlib.sha256(table[["id", "label", "group"]].astype(str).to_csv(index=False).encode()).hexdigest()[:16]
+    return hashlib.sha256(
+        table[["id", "label", "group"]].astype(str).to_csv(index=False).encode()
+    ).hexdigest()[:16]
 
 
-def load_or_make_folds(table: pd.DataFrame, n_folds: int, seed: int, use_groups: bool, folder: Path) -> np.ndarray:
+def load_or_make_folds(
+    table: pd.DataFrame, n_folds: int, seed: int, use_groups: bool, folder: Path
+) -> np.ndarray:
     """The persisted folds for this table, K and seed, made and saved first if missing or stale."""
     stem = f"folds_k{n_folds}_seed{seed}" + ("_grouped" if use_groups else "")
     csv_path, meta_path = folder / f"{stem}.csv", folder / f"{stem}.json"
@@ -46,8 +50,12 @@ def load_or_make_folds(table: pd.DataFrame, n_folds: int, seed: int, use_groups:
         return saved.set_index("id").loc[table["id"].astype(str), "fold"].to_numpy()
     groups = table["group"] if use_groups else None
     folds = assign_folds(table["label"].astype(str), groups, n_folds, seed)
-    atomic_to_csv(pd.DataFrame({"id": table["id"], "label": table["label"], "group": table["group"], "fold": folds}),
-                  csv_path)
-    atomic_write_text(meta_path, json.dumps({"hash": digest, "n_folds": n_folds, "seed": seed,
-                                             "grouped": use_groups}, indent=2))
+    atomic_to_csv(
+        pd.DataFrame({"id": table["id"], "label": table["label"], "group": table["group"], "fold": folds}),
+        csv_path,
+    )
+    atomic_write_text(
+        meta_path,
+        json.dumps({"hash": digest, "n_folds": n_folds, "seed": seed, "grouped": use_groups}, indent=2),
+    )
     return folds

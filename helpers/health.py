@@ -42,7 +42,9 @@ def _check_one(path: str) -> tuple[str, int, int]:
     return "", image.shape[0], image.shape[1]
 
 
-def check_images(paths: list[str], cache_file: Path | None = None, workers: int | None = None) -> pd.DataFrame:
+def check_images(
+    paths: list[str], cache_file: Path | None = None, workers: int | None = None
+) -> pd.DataFrame:
     """One row per given path, in order: `problem` (empty when readable), `height` and `width`.
 
     Files whose size and mtime match the cache are not decoded again.
@@ -55,8 +57,14 @@ def check_images(paths: list[str], cache_file: Path | None = None, workers: int 
     if todo:
         todo_paths = merged.loc[todo, "path"].tolist()
         with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-            results = list(tqdm(pool.map(_check_one, todo_paths, chunksize=64), total=len(todo_paths),
-                                desc="checking images", unit="img"))
+            results = list(
+                tqdm(
+                    pool.map(_check_one, todo_paths, chunksize=64),
+                    total=len(todo_paths),
+                    desc="checking images",
+                    unit="img",
+                )
+            )
         merged.loc[todo, ["problem", "height", "width"]] = pd.DataFrame(
             results, index=todo, columns=["problem", "height", "width"]
         )
@@ -64,8 +72,9 @@ def check_images(paths: list[str], cache_file: Path | None = None, workers: int 
     merged[["height", "width"]] = merged[["height", "width"]].astype(int)
     if cache_file is not None and todo:
         readable = merged[merged["problem"] != "missing"]
-        atomic_to_csv(pd.concat([cached[~cached["path"].isin(readable["path"])], readable])[CHECK_COLUMNS],
-                      cache_file)
+        atomic_to_csv(
+            pd.concat([cached[~cached["path"].isin(readable["path"])], readable])[CHECK_COLUMNS], cache_file
+        )
     return merged[CHECK_COLUMNS].set_index("path").loc[list(paths)].reset_index()
 
 

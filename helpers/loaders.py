@@ -57,8 +57,14 @@ class EpochSampler(Sampler[int]):
 class ImageDataset(Dataset):
     """Images by path (or from a RAM cache) through an albumentations transform; yields (tensor, label, index)."""
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int], transform: Callable, seed: int = 0,
-                 cache: list[np.ndarray] | None = None):
+    def __init__(
+        self,
+        paths: Sequence[str],
+        labels: Sequence[int],
+        transform: Callable,
+        seed: int = 0,
+        cache: list[np.ndarray] | None = None,
+    ):
         self.paths, self.labels = list(paths), np.asarray(labels, dtype=np.int64)
         self.transform, self.seed, self.cache = transform, seed, cache
 
@@ -76,12 +82,16 @@ class ImageDataset(Dataset):
         return tensor, int(self.labels[index]), index
 
 
-def load_cache(paths: Sequence[str], heights: Sequence[int], widths: Sequence[int], limit_mb: int) -> list | None:
+def load_cache(
+    paths: Sequence[str], heights: Sequence[int], widths: Sequence[int], limit_mb: int
+) -> list | None:
     """All images decoded into RAM when they fit in limit_mb (None otherwise); shared with forked workers."""
     need_mb = float(np.sum(np.asarray(heights, dtype=np.int64) * np.asarray(widths)) * 3) / 2**20
     if need_mb > limit_mb:
         return None
-    return [read_image(p) for p in tqdm(paths, desc=f"caching images ({need_mb:.0f} MB)", unit="img", leave=False)]
+    return [
+        read_image(p) for p in tqdm(paths, desc=f"caching images ({need_mb:.0f} MB)", unit="img", leave=False)
+    ]
 
 
 def auto_workers(cached: bool) -> int:
@@ -92,9 +102,24 @@ def auto_workers(cached: bool) -> int:
     return min(8, max(0, cores - 1))
 
 
-def make_loader(dataset: ImageDataset, batch_size: int, train: bool, seed: int, num_workers: int,
-                pin_memory: bool = False, num_replicas: int = 1, rank: int = 0) -> DataLoader:
+def make_loader(
+    dataset: ImageDataset,
+    batch_size: int,
+    train: bool,
+    seed: int,
+    num_workers: int,
+    pin_memory: bool = False,
+    num_replicas: int = 1,
+    rank: int = 0,
+) -> DataLoader:
     """A loader over the dataset; training shuffles per epoch and keeps the last partial batch."""
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, num_replicas=num_replicas, rank=rank)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=num_workers > 0, drop_last=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        drop_last=False,
+    )

@@ -35,8 +35,13 @@ def image_grid(n: int, ncols: int = 8, size: float = 1.4) -> tuple[Figure, np.nd
     return fig, axes.flat[:n]
 
 
-def show_images(images: Sequence[np.ndarray], titles: Sequence[str] = (), ncols: int = 8,
-                colors: Sequence[str] = (), suptitle: str = "") -> Figure:
+def show_images(
+    images: Sequence[np.ndarray],
+    titles: Sequence[str] = (),
+    ncols: int = 8,
+    colors: Sequence[str] = (),
+    suptitle: str = "",
+) -> Figure:
     """A grid of images with optional per-image titles and title colours."""
     fig, axes = image_grid(len(images), ncols)
     for i, (ax, image) in enumerate(zip(axes, images, strict=True)):
@@ -86,4 +91,68 @@ def show_curves(history: pd.DataFrame) -> Figure:
 def save_figure(fig: Figure, run_dir: Path, name: str) -> Figure:
     """Write the figure to <run_dir>/plots/<name>.png and return it for display."""
     atomic_savefig(fig, Path(run_dir) / "plots" / f"{name}.png")
+    return fig
+
+
+def show_confusion(
+    matrix: np.ndarray, classes: Sequence[str], title: str = "Confusion matrix (rows sum to 1)"
+) -> Figure:
+    """A row-normalised confusion matrix with class names and the share in each cell."""
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * n + 2), max(3.5, 0.5 * n + 1.5)))
+    im = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
+    ax.set(
+        xticks=range(n),
+        yticks=range(n),
+        xticklabels=classes,
+        yticklabels=classes,
+        xlabel="predicted",
+        ylabel="true",
+        title=title,
+    )
+    ax.tick_params(axis="x", rotation=90 if n > 12 else 0)
+    if n <= 20:
+        for (i, j), v in np.ndenumerate(matrix):
+            if v > 0:
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if v > 0.5 else "black",
+                )
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def show_predictions(
+    images: Sequence[np.ndarray],
+    true: Sequence[str],
+    predicted: Sequence[str],
+    extra: Sequence[str] = (),
+    ncols: int = 8,
+) -> Figure:
+    """Images titled 'true → predicted'; wrong predictions in red."""
+    titles = [
+        f"{t} → {p}" + (f"\n{extra[i]}" if extra else "")
+        for i, (t, p) in enumerate(zip(true, predicted, strict=True))
+    ]
+    colors = ["tab:red" if t != p else "tab:green" for t, p in zip(true, predicted, strict=True)]
+    return show_images(images, titles, ncols, colors)
+
+
+def show_cam(
+    images: Sequence[np.ndarray], cams: Sequence[np.ndarray], titles: Sequence[str], ncols: int = 8
+) -> Figure:
+    """Images with their class-activation maps overlaid."""
+    fig, axes = image_grid(len(images), ncols)
+    for ax, image, cam, title in zip(axes, images, cams, titles, strict=True):
+        show_image(ax, image, title)
+        ax.imshow(
+            cam, cmap="jet", alpha=0.45, extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5)
+        )
+    fig.tight_layout()
     return fig

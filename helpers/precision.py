@@ -43,7 +43,9 @@ def resolve_precision(setting: str, device: torch.device, bf16_supported: bool |
         return Precision(kind, torch.float32)
     if kind == "cpu":
         if setting == "fp16":
-            raise ValueError("precision='fp16' does nothing on CPU (autocast ignores it): use 'fp32' or 'bf16'")
+            raise ValueError(
+                "precision='fp16' does nothing on CPU (autocast ignores it): use 'fp32' or 'bf16'"
+            )
         return Precision(kind, torch.bfloat16 if setting == "bf16" else torch.float32)
     if bf16_supported is None:
         bf16_supported = torch.cuda.is_bf16_supported()

@@ -13,8 +13,9 @@ from torch.utils.data import DataLoader
 from helpers.augment import denormalize, preset_transforms
 
 
-def augmented_views(image: np.ndarray, transform: A.Compose, n: int, seed: int,
-                    mean: Sequence[float], std: Sequence[float]) -> list[np.ndarray]:
+def augmented_views(
+    image: np.ndarray, transform: A.Compose, n: int, seed: int, mean: Sequence[float], std: Sequence[float]
+) -> list[np.ndarray]:
     """The same image through the training pipeline n times, denormalised for display."""
     views = []
     for i in range(n):
@@ -41,8 +42,9 @@ def transform_gallery(image: np.ndarray, preset: str, img_size: int, seed: int =
     return images, names
 
 
-def loader_throughput(loader: DataLoader, batches: int = 10,
-                      clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+def loader_throughput(
+    loader: DataLoader, batches: int = 10, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, float]:
     """Images per second the loader delivers (decode, augment, collate) over a number of batches."""
     iterator = iter(loader)
     next(iterator)  # worker start-up is not throughput
@@ -53,4 +55,9 @@ def loader_throughput(loader: DataLoader, batches: int = 10,
         if done >= batches:
             break
     seconds = clock() - started
-    return {"batches": done, "images": images, "seconds": seconds, "images_per_s": images / max(seconds, 1e-9)}
+    return {
+        "batches": done,
+        "images": images,
+        "seconds": seconds,
+        "images_per_s": images / max(seconds, 1e-9),
+    }

@@ -42,7 +42,11 @@ def series_notebooks(names: list[str] | None = None) -> list[Path]:
     unknown = sorted(set(chosen) - set(SERIES))
     if unknown:
         raise ConfigError(f"unknown notebook(s) {unknown}; the series is {SERIES}")
-    return [NOTEBOOKS_DIR / f"{n}.ipynb" for n in SERIES if n in chosen and (NOTEBOOKS_DIR / f"{n}.ipynb").exists()]
+    return [
+        NOTEBOOKS_DIR / f"{n}.ipynb"
+        for n in SERIES
+        if n in chosen and (NOTEBOOKS_DIR / f"{n}.ipynb").exists()
+    ]
 
 
 def declared_parameters(notebook: Path) -> set[str]:
@@ -80,18 +84,34 @@ def run_series(params: dict[str, Any], notebooks: list[str] | None = None, log: 
         if log:
             print(f"[{run_dir.name}] {nb.stem} {own}", flush=True)
         try:
-            papermill.execute_notebook(str(nb), str(executed), parameters=own, cwd=str(PROJECT_ROOT),
-                                       kernel_name="python3", progress_bar=False, log_output=False)
+            papermill.execute_notebook(
+                str(nb),
+                str(executed),
+                parameters=own,
+                cwd=str(PROJECT_ROOT),
+                kernel_name="python3",
+                progress_bar=False,
+                log_output=False,
+            )
         except papermill.PapermillExecutionError as e:
-            raise NotebookFailed(nb.stem, f"cell {e.exec_count}", f"{e.ename}: {e.evalue}", executed) from None
+            raise NotebookFailed(
+                nb.stem, f"cell {e.exec_count}", f"{e.ename}: {e.evalue}", executed
+            ) from None
     return run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", help="timm model name")
-    parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                        help="any notebook parameter, e.g. -p epochs 3")
+    parser.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="any notebook parameter, e.g. -p epochs 3",
+    )
     parser.add_argument("--notebooks", help="comma-separated subset of the series, e.g. 01_data,03_train")
     args = parser.parse_args(argv)
     params = {name: parse_value(value) for name, value in args.param}

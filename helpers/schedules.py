@@ -28,8 +28,15 @@ class Schedule:
             self.scheduler.step(metric)
 
 
-def build_schedule(name: str, optimizer: Optimizer, lr: float, epochs: int, updates_per_epoch: int,
-                   warmup_epochs: float = 0.0, monitor: str = "val_acc") -> Schedule:
+def build_schedule(
+    name: str,
+    optimizer: Optimizer,
+    lr: float,
+    epochs: int,
+    updates_per_epoch: int,
+    warmup_epochs: float = 0.0,
+    monitor: str = "val_acc",
+) -> Schedule:
     """The named scheduler over `epochs * updates_per_epoch` optimizer updates."""
     total = max(1, epochs * updates_per_epoch)
     if name == "onecycle":

@@ -55,7 +55,9 @@ def read_imagefolder(train_dir: Path) -> pd.DataFrame:
     rows = []
     for class_dir in sorted(p for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for file in sorted(f for f in class_dir.rglob("*") if f.is_file() and not f.name.startswith(".")):
-            rows.append({"id": file.relative_to(train_dir).as_posix(), "path": str(file), "label": class_dir.name})
+            rows.append(
+                {"id": file.relative_to(train_dir).as_posix(), "path": str(file), "label": class_dir.name}
+            )
     frame = pd.DataFrame(rows, columns=["id", "path", "label"])
     if frame.empty:
         raise DataError(f"{train_dir} has class folders but no image files in them.")
@@ -82,12 +84,14 @@ def read_csv_layout(cfg: Config, data_dir: Path) -> tuple[pd.DataFrame, pd.DataF
         raise DataError(f"{csv_path} has a header but no rows: there is nothing to train on.")
 
     image_dir = (data_dir / cfg.image_dir).resolve()
-    frame = pd.DataFrame({
-        "line": raw.index + 2,
-        "id": raw[cfg.id_col].fillna("") if cfg.id_col in raw.columns else raw[key].fillna(""),
-        "label": raw[cfg.label_col],
-        "group": raw[cfg.group_col].fillna("") if cfg.group_col else "",
-    })
+    frame = pd.DataFrame(
+        {
+            "line": raw.index + 2,
+            "id": raw[cfg.id_col].fillna("") if cfg.id_col in raw.columns else raw[key].fillna(""),
+            "label": raw[cfg.label_col],
+            "group": raw[cfg.group_col].fillna("") if cfg.group_col else "",
+        }
+    )
     names = raw[key].fillna("") + ("" if cfg.path_col else cfg.image_ext)
     frame["path"] = [str((image_dir / n).resolve()) for n in names]
 
@@ -96,10 +100,17 @@ def read_csv_layout(cfg: Config, data_dir: Path) -> tuple[pd.DataFrame, pd.DataF
         if not str(r.id).strip():
             problems.append(_problem(r, f"empty {key}", f"fill in {key} on this line or delete the line"))
         elif not Path(r.path).is_relative_to(image_dir):
-            problems.append(_problem(r, f"{key} points outside {image_dir}",
-                                     f"{key} must name a file inside image_dir; fix or delete the line"))
+            problems.append(
+                _problem(
+                    r,
+                    f"{key} points outside {image_dir}",
+                    f"{key} must name a file inside image_dir; fix or delete the line",
+                )
+            )
         if pd.isna(r.label) or not str(r.label).strip():
-            problems.append(_problem(r, f"empty label in {cfg.label_col}", "fill in the label or delete the line"))
+            problems.append(
+                _problem(r, f"empty label in {cfg.label_col}", "fill in the label or delete the line")
+            )
     problems += _duplicate_problems(frame)
     return frame, problem_frame(problems)
 
@@ -115,8 +126,13 @@ def _duplicate_problems(frame: pd.DataFrame) -> list[dict]:
         first = rows["line"].iloc[0]
         for r in rows.itertuples():
             if len(labels) > 1:
-                problems.append(_problem(r, f"id {image_id!r} has conflicting labels {labels}",
-                                         "keep one line with the right label"))
+                problems.append(
+                    _problem(
+                        r,
+                        f"id {image_id!r} has conflicting labels {labels}",
+                        "keep one line with the right label",
+                    )
+                )
             elif r.line != first:
                 problems.append(_problem(r, f"duplicate of line {first}", "delete the repeated line"))
     return problems
@@ -141,7 +157,13 @@ def list_test_images(cfg: Config, data_dir: Path, layout: str) -> pd.DataFrame:
         test_dir = data_dir / cfg.test_dir
         return pd.DataFrame({"id": ids, "path": [str(test_dir / f"{i}{cfg.image_ext}") for i in ids]})
     test_dir = data_dir / "test"
-    files = sorted(f for f in test_dir.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) if test_dir.is_dir() else []
+    files = (
+        sorted(f for f in test_dir.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        if test_dir.is_dir()
+        else []
+    )
     if not files:
         raise DataError(f"{test_dir} holds no images; put the test images there.")
-    return pd.DataFrame({"id": [f.relative_to(test_dir).as_posix() for f in files], "path": [str(f) for f in files]})
+    return pd.DataFrame(
+        {"id": [f.relative_to(test_dir).as_posix() for f in files], "path": [str(f) for f in files]}
+    )

@@ -38,8 +38,18 @@ from helpers.schedules import Schedule, build_schedule, current_lr
 
 NAN_CHECK_EVERY = 10  # optimizer-loop steps between loss checks (each check waits for the device)
 # settings that may change between a run and its resumption without changing what is trained
-RESUMABLE_CHANGES = {"resume", "num_workers", "cache_images", "cache_mb", "checkpoint", "tta_views",
-                     "ensemble_runs", "folds", "run_name", "drop_bad_rows"}
+RESUMABLE_CHANGES = {
+    "resume",
+    "num_workers",
+    "cache_images",
+    "cache_mb",
+    "checkpoint",
+    "tta_views",
+    "ensemble_runs",
+    "folds",
+    "run_name",
+    "drop_bad_rows",
+}
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -74,8 +84,9 @@ def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> to
     return x.to(device, non_blocking=True, memory_format=fmt)
 
 
-def train_one_epoch(model: nn.Module, loader, parts: TrainParts, device: torch.device,
-                    desc: str = "train") -> dict[str, float]:
+def train_one_epoch(
+    model: nn.Module, loader, parts: TrainParts, device: torch.device, desc: str = "train"
+) -> dict[str, float]:
     """One pass over the loader; returns the mean training loss and the number of images."""
     model.train()
     n_batches, accum = len(loader), parts.grad_accum
@@ -125,8 +136,14 @@ def _check_finite(loss_sum: torch.Tensor, desc: str, step: int) -> None:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader, device: torch.device, precision: Precision,
-            channels_last: bool = False, desc: str = "predict") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict(
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    precision: Precision,
+    channels_last: bool = False,
+    desc: str = "predict",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logits (float32), labels and dataset indices for every sample the loader yields, in loader order."""
     model.eval()
     logits, labels, indices = [], [], []
@@ -139,8 +156,9 @@ def predict(model: nn.Module, loader, device: torch.device, precision: Precision
     return torch.cat(logits).numpy(), torch.cat(labels).numpy(), torch.cat(indices).numpy()
 
 
-def evaluate(model: nn.Module, loader, device: torch.device, precision: Precision,
-             channels_last: bool = False) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader, device: torch.device, precision: Precision, channels_last: bool = False
+) -> dict[str, float]:
     """Mean cross-entropy over the whole set (not the last batch) and accuracy."""
     logits, labels, _ = predict(model, loader, device, precision, channels_last, desc="validate")
     t_logits, t_labels = torch.from_numpy(logits), torch.from_numpy(labels)
@@ -157,22 +175,39 @@ def resolve_img_size(cfg: Config, info: DataInfo) -> int:
     return min(default_img_size(cfg.backbone), max(32, math.ceil(median / 32) * 32))
 
 
-def build_parts(cfg: Config, model: nn.Module, num_classes: int, updates_per_epoch: int,
-                device: torch.device) -> TrainParts:
+def build_parts(
+    cfg: Config, model: nn.Module, num_classes: int, updates_per_epoch: int, device: torch.device
+) -> TrainParts:
     """Optimizer, loss, precision, scaler, schedule, EMA and mixup for a fresh fold."""
-    optimizer = timm.optim.create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                               momentum=0.9)
+    optimizer = timm.optim.create_optimizer_v2(
+        model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.9
+    )
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
-        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
-                      num_classes=num_classes)
+        mixup = Mixup(
+            mixup_alpha=cfg.mixup,
+            cutmix_alpha=cfg.cutmix,
+            label_smoothing=cfg.label_smoothing,
+            num_classes=num_classes,
+        )
     loss_fn = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     precision = resolve_precision(cfg.precision, device)
-    schedule = build_schedule(cfg.scheduler, optimizer, cfg.lr, cfg.epochs, updates_per_epoch,
-                              cfg.warmup_epochs, cfg.monitor)
+    schedule = build_schedule(
+        cfg.scheduler, optimizer, cfg.lr, cfg.epochs, updates_per_epoch, cfg.warmup_epochs, cfg.monitor
+    )
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
-    return TrainParts(optimizer, loss_fn, precision, precision.scaler(), schedule, cfg.grad_accum,
-                      cfg.clip_grad, ema, mixup, cfg.channels_last)
+    return TrainParts(
+        optimizer,
+        loss_fn,
+        precision,
+        precision.scaler(),
+        schedule,
+        cfg.grad_accum,
+        cfg.clip_grad,
+        ema,
+        mixup,
+        cfg.channels_last,
+    )
 
 
 def _improved(monitor: str, value: float, best: float | None) -> bool:
@@ -205,8 +240,13 @@ def _resume_state(cfg: Config, path: Path) -> dict[str, Any] | None:
     return ckpt
 
 
-def train_fold(cfg: Config, info: DataInfo, fold: int, run_dir: Path, device: torch.device | None = None,
-               ) -> pd.DataFrame:
+def train_fold(
+    cfg: Config,
+    info: DataInfo,
+    fold: int,
+    run_dir: Path,
+    device: torch.device | None = None,
+) -> pd.DataFrame:
     """Train one fold to the end (or early stop), resuming from its `last` checkpoint when there is one.
 
     Writes fold<k>_{best_score,best_loss,last[,ema]}.pt and one metrics.csv row per epoch; returns the fold's
@@ -227,7 +267,11 @@ def train_fold(cfg: Config, info: DataInfo, fold: int, run_dir: Path, device: to
     train_rows, val_rows = info.table[info.table["fold"] != fold], info.table[info.table["fold"] == fold]
 
     def dataset(rows: pd.DataFrame, transform) -> ImageDataset:
-        cache = load_cache(rows["path"], rows["height"], rows["width"], cfg.cache_mb) if cfg.cache_images else None
+        cache = (
+            load_cache(rows["path"], rows["height"], rows["width"], cfg.cache_mb)
+            if cfg.cache_images
+            else None
+        )
         return ImageDataset(rows["path"], rows["label_idx"], transform, cfg.seed + fold, cache)
 
     train_ds = dataset(train_rows, build_train_transform(cfg.augment, cfg.img_size, mean, std))
@@ -250,15 +294,25 @@ def train_fold(cfg: Config, info: DataInfo, fold: int, run_dir: Path, device: to
         start_epoch = state["epoch"] + 1
 
     config = cfg.to_dict()
-    for epoch in tqdm(range(start_epoch, cfg.epochs), desc=f"fold {fold}", unit="epoch",
-                      initial=start_epoch, total=cfg.epochs):
+    for epoch in tqdm(
+        range(start_epoch, cfg.epochs),
+        desc=f"fold {fold}",
+        unit="epoch",
+        initial=start_epoch,
+        total=cfg.epochs,
+    ):
         seed_everything(sample_seed(cfg.seed, fold * 100_000 + epoch))
         train_loader.sampler.set_epoch(epoch)
         started = time.perf_counter()
         train_metrics = train_one_epoch(model, train_loader, parts, device, desc=f"fold {fold} epoch {epoch}")
         train_seconds = time.perf_counter() - started
-        row = {"fold": fold, "epoch": epoch, "lr": current_lr(parts.optimizer), **train_metrics,
-               **evaluate(model, val_loader, device, parts.precision, cfg.channels_last)}
+        row = {
+            "fold": fold,
+            "epoch": epoch,
+            "lr": current_lr(parts.optimizer),
+            **train_metrics,
+            **evaluate(model, val_loader, device, parts.precision, cfg.channels_last),
+        }
         if parts.ema is not None:
             ema_metrics = evaluate(parts.ema.module, val_loader, device, parts.precision, cfg.channels_last)
             row.update({f"ema_{k}": v for k, v in ema_metrics.items()})
@@ -273,12 +327,24 @@ def train_fold(cfg: Config, info: DataInfo, fold: int, run_dir: Path, device: to
                 best[kind] = row[key]
                 save_checkpoint(checkpoint_path(run_dir, fold, kind), model, config, info.classes, row)
         if parts.ema is not None:
-            save_checkpoint(checkpoint_path(run_dir, fold, "ema"), parts.ema.module, config, info.classes, row)
+            save_checkpoint(
+                checkpoint_path(run_dir, fold, "ema"), parts.ema.module, config, info.classes, row
+            )
         finished = epoch == cfg.epochs - 1 or (cfg.patience > 0 and stale >= cfg.patience)
         save_checkpoint(
-            last_path, model, config, info.classes, row, epoch=epoch, updates=parts.updates, best=best,
-            stale=stale, finished=finished, optimizer=parts.optimizer.state_dict(),
-            scheduler=parts.schedule.scheduler.state_dict(), scaler=parts.scaler.state_dict(),
+            last_path,
+            model,
+            config,
+            info.classes,
+            row,
+            epoch=epoch,
+            updates=parts.updates,
+            best=best,
+            stale=stale,
+            finished=finished,
+            optimizer=parts.optimizer.state_dict(),
+            scheduler=parts.schedule.scheduler.state_dict(),
+            scaler=parts.scaler.state_dict(),
             ema=parts.ema.module.state_dict() if parts.ema is not None else None,
             rng={"torch": torch.get_rng_state(), "python": random.getstate()},
         )
@@ -288,7 +354,9 @@ def train_fold(cfg: Config, info: DataInfo, fold: int, run_dir: Path, device: to
     return pd.read_csv(run_dir / "metrics.csv").query("fold == @fold")
 
 
-def train_folds(cfg: Config, info: DataInfo, run_dir: Path, device: torch.device | None = None) -> pd.DataFrame:
+def train_folds(
+    cfg: Config, info: DataInfo, run_dir: Path, device: torch.device | None = None
+) -> pd.DataFrame:
     """Train the configured folds (all when `folds` is empty); returns metrics.csv."""
     folds = cfg.folds or list(range(cfg.n_folds))
     for fold in folds:

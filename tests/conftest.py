@@ -75,8 +75,9 @@ def csv_dataset(make_csv_dataset: Callable[..., Path]) -> Path:
 def make_imagefolder_dataset(tmp_path: Path) -> Callable[..., Path]:
     """Factory: `<root>/train/<class>/<n>.png`; returns root."""
 
-    def make(name: str = "folderdata", labels: tuple = ("ant", "bee", "wasp"), per_class: int = 6,
-             seed: int = 1) -> Path:
+    def make(
+        name: str = "folderdata", labels: tuple = ("ant", "bee", "wasp"), per_class: int = 6, seed: int = 1
+    ) -> Path:
         root = tmp_path / name
         rng = np.random.default_rng(seed)
         for label in labels:

@@ -55,15 +55,17 @@ def test_wrong_type_names_the_setting(name, value):
 
 
 def test_lossless_coercions_accepted():
-    cfg = Config.from_dict({
-        "epochs": 3.0,
-        "pretrained": "true",
-        "ema": "False",
-        "folds": "0,1",
-        "lr": 1,
-        "tta_views": "identity, hflip",
-        "run_name": None,
-    })
+    cfg = Config.from_dict(
+        {
+            "epochs": 3.0,
+            "pretrained": "true",
+            "ema": "False",
+            "folds": "0,1",
+            "lr": 1,
+            "tta_views": "identity, hflip",
+            "run_name": None,
+        }
+    )
     assert cfg.epochs == 3 and type(cfg.epochs) is int
     assert cfg.pretrained is True
     assert cfg.ema is False
@@ -126,8 +128,15 @@ def test_last_fold_index_accepted():
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("epochs", 0), ("lr", 0.0), ("label_smoothing", 1.0), ("ema_decay", 1.0), ("img_size", 4),
-     ("image_ext", "jpg"), ("num_workers", -2)],
+    [
+        ("epochs", 0),
+        ("lr", 0.0),
+        ("label_smoothing", 1.0),
+        ("ema_decay", 1.0),
+        ("img_size", 4),
+        ("image_ext", "jpg"),
+        ("num_workers", -2),
+    ],
 )
 def test_impossible_values_rejected(name, value):
     with pytest.raises(ConfigError) as info:
@@ -144,8 +153,17 @@ def test_replace_validates():
 
 
 def test_save_load_round_trip(tmp_path):
-    cfg = Config.from_dict({"epochs": 7, "folds": [0, 2], "backbone": "resnet34", "pretrained": True,
-                            "tta_views": ["identity", "hflip"], "lr": 1e-4, "optimizer": "sgd"})
+    cfg = Config.from_dict(
+        {
+            "epochs": 7,
+            "folds": [0, 2],
+            "backbone": "resnet34",
+            "pretrained": True,
+            "tta_views": ["identity", "hflip"],
+            "lr": 1e-4,
+            "optimizer": "sgd",
+        }
+    )
     path = tmp_path / "run" / "config.json"
     cfg.save(path)
     assert json.loads(path.read_text())["folds"] == [0, 2]

@@ -165,7 +165,8 @@ def test_class_smaller_than_n_folds(outputs, csv_dataset):
     table = pd.concat([table, extra])
     for new, old in (("cat_00x", "cat_00"), ("cat_01x", "cat_01")):
         (csv_dataset / "train_image" / f"{new}.jpg").write_bytes(
-            (csv_dataset / "train_image" / f"{old}.jpg").read_bytes())
+            (csv_dataset / "train_image" / f"{old}.jpg").read_bytes()
+        )
     table.to_csv(csv_dataset / "train.csv", index=False)
     problems = problems_of(config(csv_dataset))
     bad = rows_about(problems, "fewer than n_folds=3")

@@ -1,0 +1,138 @@
+"""The tables behind 04_evaluate: scikit-learn's metrics on OOF probabilities, TTA per view, errors.
+
+Everything takes plain arrays (labels as class indices, probabilities as N x C), so each number can be
+checked against scikit-learn on the same arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
+)
+from torch import nn
+
+from helpers.augment import denormalize
+from helpers.inference import Prediction
+
+
+def summary_metrics(labels: np.ndarray, probabilities: np.ndarray, k: int = 3) -> dict[str, float]:
+    """Accuracy, top-k accuracy, macro-F1 and mean log-loss of probabilities against true class indices."""
+    n_classes = probabilities.shape[1]
+    k = min(k, n_classes - 1) if n_classes > 2 else 1
+    predicted = probabilities.argmax(1)
+    true_p = np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1.0)
+    return {
+        "accuracy": float(accuracy_score(labels, predicted)),
+        f"top{k}_accuracy": float(
+            top_k_accuracy_score(labels, probabilities, k=k, labels=np.arange(n_classes))
+        ),
+        "macro_f1": float(
+            f1_score(labels, predicted, average="macro", labels=np.arange(n_classes), zero_division=0)
+        ),
+        "log_loss": float(-np.log(true_p).mean()),
+    }
+
+
+def per_class_table(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class."""
+    p, r, f, s = precision_recall_fscore_support(
+        labels, probabilities.argmax(1), labels=np.arange(len(classes)), zero_division=0
+    )
+    return pd.DataFrame({"class": list(classes), "precision": p, "recall": r, "f1": f, "support": s})
+
+
+def tta_table(labels: np.ndarray, prediction: Prediction, chosen: Sequence[str]) -> pd.DataFrame:
+    """Accuracy of each view alone and of the chosen views averaged."""
+    rows = [
+        {"views": v, "accuracy": accuracy_score(labels, prediction.view(v).argmax(1))}
+        for v in prediction.views
+    ]
+    combined = np.mean([prediction.view(v) for v in chosen], axis=0)
+    rows.append(
+        {"views": " + ".join(chosen) + " (mean)", "accuracy": accuracy_score(labels, combined.argmax(1))}
+    )
+    return pd.DataFrame(rows)
+
+
+def normalised_confusion(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    """Confusion matrix with each true-class row summing to 1 (rows of absent classes stay 0)."""
+    return confusion_matrix(labels, predicted, labels=np.arange(n_classes), normalize="true")
+
+
+def most_confused(
+    labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str], top: int = 10
+) -> pd.DataFrame:
+    """The most frequent (true, predicted) pairs among the mistakes."""
+    counts = confusion_matrix(labels, predicted, labels=np.arange(len(classes)))
+    np.fill_diagonal(counts, 0)
+    pairs = [(classes[t], classes[p], counts[t, p]) for t, p in zip(*np.nonzero(counts), strict=True)]
+    table = pd.DataFrame(pairs, columns=["true", "predicted", "count"])
+    return table.sort_values("count", ascending=False, kind="stable").head(top).reset_index(drop=True)
+
+
+def sample_losses(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Cross-entropy of each sample's probabilities against its true class."""
+    return -np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1.0))
+
+
+def oof_frame(
+    ids: Sequence[str],
+    folds: Sequence[int],
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+) -> pd.DataFrame:
+    """id, fold, true and predicted class names, and a probability column per class."""
+    frame = pd.DataFrame(
+        {
+            "id": list(ids),
+            "fold": list(folds),
+            "label": np.asarray(classes)[labels],
+            "predicted": np.asarray(classes)[probabilities.argmax(1)],
+        }
+    )
+    probs = pd.DataFrame(probabilities, columns=[f"prob_{c}" for c in classes])
+    return pd.concat([frame, probs], axis=1)
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None) -> np.ndarray:
+    """Grad-CAM heat maps (N, H, W) in [0, 1] over the last convolutional feature map of a timm model.
+
+    The gradient of the target class score (the predicted class when None) weights each feature channel.
+    """
+    model.eval()
+    with torch.enable_grad():
+        features = model.forward_features(x)
+        if features.dim() != 4:
+            raise ValueError(
+                f"Grad-CAM needs a convolutional feature map; {type(model).__name__} gives "
+                f"shape {tuple(features.shape)}"
+            )
+        features.retain_grad()
+        logits = model.forward_head(features)
+        target = logits.argmax(1) if target is None else target
+        logits.gather(1, target[:, None]).sum().backward()
+    weights = features.grad.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * features).sum(1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None]
+    return (cam / peak).detach().cpu().numpy()
+
+
+def explain_batch(
+    model: nn.Module, x: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Denormalised images, Grad-CAM maps and predicted class indices for a batch of model inputs."""
+    cams = grad_cam(model, x)
+    with torch.no_grad():
+        predicted = model(x).argmax(1).cpu().numpy()
+    return denormalize(x, mean, std), cams, predicted

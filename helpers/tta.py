@@ -1,0 +1,58 @@
+"""Test-time augmentation: named, distinct views of a batch, run through the model in one forward pass.
+
+The views are the dihedral symmetries a user may want. The original pipeline's six flip views held only
+four distinct ones (flip(-1) then flip(-2,-1) equals flip(-2)); here each name is one distinct transform,
+which `tests/test_tta.py` proves. Probabilities are averaged after the softmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from helpers.precision import Precision
+
+View = Callable[[torch.Tensor], torch.Tensor]
+
+VIEWS: dict[str, View] = {
+    "identity": lambda x: x,
+    "hflip": lambda x: x.flip(-1),
+    "vflip": lambda x: x.flip(-2),
+    "hvflip": lambda x: x.flip(-2, -1),
+    "transpose": lambda x: x.transpose(-2, -1),  # square inputs only
+    "rot90": lambda x: x.rot90(1, (-2, -1)),  # square inputs only
+}
+SQUARE_ONLY = {"transpose", "rot90"}
+
+
+def check_views(names: Sequence[str], square: bool = True) -> list[str]:
+    """The view names, validated: known, not repeated, square-only views only on square inputs."""
+    unknown = [n for n in names if n not in VIEWS]
+    if unknown:
+        raise ValueError(f"unknown TTA view(s) {unknown}; choose from {list(VIEWS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a TTA view is listed twice in {list(names)}: it would be counted twice")
+    if not square and SQUARE_ONLY & set(names):
+        raise ValueError(f"{sorted(SQUARE_ONLY & set(names))} need square inputs")
+    return list(names)
+
+
+@torch.no_grad()
+def view_probabilities(
+    model: nn.Module, x: torch.Tensor, views: Sequence[str], precision: Precision
+) -> torch.Tensor:
+    """Softmax probabilities of every view of the batch, shape (views, batch, classes), from one forward pass."""
+    batch = torch.cat([VIEWS[v](x) for v in views])
+    if x.is_contiguous(memory_format=torch.channels_last):
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    with precision.context():
+        logits = model(batch)
+    return logits.float().softmax(-1).view(len(views), x.shape[0], -1)
+
+
+def mean_over_views(per_view: np.ndarray) -> np.ndarray:
+    """Average (views, N, C) probabilities over the views."""
+    return per_view.mean(axis=0)
