@@ -239,14 +239,12 @@ def parameter_names(cell_sources: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def config_from_notebook(namespace: dict[str, Any], base: Config | None = None) -> Config:
-    """The config a notebook's parameter cells describe, on top of `base` (defaults if None).
+def config_from_cells(namespace: dict[str, Any], cell_sources: list[str], base: Config | None = None) -> Config:
+    """The config that executed parameter cells describe, with values from the namespace, on top of `base`.
 
-    The names come from the executed cells themselves, so a name papermill injected that no setting has
-    (a typo in `-p`) is an error here, where papermill itself only warns.
+    The names come from the cells themselves, so a name papermill injected that no setting has (a typo in
+    `-p`) is an error here, where papermill itself only warns.
     """
-    history = namespace.get("In") or []
-    names = parameter_names(list(history))
+    names = parameter_names(cell_sources)
     values = {n: namespace[n] for n in names if n in namespace}
-    merged = {**(base.to_dict() if base else {}), **values}
-    return Config.from_dict(merged)
+    return Config.from_dict({**(base.to_dict() if base else {}), **values})

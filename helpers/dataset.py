@@ -98,9 +98,13 @@ def prepare_dataset(cfg: Config, run_dir: Path | None = None) -> DataInfo:
     problems = problems.sort_values("line", kind="stable", na_position="last").reset_index(drop=True)
 
     if not problems.empty and not cfg.drop_bad_rows:
+        listed = ""
+        if run_dir is not None:
+            atomic_to_csv(problems, run_dir / "data_problems.csv")
+            listed = f" (all listed in {run_dir / 'data_problems.csv'})"
         raise DataError(
-            f"{len(problems)} problem(s) in {data_dir}. Fix each one as its 'fix' column says, or set "
-            "drop_bad_rows=True to train without these rows (they are then listed in the run's dropped_rows.csv):",
+            f"{len(problems)} problem(s) in {data_dir}{listed}. Fix each one as it says, or set drop_bad_rows=True "
+            "to train without these rows (they are then listed in the run's dropped_rows.csv):",
             problems,
         )
     clean = frame[~frame["line"].isin(problems["line"].dropna())]

@@ -19,10 +19,19 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 class DataError(ValueError):
     """The data has problems; `problems` lists every one, with how to fix it."""
 
+    SHOWN = 50  # problems spelled out in the message; all of them are in `problems`
+
     def __init__(self, message: str, problems: pd.DataFrame | None = None):
         self.problems = problems if problems is not None else problem_frame([])
-        listed = "" if self.problems.empty else "\n" + self.problems.to_string(index=False, max_colwidth=70)
-        super().__init__(message + listed)
+        lines = [_describe(r) for r in self.problems.head(self.SHOWN).itertuples()]
+        if len(self.problems) > self.SHOWN:
+            lines.append(f"... and {len(self.problems) - self.SHOWN} more")
+        super().__init__("\n".join([message, *lines]))
+
+
+def _describe(r) -> str:
+    where = f"line {int(r.line)}" if pd.notna(r.line) else "table"
+    return f"- {where} ({r.file or r.id}): {r.problem}; fix: {r.fix}"
 
 
 def problem_frame(rows: list[dict]) -> pd.DataFrame:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from helpers.config import Config, ConfigError, config_from_notebook, parameter_names
+from helpers.config import Config, ConfigError, config_from_cells, parameter_names
 
 
 def test_defaults_build():
@@ -206,7 +206,7 @@ def test_parameter_names_ignores_non_name_targets():
     assert parameter_names(["# parameters\nd = {}\nd['k'] = 1\nx, y = 1, 2\nn = 3\n"]) == ["d", "n"]
 
 
-def test_config_from_notebook_rejects_injected_unknown_name():
+def test_config_from_cells_rejects_injected_unknown_name():
     namespace = {
         "In": ["", "# parameters\nepochs = 5\nlr = 0.003\n", "# Parameters\nepochs = 1\nbatchsize = 8\n"],
         "epochs": 1,
@@ -214,12 +214,12 @@ def test_config_from_notebook_rejects_injected_unknown_name():
         "batchsize": 8,
     }
     with pytest.raises(ConfigError) as info:
-        config_from_notebook(namespace)
+        config_from_cells(namespace, namespace["In"])
     assert "'batchsize'" in str(info.value)
     assert "batch_size" in str(info.value)
 
 
-def test_config_from_notebook_applies_values_on_base():
+def test_config_from_cells_applies_values_on_base():
     base = Config(backbone="resnet34", epochs=7, seed=3)
     namespace = {
         "In": ["", "# parameters\nepochs = 5\nlr = 0.003\n", "# Parameters\nepochs = 2\n", "other = 9\n"],
@@ -228,7 +228,7 @@ def test_config_from_notebook_applies_values_on_base():
         "other": 9,
         "seed": 99,  # not in a parameters cell: ignored
     }
-    cfg = config_from_notebook(namespace, base=base)
+    cfg = config_from_cells(namespace, namespace["In"], base=base)
     assert cfg.epochs == 2
     assert cfg.lr == 0.01
     assert cfg.backbone == "resnet34"
@@ -236,11 +236,11 @@ def test_config_from_notebook_applies_values_on_base():
     assert base.epochs == 7  # the base is not modified
 
 
-def test_config_from_notebook_without_base_uses_defaults_and_checks_types():
+def test_config_from_cells_without_base_uses_defaults_and_checks_types():
     namespace = {"In": ["# parameters\npretrained = 'yes'\n"], "pretrained": "yes"}
     with pytest.raises(ConfigError, match="pretrained"):
-        config_from_notebook(namespace)
-    cfg = config_from_notebook({"In": ["# parameters\nn_folds = 3\n"], "n_folds": 3})
+        config_from_cells(namespace, namespace["In"])
+    cfg = config_from_cells({"n_folds": 3}, ["# parameters\nn_folds = 3\n"])
     assert cfg.n_folds == 3 and cfg.epochs == Config().epochs
 
 

@@ -1,0 +1,151 @@
+"""The notebooks as users run them: under nbval (the series, with tiny parameters) and under papermill."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import papermill
+import pytest
+
+from helpers.paths import NOTEBOOKS_DIR, demo_data_dir
+from helpers.runner import SERIES
+
+TINY = {"backbone": "test_resnet", "img_size": 32, "epochs": 1, "batch_size": 32, "num_workers": 0}
+
+
+def notebook(name: str) -> Path:
+    return NOTEBOOKS_DIR / f"{name}.ipynb"
+
+
+@pytest.mark.parametrize("name", SERIES)
+def test_committed_without_outputs(name):
+    nb = nbformat.read(notebook(name), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code, f"{name} has no code cells"
+    assert all(not c.outputs and c.execution_count is None for c in code), f"{name} has stored outputs"
+
+
+@pytest.mark.parametrize("name", SERIES)
+def test_parameters_cell_holds_literals_only(name):
+    """A tagged cell of plain assignments of literals, after the cell that imports helpers.notebook."""
+    nb = nbformat.read(notebook(name), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    tagged = [i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{name} needs exactly one cell tagged 'parameters'"
+    cell = code[tagged[0]]
+    assert cell.source.startswith("# parameters")
+    assert any("helpers.notebook" in c.source for c in code[: tagged[0]]), "import helpers.notebook before it"
+    for node in ast.parse(cell.source).body:
+        assert isinstance(node, ast.Assign), ast.dump(node)
+        ast.literal_eval(node.value)  # raises on anything but a literal
+
+
+def test_series_under_nbval(tmp_path):
+    """Each notebook, with tiny parameters injected by papermill, passes nbval in order, sharing one run."""
+    prepared = tmp_path / "notebooks"
+    prepared.mkdir()
+    for name in SERIES:
+        declared = papermill.inspect_notebook(str(notebook(name)))
+        params = {k: v for k, v in TINY.items() if k in declared}
+        papermill.execute_notebook(
+            str(notebook(name)),
+            str(prepared / f"{name}.ipynb"),
+            parameters=params,
+            prepare_only=True,
+            kernel_name="python3",
+        )
+    env = {**os.environ, "KIT_OUTPUTS": str(tmp_path / "outputs"), "MPLBACKEND": "Agg"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--nbval-lax",
+            "--nbval-current-env",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            str(prepared),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    run = tmp_path / "outputs" / "runs" / "test_resnet"
+    assert json.loads((run / "config.json").read_text())["img_size"] == 32
+    assert len(pd.read_csv(run / "metrics.csv")) == 1
+    submission = pd.read_csv(run / "submission.csv", dtype=str)
+    sample = pd.read_csv(demo_data_dir() / "sample_submission.csv", dtype=str)
+    assert submission["id"].tolist() == sample["id"].tolist()
+    for plot in (
+        "class_counts",
+        "samples",
+        "train_batch",
+        "learning_curves",
+        "confusion_matrix",
+        "grad_cam",
+        "test_predictions",
+    ):
+        assert (run / "plots" / f"{plot}.png").stat().st_size > 0, plot
+
+
+@pytest.mark.parametrize("layout", ["csv", "imagefolder"])
+def test_data_notebook_with_parameters(
+    tmp_path, monkeypatch, layout, make_csv_dataset, make_imagefolder_dataset
+):
+    """01_data through papermill, from another working directory, on a user's data in each layout."""
+    root = make_csv_dataset() if layout == "csv" else make_imagefolder_dataset()
+    monkeypatch.setenv("KIT_OUTPUTS", str(tmp_path / "outputs"))
+    papermill.execute_notebook(
+        str(notebook("01_data")),
+        str(tmp_path / "out.ipynb"),
+        parameters={"data_dir": str(root), "n_folds": 3, "run_name": "mine"},
+        cwd=str(tmp_path),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    run = tmp_path / "outputs" / "runs" / "mine"
+    assert json.loads((run / "config.json").read_text())["data_dir"] == str(root)
+    assert (run / "plots" / "samples.png").exists()
+    assert (tmp_path / "outputs" / "datasets" / root.name / "folds_k3_seed42.csv").exists()
+
+
+def test_unknown_papermill_parameter_fails(tmp_path, monkeypatch):
+    """Papermill only warns about an unknown -p name; the notebook itself turns it into an error."""
+    monkeypatch.setenv("KIT_OUTPUTS", str(tmp_path / "outputs"))
+    with pytest.raises(papermill.PapermillExecutionError, match="n_foldz"):
+        papermill.execute_notebook(
+            str(notebook("01_data")),
+            str(tmp_path / "out.ipynb"),
+            parameters={"n_foldz": 3},
+            kernel_name="python3",
+            progress_bar=False,
+        )
+
+
+def test_bad_data_lists_problems(tmp_path, monkeypatch, make_csv_dataset):
+    """Bad data stops 01 with the list of problems, naming the file, not a bare traceback."""
+    root = make_csv_dataset()
+    victim = sorted((root / "train_image").iterdir())[0]
+    victim.write_bytes(b"")
+    monkeypatch.setenv("KIT_OUTPUTS", str(tmp_path / "outputs"))
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(
+            str(notebook("01_data")),
+            str(tmp_path / "out.ipynb"),
+            parameters={"data_dir": str(root), "n_folds": 3},
+            kernel_name="python3",
+            progress_bar=False,
+        )
+    assert "DataError" in err.value.ename
+    assert victim.name in err.value.evalue and "image empty" in err.value.evalue
