@@ -111,8 +111,9 @@ def make_loader(
     pin_memory: bool = False,
     num_replicas: int = 1,
     rank: int = 0,
+    drop_last: bool = False,
 ) -> DataLoader:
-    """A loader over the dataset; training shuffles per epoch and keeps the last partial batch."""
+    """A loader over the dataset; training shuffles per epoch. `drop_last` drops a last partial batch."""
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, num_replicas=num_replicas, rank=rank)
     return DataLoader(
         dataset,
@@ -121,5 +122,5 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
-        drop_last=False,
+        drop_last=drop_last,
     )

@@ -40,7 +40,9 @@ def build_schedule(
     """The named scheduler over `epochs * updates_per_epoch` optimizer updates."""
     total = max(1, epochs * updates_per_epoch)
     if name == "onecycle":
-        return Schedule(sched.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=0.25), True)
+        # OneCycleLR divides by the warm-up's length in steps: keep it at least one step long.
+        pct_start = 0.25 if total < 4 else max(0.25, 2 / total)
+        return Schedule(sched.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=pct_start), True)
     if name == "cosine":
         return Schedule(sched.CosineAnnealingLR(optimizer, T_max=total, eta_min=lr * 1e-3), True)
     if name == "cosine_restarts":

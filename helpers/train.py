@@ -278,7 +278,11 @@ def train_fold(
     val_ds = dataset(val_rows, build_eval_transform(cfg.img_size, mean, std))
     workers = cfg.num_workers if cfg.num_workers >= 0 else auto_workers(train_ds.cache is not None)
     pin = device.type == "cuda"
-    train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed + fold, workers, pin)
+    mixing = cfg.mixup > 0 or cfg.cutmix > 0  # timm's Mixup pairs images: every batch must be full (even)
+    if mixing and len(train_ds) < cfg.batch_size:
+        raise ValueError(f"mixup/cutmix drop the last partial batch, and fold {fold} has only {len(train_ds)} "
+                         f"training images for batch_size={cfg.batch_size}: lower batch_size")
+    train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed + fold, workers, pin, drop_last=mixing)
     val_loader = make_loader(val_ds, cfg.batch_size * 2, False, cfg.seed, workers, pin)
     parts = build_parts(cfg, model, info.num_classes, math.ceil(len(train_loader) / cfg.grad_accum), device)
 
@@ -330,6 +334,7 @@ def train_fold(
             save_checkpoint(
                 checkpoint_path(run_dir, fold, "ema"), parts.ema.module, config, info.classes, row
             )
+        _record_metrics(run_dir, row)  # before `last`: a crash in between replays this epoch, row and all
         finished = epoch == cfg.epochs - 1 or (cfg.patience > 0 and stale >= cfg.patience)
         save_checkpoint(
             last_path,
@@ -348,7 +353,6 @@ def train_fold(
             ema=parts.ema.module.state_dict() if parts.ema is not None else None,
             rng={"torch": torch.get_rng_state(), "python": random.getstate()},
         )
-        _record_metrics(run_dir, row)
         if finished:
             break
     return pd.read_csv(run_dir / "metrics.csv").query("fold == @fold")

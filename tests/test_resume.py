@@ -1,0 +1,195 @@
+"""Kill-and-resume: a run killed by SIGKILL and resumed ends exactly where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from train_fixtures import tiny_config
+
+import helpers.train as train_mod
+from helpers.checkpoints import checkpoint_path
+from helpers.dataset import prepare_dataset, run_dir_of
+from helpers.train import train_fold
+
+RUN_NAME = "resume"
+EPOCHS = 3
+
+# Trains one fold of a tiny run. Test-only hooks: every epoch trained by this process is appended to
+# trained.log (around helpers.train._record_metrics), and with PAUSE_AFTER_EPOCH set, once an epoch's
+# `last` checkpoint is written (the last thing an epoch does) it marks epoch<k>.recorded and sleeps, so the
+# test can kill it at a known point.
+SCRIPT = (
+    textwrap.dedent(
+        """
+    import os
+    import sys
+    import time
+    from pathlib import Path
+
+    import helpers.train as train
+    from helpers.config import Config
+    from helpers.dataset import prepare_dataset, run_dir_of
+
+    pause = float(os.environ.get("PAUSE_AFTER_EPOCH") or 0)
+    record, save = train._record_metrics, train.save_checkpoint
+
+
+    def recording(run_dir, row):
+        record(run_dir, row)
+        with open(Path(run_dir) / "trained.log", "a") as log:
+            log.write(f"{row['epoch']}\\n")
+
+
+    def saving(path, *args, **kwargs):
+        save(path, *args, **kwargs)
+        if pause and Path(path).name.endswith("_last.pt"):
+            (Path(path).parents[1] / f"epoch{kwargs['epoch']}.recorded").touch()
+            time.sleep(pause)
+
+
+    train._record_metrics, train.save_checkpoint = recording, saving
+    cfg = Config(
+        data_dir=sys.argv[1],
+        backbone="test_resnet",
+        img_size=32,
+        n_folds=3,
+        epochs=EPOCHS,
+        batch_size=16,
+        num_workers=0,
+        seed=7,
+        run_name="RUN_NAME",
+        augment="light",
+        ema=True,
+        ema_decay=0.9,
+        mixup=0.2,
+    )
+    info = prepare_dataset(cfg)
+    train.train_folds(cfg, info, run_dir_of(cfg))
+    """
+    )
+    .replace("EPOCHS", str(EPOCHS))
+    .replace("RUN_NAME", RUN_NAME)
+)
+
+
+def _env(outputs: Path, pause: float = 0.0) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PAUSE_AFTER_EPOCH"}
+    env.update(
+        KIT_OUTPUTS=str(outputs),
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        CUDA_VISIBLE_DEVICES="",
+        TQDM_DISABLE="1",
+    )
+    if pause:
+        env["PAUSE_AFTER_EPOCH"] = str(pause)
+    return env
+
+
+def _start(script: Path, data: Path, outputs: Path, log: Path, pause: float = 0.0) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, str(script), str(data)],
+            env=_env(outputs, pause),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _finish(proc: subprocess.Popen, log: Path) -> None:
+    try:
+        proc.wait(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, log.read_text()[-4000:]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, make_csv_dataset):
+    data = make_csv_dataset(name="resumedata", per_class=12)
+    script = tmp_path / "train_tiny.py"
+    script.write_text(SCRIPT)
+    dir_a, dir_b = tmp_path / "outputs_a", tmp_path / "outputs_b"
+    run_a, run_b = dir_a / "runs" / RUN_NAME, dir_b / "runs" / RUN_NAME
+
+    # the uninterrupted run and the one to be killed run side by side
+    uninterrupted = _start(script, data, dir_a, tmp_path / "a.log")
+    killed_log = tmp_path / "b_killed.log"
+    proc = _start(script, data, dir_b, killed_log, pause=120)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_b / "epoch0.recorded").exists():
+            assert proc.poll() is None, killed_log.read_text()[-4000:]
+            assert time.monotonic() < deadline, "the run never finished epoch 0"
+            time.sleep(0.05)
+    finally:
+        proc.kill()  # SIGKILL: no cleanup, no atexit, like a crash or an OOM kill
+        proc.wait(timeout=60)
+    assert proc.returncode == -9
+    killed = torch.load(checkpoint_path(run_b, 0, "last"), weights_only=True)
+    assert killed["epoch"] == 0 and not killed["finished"]
+    assert pd.read_csv(run_b / "metrics.csv")["epoch"].tolist() == [0]
+
+    resumed_log = tmp_path / "b_resumed.log"
+    resumed = _start(script, data, dir_b, resumed_log)
+    _finish(uninterrupted, tmp_path / "a.log")
+    _finish(resumed, resumed_log)
+
+    # the second process picked up at epoch 1 instead of starting over
+    assert (run_a / "trained.log").read_text().split() == ["0", "1", "2"]
+    assert (run_b / "trained.log").read_text().split() == ["0", "1", "2"]
+
+    metrics_a, metrics_b = pd.read_csv(run_a / "metrics.csv"), pd.read_csv(run_b / "metrics.csv")
+    assert metrics_a["epoch"].tolist() == metrics_b["epoch"].tolist() == list(range(EPOCHS))
+    for column in ["lr", "train_loss", "val_loss", "val_acc", "ema_val_loss", "ema_val_acc"]:
+        np.testing.assert_allclose(metrics_b[column], metrics_a[column], rtol=1e-6, err_msg=column)
+
+    for kind in ["best_score", "best_loss", "last", "ema"]:
+        weights_a = _weights(checkpoint_path(run_a, 0, kind))
+        weights_b = _weights(checkpoint_path(run_b, 0, kind))
+        assert weights_a.keys() == weights_b.keys()
+        for name in weights_a:
+            assert torch.allclose(weights_a[name].float(), weights_b[name].float(), atol=1e-6), (kind, name)
+
+
+class Crash(Exception):
+    """Stands in for the process dying at one exact point."""
+
+
+def test_a_crash_between_checkpoint_and_metrics_row_loses_no_row(outputs, csv_dataset, monkeypatch):
+    cfg = tiny_config(csv_dataset, epochs=3)
+    info, run_dir = prepare_dataset(cfg), run_dir_of(cfg)
+    record = train_mod._record_metrics
+
+    def dies_at_epoch_1(folder, row):
+        if row["epoch"] == 1:
+            raise Crash
+        record(folder, row)
+
+    monkeypatch.setattr(train_mod, "_record_metrics", dies_at_epoch_1)
+    with pytest.raises(Crash):
+        train_fold(cfg, info, 0, run_dir, torch.device("cpu"))
+    monkeypatch.setattr(train_mod, "_record_metrics", record)
+
+    metrics = train_fold(cfg, info, 0, run_dir, torch.device("cpu"))
+    assert metrics["epoch"].tolist() == [0, 1, 2]
