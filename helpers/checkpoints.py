@@ -67,6 +67,11 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """A timm model with the checkpoint's weights, in eval mode, and the checkpoint's metadata."""
     ckpt = load_checkpoint(path)
-    model = timm.create_model(ckpt["backbone"], pretrained=False, num_classes=ckpt["num_classes"])
-    model.load_state_dict(ckpt.pop("model"))
+    state = ckpt.pop("model")
+    with torch.device("meta"):  # no random initialisation only to be overwritten
+        model = timm.create_model(ckpt["backbone"], pretrained=False, num_classes=ckpt["num_classes"])
+    if any(name not in state for name, _ in model.named_buffers()):
+        # non-persistent buffers are computed at construction, not stored: build the model for real
+        model = timm.create_model(ckpt["backbone"], pretrained=False, num_classes=ckpt["num_classes"])
+    model.load_state_dict(state, assign=True)
     return model.to(device).eval(), ckpt

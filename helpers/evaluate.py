@@ -27,19 +27,19 @@ from helpers.inference import Prediction
 def summary_metrics(labels: np.ndarray, probabilities: np.ndarray, k: int = 3) -> dict[str, float]:
     """Accuracy, top-k accuracy, macro-F1 and mean log-loss of probabilities against true class indices."""
     n_classes = probabilities.shape[1]
-    k = min(k, n_classes - 1) if n_classes > 2 else 1
     predicted = probabilities.argmax(1)
     true_p = np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1.0)
-    return {
-        "accuracy": float(accuracy_score(labels, predicted)),
-        f"top{k}_accuracy": float(
+    metrics = {"accuracy": float(accuracy_score(labels, predicted))}
+    if n_classes > 2:  # with two classes top-1 is the accuracy and top-2 trivially 1
+        k = min(k, n_classes - 1)
+        metrics[f"top{k}_accuracy"] = float(
             top_k_accuracy_score(labels, probabilities, k=k, labels=np.arange(n_classes))
-        ),
-        "macro_f1": float(
-            f1_score(labels, predicted, average="macro", labels=np.arange(n_classes), zero_division=0)
-        ),
-        "log_loss": float(-np.log(true_p).mean()),
-    }
+        )
+    metrics["macro_f1"] = float(
+        f1_score(labels, predicted, average="macro", labels=np.arange(n_classes), zero_division=0)
+    )
+    metrics["log_loss"] = float(-np.log(true_p).mean())
+    return metrics
 
 
 def per_class_table(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
@@ -105,7 +105,7 @@ def oof_frame(
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None) -> np.ndarray:
-    """Grad-CAM heat maps (N, H, W) in [0, 1] over the last convolutional feature map of a timm model.
+    """Grad-CAM heat maps (N, H, W) in [0, 1] over the last feature map of a timm model (NCHW or NHWC).
 
     The gradient of the target class score (the predicted class when None) weights each feature channel.
     """
@@ -114,15 +114,18 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = No
         features = model.forward_features(x)
         if features.dim() != 4:
             raise ValueError(
-                f"Grad-CAM needs a convolutional feature map; {type(model).__name__} gives "
+                f"Grad-CAM needs a spatial feature map; {type(model).__name__} gives "
                 f"shape {tuple(features.shape)}"
             )
         features.retain_grad()
         logits = model.forward_head(features)
         target = logits.argmax(1) if target is None else target
         logits.gather(1, target[:, None]).sum().backward()
-    weights = features.grad.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((weights * features).sum(1, keepdim=True))
+    feats, grads = features, features.grad
+    if features.shape[1] != model.num_features and features.shape[-1] == model.num_features:  # NHWC
+        feats, grads = features.permute(0, 3, 1, 2), grads.permute(0, 3, 1, 2)
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * feats).sum(1, keepdim=True))
     cam = torch.nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None]
     return (cam / peak).detach().cpu().numpy()

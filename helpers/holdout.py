@@ -54,5 +54,8 @@ def test_labels(cfg: Config, data_dir: Path, test: pd.DataFrame, classes: Sequen
     missing = sorted(set(test["id"]) - set(truth.index))
     if missing:
         raise DataError(f"{path} has no label for {len(missing)} test id(s), e.g. {missing[:5]}")
-    index = {c: i for i, c in enumerate(classes)}
-    return truth.loc[test["id"]].map(index).to_numpy()
+    labels = truth.loc[test["id"]]
+    unknown = sorted(set(labels) - set(classes))
+    if unknown:
+        raise DataError(f"{path} has label(s) {unknown[:10]} that the model was not trained on; classes: {list(classes)}")
+    return labels.map({c: i for i, c in enumerate(classes)}).to_numpy()

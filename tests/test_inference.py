@@ -1,0 +1,348 @@
+"""Predicting with checkpoints: ensembles average probabilities, 04's numbers match plain timm, OOF rows are
+complete and come from their own fold, and 05's submission and test-set checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from conftest import random_rgb, write_image
+
+from helpers import holdout
+from helpers.augment import build_eval_transform
+from helpers.checkpoints import checkpoint_path, save_checkpoint
+from helpers.config import Config
+from helpers.dataset import prepare_dataset, run_dir_of
+from helpers.holdout import checked_test_images, sample_submission
+from helpers.images import read_image
+from helpers.inference import (
+    Member,
+    image_loader,
+    predict_checkpoints,
+    predict_ensemble,
+    predict_folds,
+    predict_models,
+    submission_frame,
+    trained_checkpoints,
+)
+from helpers.model import data_config_for
+from helpers.precision import Precision
+from helpers.tables import DataError
+from helpers.train import train_fold
+
+CPU = torch.device("cpu")
+FP32 = Precision("cpu", torch.float32)
+CLASSES = ["cat", "dog", "fox"]
+
+
+def tiny_config(data_dir: Path, **changes) -> Config:
+    """test_resnet at 32 px, in-process loading, batches of 8 for prediction (18 images: 3 batches)."""
+    values = dict(
+        data_dir=str(data_dir),
+        backbone="test_resnet",
+        img_size=32,
+        n_folds=3,
+        epochs=1,
+        batch_size=4,
+        num_workers=0,
+        seed=0,
+        run_name="tiny",
+        augment="none",
+    )
+    return Config(**{**values, **changes})
+
+
+def random_model(seed: int, boost_class: int | None = None, scale: float = 1.0) -> torch.nn.Module:
+    """A fresh test_resnet; `boost_class` makes it predict that class for every image, `scale` sharpens it."""
+    torch.manual_seed(seed)
+    model = timm.create_model("test_resnet", num_classes=len(CLASSES)).eval()
+    with torch.no_grad():
+        head = model.get_classifier()
+        head.weight.mul_(scale)
+        if boost_class is not None:
+            head.bias[boost_class] += 20.0
+    return model
+
+
+def save_model(path: Path, model: torch.nn.Module, cfg: Config) -> Path:
+    return save_checkpoint(path, model, cfg.to_dict(), CLASSES, {"val_acc": 0.0})
+
+
+@pytest.fixture
+def prepared(outputs, csv_dataset):
+    """(cfg, info) for the 3 x 6 tiny CSV set, folded into 3 folds."""
+    cfg = tiny_config(csv_dataset)
+    return cfg, prepare_dataset(cfg)
+
+
+@pytest.fixture
+def image_paths(prepared) -> list[str]:
+    return prepared[1].table["path"].tolist()
+
+
+def softmax_of(model: torch.nn.Module, loader) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat([model(x).softmax(-1) for x, _, _ in loader]).numpy()
+
+
+# --- ensembles ---------------------------------------------------------------------------------------------
+
+
+def test_a_model_listed_twice_counts_like_once(prepared, image_paths):
+    cfg, _ = prepared
+    model = random_model(0, scale=5.0)
+    loader = image_loader(cfg, image_paths, device=CPU)
+    views = ["identity", "hflip"]
+    once = predict_models([model], loader, views, CPU, FP32)
+    twice = predict_models([model, model], loader, views, CPU, FP32)
+    np.testing.assert_allclose(twice.per_view, once.per_view, atol=1e-6)
+    np.testing.assert_array_equal(twice.indices, np.arange(len(image_paths)))
+
+
+def test_a_checkpoint_listed_twice_counts_like_once(prepared, image_paths, tmp_path):
+    cfg, _ = prepared
+    path = save_model(tmp_path / "m.pt", random_model(0, scale=5.0), cfg)
+    once = predict_checkpoints(cfg, [path], image_paths, ["identity", "vflip"], device=CPU)
+    twice = predict_checkpoints(cfg, [path, path], image_paths, ["identity", "vflip"], device=CPU)
+    np.testing.assert_allclose(twice.per_view, once.per_view, atol=1e-6)
+
+
+def test_the_ensemble_averages_probabilities_not_logits(prepared, image_paths):
+    cfg, _ = prepared
+    a, b = random_model(1, scale=20.0), random_model(2, scale=20.0)
+    loader = image_loader(cfg, image_paths, device=CPU)
+    ensemble = predict_models([a, b], loader, ["identity"], CPU, FP32).view("identity")
+    pa, pb = softmax_of(a, loader), softmax_of(b, loader)
+    np.testing.assert_allclose(ensemble, (pa + pb) / 2, atol=1e-6)
+    np.testing.assert_allclose(ensemble.sum(1), 1.0, atol=1e-6)
+    # averaging logits would give something else for these two models: the check above can tell them apart
+    with torch.no_grad():
+        logit_mean = torch.cat([(a(x) + b(x)).div(2).softmax(-1) for x, _, _ in loader]).numpy()
+    assert np.abs(logit_mean - ensemble).max() > 1e-2
+
+
+def test_tta_probabilities_are_the_mean_of_the_views(prepared, image_paths):
+    cfg, _ = prepared
+    model = random_model(3, scale=5.0)
+    prediction = predict_models(
+        [model], image_loader(cfg, image_paths, device=CPU), ["identity", "hflip"], CPU, FP32
+    )
+    assert prediction.per_view.shape == (2, len(image_paths), len(CLASSES))
+    np.testing.assert_allclose(
+        prediction.probabilities, (prediction.view("identity") + prediction.view("hflip")) / 2
+    )
+
+
+def test_predict_ensemble_weights_every_checkpoint_equally(prepared, image_paths, tmp_path):
+    cfg, _ = prepared
+    paths = [save_model(tmp_path / f"m{i}.pt", random_model(i, scale=10.0), cfg) for i in range(3)]
+    members = [Member(cfg, paths[:1], CLASSES), Member(cfg, paths[1:], CLASSES)]
+    ensemble = predict_ensemble(members, image_paths, ["identity"], device=CPU)
+    flat = predict_checkpoints(cfg, paths, image_paths, ["identity"], device=CPU)
+    np.testing.assert_allclose(ensemble.per_view, flat.per_view, atol=1e-6)
+
+
+# --- 04: the no-TTA prediction is what plain timm gives --------------------------------------------------
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["from_files", "from_ram_cache"])
+def test_no_tta_prediction_equals_plain_timm(prepared, cached):
+    cfg, info = prepared
+    run_dir = run_dir_of(cfg)
+    train_fold(cfg, info, 0, run_dir, CPU)
+    path = checkpoint_path(run_dir, 0, "best_score")
+    table = info.table
+    sizes = (table["height"], table["width"]) if cached else None
+    kit = predict_checkpoints(cfg, [path], table["path"].tolist(), ["identity"], sizes, CPU)
+
+    model = timm.create_model(cfg.backbone, num_classes=len(info.classes))
+    model.load_state_dict(torch.load(path, weights_only=True)["model"])
+    model.eval()
+    data_cfg = data_config_for(cfg.backbone)
+    transform = build_eval_transform(cfg.img_size, data_cfg["mean"], data_cfg["std"])
+    x = torch.stack([transform(image=read_image(p))["image"] for p in table["path"]])
+    with torch.no_grad():
+        plain = model(x).softmax(-1).numpy()
+
+    np.testing.assert_array_equal(kit.indices, np.arange(len(table)))
+    np.testing.assert_allclose(kit.view("identity"), plain, atol=1e-5)
+    np.testing.assert_allclose(kit.probabilities, plain, atol=1e-5)
+
+
+# --- 04: out-of-fold predictions ---------------------------------------------------------------------------
+
+
+def test_predict_folds_gives_each_validation_row_once_from_its_own_fold(prepared, tmp_path):
+    cfg, info = prepared
+    table = info.table
+    # folds 0 and 2 trained, fold 1 not; fold k's model predicts class k for every image
+    models = {0: random_model(10, boost_class=0), 2: random_model(12, boost_class=2)}
+    checkpoints = {k: save_model(tmp_path / f"fold{k}.pt", m, cfg) for k, m in models.items()}
+    views = ["identity", "hflip"]
+    rows, prediction = predict_folds(cfg, table, checkpoints, views, CPU)
+
+    expected = table[table["fold"].isin([0, 2])]
+    assert len(rows) == len(expected) == prediction.per_view.shape[1]
+    assert not rows["id"].duplicated().any()
+    assert sorted(rows["id"]) == sorted(expected["id"])
+    assert set(rows["fold"]) == {0, 2}
+    np.testing.assert_array_equal(prediction.indices, np.arange(len(rows)))
+    for _, row in rows.iterrows():  # each row keeps its own table values
+        original = table.set_index("id").loc[row["id"]]
+        assert (row["fold"], row["label_idx"], row["path"]) == (
+            original["fold"],
+            original["label_idx"],
+            original["path"],
+        )
+
+    probs = prediction.probabilities
+    np.testing.assert_array_equal(probs.argmax(1), rows["fold"].to_numpy())
+    assert (probs.max(1) > 0.99).all()  # one fold's model, not a blend of folds
+    for fold, model in models.items():
+        mask = (rows["fold"] == fold).to_numpy()
+        loader = image_loader(cfg, rows.loc[mask, "path"].tolist(), device=CPU)
+        direct = predict_models([model], loader, views, CPU, FP32)
+        np.testing.assert_allclose(prediction.per_view[:, mask], direct.per_view, atol=1e-6)
+
+
+def test_trained_checkpoints_lists_existing_folds_and_says_what_to_run(tmp_path):
+    cfg = tiny_config(tmp_path)
+    run_dir = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="03_train"):
+        trained_checkpoints(run_dir, "best_score", 3)
+    with pytest.raises(FileNotFoundError, match="ema=True"):
+        trained_checkpoints(run_dir, "ema", 3)
+    path = save_model(checkpoint_path(run_dir, 1, "best_score"), random_model(0), cfg)
+    assert trained_checkpoints(run_dir, "best_score", 3) == {1: path}
+
+
+# --- 05: the submission ------------------------------------------------------------------------------------
+
+
+def shuffled_predictions(ids: list[str], seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """The ids in another order, and random probabilities for them."""
+    rng = np.random.default_rng(seed)
+    shuffled = list(rng.permutation(ids))
+    probs = rng.dirichlet(np.ones(len(CLASSES)), size=len(ids))
+    return shuffled, probs
+
+
+def test_submission_fills_the_label_column_in_the_sample_order():
+    sample = pd.DataFrame({"image_id": ["c", "a", "d", "b"], "label": ["x"] * 4})
+    ids, probs = shuffled_predictions(["a", "b", "c", "d"])
+    assert ids != list(sample["image_id"])
+    out = submission_frame(sample, "image_id", ids, probs, CLASSES)
+    assert list(out.columns) == ["image_id", "label"]
+    assert list(out["image_id"]) == ["c", "a", "d", "b"]
+    predicted = {i: CLASSES[p.argmax()] for i, p in zip(ids, probs, strict=True)}
+    assert list(out["label"]) == [predicted[i] for i in sample["image_id"]]
+    assert list(sample["label"]) == ["x"] * 4  # the sample itself is untouched
+
+
+def test_submission_fills_class_columns_with_probabilities():
+    sample = pd.DataFrame({"id": ["c", "a", "b"], "fox": 0.0, "cat": 0.0, "dog": 0.0})
+    ids, probs = shuffled_predictions(["a", "b", "c"], seed=1)
+    out = submission_frame(sample, "id", ids, probs, CLASSES)
+    assert list(out.columns) == ["id", "fox", "cat", "dog"]
+    assert list(out["id"]) == ["c", "a", "b"]
+    by_id = dict(zip(ids, probs, strict=True))
+    for _, row in out.iterrows():
+        for k, name in enumerate(CLASSES):
+            assert row[name] == pytest.approx(by_id[row["id"]][k])
+
+
+def test_submission_ignores_predictions_the_sample_does_not_ask_for():
+    sample = pd.DataFrame({"id": ["b"], "label": [""]})
+    probs = np.eye(3)[[0, 1, 2]]
+    out = submission_frame(sample, "id", ["a", "b", "c"], probs, CLASSES)
+    assert out.to_dict("list") == {"id": ["b"], "label": ["dog"]}
+
+
+def test_submission_raises_on_a_sample_id_without_prediction():
+    sample = pd.DataFrame({"id": ["a", "b", "zz"], "label": ""})
+    with pytest.raises(ValueError, match="zz"):
+        submission_frame(sample, "id", ["a", "b"], np.full((2, 3), 1 / 3), CLASSES)
+
+
+def test_submission_raises_on_columns_it_cannot_fill():
+    sample = pd.DataFrame({"id": ["a"], "label": [""], "score": [0.0]})
+    with pytest.raises(ValueError, match="cannot fill"):
+        submission_frame(sample, "id", ["a"], np.full((1, 3), 1 / 3), CLASSES)
+
+
+# --- 05: the test images and their labels ------------------------------------------------------------------
+
+
+def table_of(root: Path, ids: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"id": ids, "path": [str(root / f"{i}.jpg") for i in ids]})
+
+
+def test_checked_test_images_adds_sizes(tmp_path):
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "a.jpg", random_rgb(rng, 16))
+    write_image(tmp_path / "b.jpg", rng.integers(0, 256, (20, 12, 3), dtype=np.uint8))
+    checked = checked_test_images(table_of(tmp_path, ["a", "b"]))
+    assert list(checked["id"]) == ["a", "b"]
+    assert list(checked["height"]) == [16, 20]
+    assert list(checked["width"]) == [16, 12]
+
+
+def test_checked_test_images_lists_every_unreadable_image(tmp_path):
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "good.jpg", random_rgb(rng))
+    (tmp_path / "junk.jpg").write_text("not an image")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match="3 test image") as err:
+        checked_test_images(table_of(tmp_path, ["good", "junk", "missing", "empty"]))
+    problems = err.value.problems
+    assert list(problems["id"]) == ["junk", "missing", "empty"]
+    assert list(problems["problem"]) == ["image not an image", "image missing", "image empty"]
+    assert problems["fix"].str.len().gt(0).all()
+    assert "junk.jpg" in str(err.value)
+
+
+def test_test_labels_are_class_indices_in_test_order(tmp_path):
+    cfg = tiny_config(tmp_path)
+    pd.DataFrame({"id": ["b", "c", "a", "extra"], "label": ["fox", "cat", "dog", "cat"]}).to_csv(
+        tmp_path / "test_labels.csv", index=False
+    )
+    test = table_of(tmp_path, ["a", "b", "c"])
+    np.testing.assert_array_equal(holdout.test_labels(cfg, tmp_path, test, CLASSES), [1, 2, 0])
+
+
+def test_test_labels_keep_ids_as_text(tmp_path):
+    cfg = tiny_config(tmp_path)
+    (tmp_path / "test_labels.csv").write_text("id,label\n007,1\n10,0\n")
+    test = table_of(tmp_path, ["10", "007"])
+    np.testing.assert_array_equal(holdout.test_labels(cfg, tmp_path, test, ["0", "1"]), [0, 1])
+
+
+def test_test_labels_none_without_the_file(tmp_path):
+    assert holdout.test_labels(tiny_config(tmp_path), tmp_path, table_of(tmp_path, ["a"]), CLASSES) is None
+
+
+def test_test_labels_missing_an_id_is_an_error(tmp_path):
+    pd.DataFrame({"id": ["a"], "label": ["cat"]}).to_csv(tmp_path / "test_labels.csv", index=False)
+    with pytest.raises(DataError, match="no label for 1"):
+        holdout.test_labels(tiny_config(tmp_path), tmp_path, table_of(tmp_path, ["a", "b"]), CLASSES)
+
+
+def test_test_labels_with_an_unknown_class_is_an_error(tmp_path):
+    pd.DataFrame({"id": ["a", "b"], "label": ["cat", "zebra"]}).to_csv(
+        tmp_path / "test_labels.csv", index=False
+    )
+    with pytest.raises(DataError, match="zebra"):
+        holdout.test_labels(tiny_config(tmp_path), tmp_path, table_of(tmp_path, ["a", "b"]), CLASSES)
+
+
+def test_sample_submission_keeps_ids_as_text(tmp_path):
+    cfg = tiny_config(tmp_path)
+    (tmp_path / "sample_submission.csv").write_text("id,label\n007,0\n10,0\n")
+    sample = sample_submission(cfg, tmp_path, "csv", table_of(tmp_path, ["007", "10"]))
+    assert list(sample["id"]) == ["007", "10"]
+    folder = sample_submission(cfg, tmp_path, "imagefolder", table_of(tmp_path, ["x.png", "y.png"]))
+    assert folder.to_dict("list") == {"id": ["x.png", "y.png"], "label": ["", ""]}
