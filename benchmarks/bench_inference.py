@@ -95,6 +95,7 @@ def run(args: argparse.Namespace, outputs: Path) -> int:
     import timm
     import torch
 
+    from helpers.augment import InputPrep
     from helpers.config import Config
     from helpers.dataset import prepare_dataset, run_dir_of
     from helpers.demo import ensure_demo_data
@@ -147,8 +148,8 @@ def run(args: argparse.Namespace, outputs: Path) -> int:
         return predict_checkpoints(cfg, paths, image_paths, KIT_VIEWS, sizes, device)
 
     models = load_models(paths, device, cfg.channels_last)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    batches = [x.to(device, memory_format=fmt) for x, _, _ in image_loader(cfg, image_paths, sizes, device)]
+    prep = InputPrep.for_backbone(cfg.backbone, cfg.channels_last)
+    batches = [prep(x, device) for x, _, _ in image_loader(cfg, image_paths, sizes, device)]
     with torch.no_grad():  # warm-up, untimed: first-call allocator and kernel selection for every shape
         for x in batches:
             view_probabilities(models[0], x, KIT_VIEWS, precision)
@@ -183,8 +184,9 @@ def run(args: argparse.Namespace, outputs: Path) -> int:
     @torch.no_grad()
     def original():
         out = []
+        plain = InputPrep.for_backbone(cfg.backbone)
         for x, _, _ in image_loader(cfg, image_paths, sizes, device):
-            x = x.to(device)
+            x = plain(x, device)
             probs = 0
             for path in paths:
                 ckpt = torch.load(path, map_location=device, weights_only=True)

@@ -60,22 +60,29 @@ def main() -> None:
     from helpers.config import Config
     from helpers.dataset import prepare_dataset
     from helpers.loaders import ImageDataset, load_cache, make_loader
-    from helpers.model import create_model, data_config_for
+    from helpers.model import create_model
     from helpers.precision import pick_device
     from helpers.train import build_parts
 
     device = pick_device()
     torch.backends.cudnn.benchmark = True
     precision = "bf16" if device.type == "cuda" else "fp32"
-    cfg = Config(backbone=args.backbone, img_size=args.img_size, batch_size=args.batch_size, precision=precision,
-                 channels_last=True, augment="light")
+    cfg = Config(
+        backbone=args.backbone,
+        img_size=args.img_size,
+        batch_size=args.batch_size,
+        precision=precision,
+        channels_last=True,
+        augment="light",
+    )
     info = prepare_dataset(cfg)
     rows = info.table[info.table["fold"] != 0]
     paths = list(rows["path"]) * args.repeat_data
     labels = list(rows["label_idx"]) * args.repeat_data
-    mean, std = data_config_for(cfg.backbone)["mean"], data_config_for(cfg.backbone)["std"]
-    cache = load_cache(paths, list(rows["height"]) * args.repeat_data, list(rows["width"]) * args.repeat_data, 4096)
-    dataset = ImageDataset(paths, labels, build_train_transform(cfg.augment, cfg.img_size, mean, std), 0, cache)
+    cache = load_cache(
+        paths, list(rows["height"]) * args.repeat_data, list(rows["width"]) * args.repeat_data, 4096
+    )
+    dataset = ImageDataset(paths, labels, build_train_transform(cfg.augment, cfg.img_size), 0, cache)
     loader = make_loader(dataset, cfg.batch_size, True, 0, args.workers, pin_memory=True)
 
     def fresh(compiled: bool):
@@ -86,13 +93,20 @@ def main() -> None:
 
     staged = []
     for x, y, idx in loader:
-        staged.append((x.to(device).contiguous(memory_format=torch.channels_last), y.to(device), idx))
+        staged.append((x.to(device), y.to(device), idx))
         if len(staged) == args.batches:
             break
     results: dict[str, object] = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu", "torch": torch.__version__, "python": platform.python_version(),
-        "cpu_cores": os.cpu_count(), "backbone": cfg.backbone, "img_size": cfg.img_size,
-        "batch_size": cfg.batch_size, "precision": precision, "channels_last": True, "loader_workers": args.workers,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_cores": os.cpu_count(),
+        "backbone": cfg.backbone,
+        "img_size": cfg.img_size,
+        "batch_size": cfg.batch_size,
+        "precision": precision,
+        "channels_last": True,
+        "loader_workers": args.workers,
         "date": time.strftime("%Y-%m-%d"),
     }
     model, parts = fresh(False)
@@ -106,9 +120,13 @@ def main() -> None:
         started = time.perf_counter()
         timed_epochs(model, staged[:5], parts, device, 1)
         results["compile_seconds"] = time.perf_counter() - started
-        results["in_memory_compiled"] = statistics.median(timed_epochs(model, staged, parts, device, args.repeats))
+        results["in_memory_compiled"] = statistics.median(
+            timed_epochs(model, staged, parts, device, args.repeats)
+        )
         results["compile_speedup"] = results["in_memory_compiled"] / results["in_memory_eager"]
-        results["loader_compiled"] = statistics.median(timed_epochs(model, loader, parts, device, args.repeats))
+        results["loader_compiled"] = statistics.median(
+            timed_epochs(model, loader, parts, device, args.repeats)
+        )
     if device.type == "cuda":
         results["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     print(json.dumps(results, indent=2))

@@ -1,8 +1,9 @@
 """The albumentations 2.x pipelines: named train presets, the eval pipeline, and undoing normalisation.
 
 Every pipeline resizes to the model's size (`A.Resize(height, width)`: height first), augments at that
-size, then normalises with the backbone's own mean and std (`data_config_for`) and returns a CHW float32
-tensor. albumentations 2.x ignores a removed argument (`var_limit`, `max_holes`, ...) with only a warning,
+size and returns a CHW uint8 tensor. Normalisation with the backbone's own mean and std (`data_config_for`)
+happens on the device, in `InputPrep`: a uint8 batch is a quarter of the float32 bytes to collate, pass
+between processes and copy to the GPU, and the loader workers skip a float pass over every pixel. albumentations 2.x ignores a removed argument (`var_limit`, `max_holes`, ...) with only a warning,
 so every transform that takes `strict=True` gets it and the Compose is strict too; the few that do not take
 it (`MedianBlur`, `OneOf`, `ToTensorV2`) have plain signatures that already reject an unknown argument.
 
@@ -12,7 +13,8 @@ change meaning when flipped (a mirrored 2 is no 2); `medium` and `heavy` flip, f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import albumentations as A
 import numpy as np
@@ -20,15 +22,6 @@ import torch
 from albumentations.pytorch import ToTensorV2
 
 from helpers.model import data_config_for
-
-__all__ = [
-    "PRESETS",
-    "build_eval_transform",
-    "build_train_transform",
-    "data_config_for",
-    "denormalize",
-    "preset_transforms",
-]
 
 Size = int | tuple[int, int]  # a square side, or (height, width)
 Augmentations = list[A.BasicTransform | A.BaseCompose]
@@ -102,36 +95,45 @@ def preset_transforms(preset: str) -> Augmentations:
     return PRESETS[preset]()
 
 
-def build_train_transform(
-    preset: str, img_size: Size, mean: Sequence[float], std: Sequence[float]
-) -> A.Compose:
-    """Resize, the preset's augmentations, normalisation, tensor conversion: what training feeds the model."""
-    return _pipeline(preset_transforms(preset), img_size, mean, std)
+def build_train_transform(preset: str, img_size: Size) -> A.Compose:
+    """Resize, then the preset's augmentations, then a uint8 CHW tensor: what training feeds the model."""
+    return _pipeline(preset_transforms(preset), img_size)
 
 
-def build_eval_transform(img_size: Size, mean: Sequence[float], std: Sequence[float]) -> A.Compose:
-    """Resize, normalise, convert: the same input geometry and scaling as training, without randomness."""
-    return _pipeline([], img_size, mean, std)
+def build_eval_transform(img_size: Size) -> A.Compose:
+    """Resize, then a uint8 CHW tensor: the same input geometry as training, without randomness."""
+    return _pipeline([], img_size)
 
 
-def _pipeline(
-    augmentations: Augmentations, img_size: Size, mean: Sequence[float], std: Sequence[float]
-) -> A.Compose:
+def _pipeline(augmentations: Augmentations, img_size: Size) -> A.Compose:
     height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
-    return A.Compose(
-        [
-            A.Resize(height, width, strict=True),
-            *augmentations,
-            A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255, strict=True),
-            ToTensorV2(),
-        ],
-        strict=True,
-    )
+    return A.Compose([A.Resize(height, width, strict=True), *augmentations, ToTensorV2()], strict=True)
 
 
-def denormalize(images: torch.Tensor | np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Undo Normalize for display: a CHW image or NCHW batch becomes uint8 HWC (or NHWC), 0..255."""
-    array = images.detach().cpu().float().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-    channels_last = np.moveaxis(array, -3, -1)
-    pixels = (channels_last * np.asarray(std) + np.asarray(mean)) * 255.0
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+def to_hwc(images: torch.Tensor) -> np.ndarray:
+    """A uint8 CHW image or NCHW batch as HWC (or NHWC) numpy, for display."""
+    return np.moveaxis(images.detach().cpu().numpy(), -3, -1)
+
+
+@dataclass(frozen=True)
+class InputPrep:
+    """Turns a loader batch into model input on the device: uint8 images are normalised there with the
+    backbone's mean and std (float batches pass through as they are), in the chosen memory format."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channels_last: bool = False
+
+    @classmethod
+    def for_backbone(cls, backbone: str, channels_last: bool = False) -> InputPrep:
+        data_cfg = data_config_for(backbone)
+        return cls(tuple(data_cfg["mean"]), tuple(data_cfg["std"]), channels_last)
+
+    def __call__(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        x = x.to(device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            scale = torch.tensor(self.std, device=device).view(1, -1, 1, 1) * 255.0
+            shift = torch.tensor(self.mean, device=device).view(1, -1, 1, 1) * 255.0
+            x = (x.float() - shift) / scale
+        fmt = torch.channels_last if self.channels_last and x.dim() == 4 else torch.contiguous_format
+        return x.contiguous(memory_format=fmt)

@@ -153,8 +153,11 @@ class Config:
         need(self.mixup >= 0, "mixup", "must be 0 (off) or a positive alpha")
         need(self.cutmix >= 0, "cutmix", "must be 0 (off) or a positive alpha")
         need(self.patience >= 0, "patience", "must be 0 (off) or positive")
-        need(not (self.mixup or self.cutmix) or self.batch_size % 2 == 0, "batch_size",
-             "must be even when mixup or cutmix is on (they pair images within a batch)")
+        need(
+            not (self.mixup or self.cutmix) or self.batch_size % 2 == 0,
+            "batch_size",
+            "must be even when mixup or cutmix is on (they pair images within a batch)",
+        )
         need(self.num_workers >= -1, "num_workers", "must be -1 (automatic) or 0 or more")
         need(self.cache_mb >= 0, "cache_mb", "must be 0 or more")
         need(bool(self.backbone), "backbone", "must name a timm model, e.g. resnet18")
@@ -241,7 +244,9 @@ def parameter_names(cell_sources: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def config_from_cells(namespace: dict[str, Any], cell_sources: list[str], base: Config | None = None) -> Config:
+def config_from_cells(
+    namespace: dict[str, Any], cell_sources: list[str], base: Config | None = None
+) -> Config:
     """The config that executed parameter cells describe, with values from the namespace, on top of `base`.
 
     The names come from the cells themselves, so a name papermill injected that no setting has (a typo in

@@ -20,7 +20,7 @@ from sklearn.metrics import (
 )
 from torch import nn
 
-from helpers.augment import denormalize
+from helpers.augment import InputPrep, to_hwc
 from helpers.inference import Prediction
 
 
@@ -132,10 +132,11 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = No
 
 
 def explain_batch(
-    model: nn.Module, x: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+    model: nn.Module, x: torch.Tensor, prep: InputPrep
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Denormalised images, Grad-CAM maps and predicted class indices for a batch of model inputs."""
-    cams = grad_cam(model, x)
+    """Images (NHWC uint8), Grad-CAM maps and predicted class indices for a uint8 batch from a loader."""
+    inputs = prep(x, next(model.parameters()).device)
+    cams = grad_cam(model, inputs)
     with torch.no_grad():
-        predicted = model(x).argmax(1).cpu().numpy()
-    return denormalize(x, mean, std), cams, predicted
+        predicted = model(inputs).argmax(1).cpu().numpy()
+    return to_hwc(x), cams, predicted

@@ -57,5 +57,7 @@ def test_labels(cfg: Config, data_dir: Path, test: pd.DataFrame, classes: Sequen
     labels = truth.loc[test["id"]]
     unknown = sorted(set(labels) - set(classes))
     if unknown:
-        raise DataError(f"{path} has label(s) {unknown[:10]} that the model was not trained on; classes: {list(classes)}")
+        raise DataError(
+            f"{path} has label(s) {unknown[:10]} that the model was not trained on; classes: {list(classes)}"
+        )
     return labels.map({c: i for i, c in enumerate(classes)}).to_numpy()

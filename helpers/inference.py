@@ -17,11 +17,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from helpers.augment import build_eval_transform
+from helpers.augment import InputPrep, build_eval_transform
 from helpers.checkpoints import checkpoint_path, load_checkpoint, load_model
 from helpers.config import Config
 from helpers.loaders import ImageDataset, auto_workers, load_cache, make_loader
-from helpers.model import data_config_for
 from helpers.precision import Precision, pick_device, resolve_precision
 from helpers.tta import check_views, view_probabilities
 
@@ -61,9 +60,8 @@ def image_loader(
     sizes: tuple[Sequence[int], Sequence[int]] | None = None,
     device: torch.device | None = None,
 ):
-    """An evaluation loader (resize + the backbone's normalisation) over image paths, in order."""
-    data_cfg = data_config_for(cfg.backbone)
-    transform = build_eval_transform(cfg.img_size, data_cfg["mean"], data_cfg["std"])
+    """An evaluation loader (resize to the run's size; uint8 batches) over image paths, in order."""
+    transform = build_eval_transform(cfg.img_size)
     cache = load_cache(paths, *sizes, cfg.cache_mb) if (cfg.cache_images and sizes is not None) else None
     dataset = ImageDataset(paths, np.zeros(len(paths), dtype=np.int64), transform, cfg.seed, cache)
     workers = cfg.num_workers if cfg.num_workers >= 0 else auto_workers(cache is not None)
@@ -80,15 +78,14 @@ def predict_models(
     views: Sequence[str],
     device: torch.device,
     precision: Precision,
-    channels_last: bool = False,
+    prep: InputPrep,
     desc: str = "predict",
 ) -> Prediction:
     """Average per-view probabilities of several in-memory models over every batch of the loader."""
     views = check_views(views)
     chunks, indices = [], []
     for x, _, idx in tqdm(loader, desc=desc, unit="batch", leave=False):
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        x = x.to(device, non_blocking=True, memory_format=fmt)
+        x = prep(x, device)
         total = sum(view_probabilities(m, x, views, precision) for m in models)
         chunks.append((total / len(models)).cpu())
         indices.append(idx)
@@ -116,9 +113,8 @@ def predict_checkpoints(
     device = device or pick_device()
     models = load_models(paths, device, cfg.channels_last)
     loader = image_loader(cfg, image_paths, sizes, device)
-    return predict_models(
-        models, loader, views, device, resolve_precision(cfg.precision, device), cfg.channels_last
-    )
+    prep = InputPrep.for_backbone(cfg.backbone, cfg.channels_last)
+    return predict_models(models, loader, views, device, resolve_precision(cfg.precision, device), prep)
 
 
 def submission_frame(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -102,6 +103,11 @@ def auto_workers(cached: bool) -> int:
     return min(8, max(0, cores - 1))
 
 
+def _worker_init(_: int) -> None:
+    """One OpenCV thread per loader process: several workers each running a full thread pool thrash the cores."""
+    cv2.setNumThreads(1)
+
+
 def make_loader(
     dataset: ImageDataset,
     batch_size: int,
@@ -123,4 +129,5 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         drop_last=drop_last,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
     )

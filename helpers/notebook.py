@@ -47,8 +47,10 @@ def start(namespace: dict[str, Any], run_config: RunConfig = "ignore") -> tuple[
     say which notebook to run when it is missing); their own parameters override it.
     """
     if not PARAMETER_CELLS:
-        raise RuntimeError("no '# parameters' cell has run since helpers.notebook was imported: import it in the "
-                           "cell before the parameters cell, then run the parameters cell")
+        raise RuntimeError(
+            "no '# parameters' cell has run since helpers.notebook was imported: import it in the "
+            "cell before the parameters cell, then run the parameters cell"
+        )
     cfg = config_from_cells(namespace, PARAMETER_CELLS)
     run_dir = run_dir_of(cfg)
     saved = run_dir / "config.json"

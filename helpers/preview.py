@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import albumentations as A
 import numpy as np
 from torch.utils.data import DataLoader
 
-from helpers.augment import denormalize, preset_transforms
+from helpers.augment import preset_transforms, to_hwc
 
 
-def augmented_views(
-    image: np.ndarray, transform: A.Compose, n: int, seed: int, mean: Sequence[float], std: Sequence[float]
-) -> list[np.ndarray]:
-    """The same image through the training pipeline n times, denormalised for display."""
+def augmented_views(image: np.ndarray, transform: A.Compose, n: int, seed: int) -> list[np.ndarray]:
+    """The same image through the training pipeline n times, as HWC images."""
     views = []
     for i in range(n):
         transform.set_random_seed(seed + i)
-        views.append(denormalize(transform(image=image)["image"], mean, std))
+        views.append(to_hwc(transform(image=image)["image"]))
     return views
 
 

@@ -27,12 +27,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from helpers.atomic import atomic_to_csv
-from helpers.augment import build_eval_transform, build_train_transform
+from helpers.augment import InputPrep, build_eval_transform, build_train_transform
 from helpers.checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
 from helpers.config import Config
 from helpers.dataset import DataInfo
 from helpers.loaders import ImageDataset, auto_workers, load_cache, make_loader, sample_seed
-from helpers.model import create_model, data_config_for, default_img_size
+from helpers.model import create_model, default_img_size
 from helpers.precision import Precision, pick_device, resolve_precision
 from helpers.schedules import Schedule, build_schedule, current_lr
 
@@ -69,7 +69,7 @@ class TrainParts:
     clip_grad: float = 0.0
     ema: ModelEmaV3 | None = None
     mixup: Mixup | None = None
-    channels_last: bool = False
+    prep: InputPrep = InputPrep((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # uint8 -> 0..1 unless given
     updates: int = 0  # optimizer updates so far in this fold
 
 
@@ -77,11 +77,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    fmt = torch.channels_last if channels_last and x.dim() == 4 else torch.contiguous_format
-    return x.to(device, non_blocking=True, memory_format=fmt)
 
 
 def train_one_epoch(
@@ -95,7 +90,7 @@ def train_one_epoch(
     parts.optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=desc, leave=False, unit="batch")
     for i, (x, y, _) in enumerate(bar):
-        x, y = _to_device(x, device, parts.channels_last), y.to(device, non_blocking=True)
+        x, y = parts.prep(x, device), y.to(device, non_blocking=True)
         target = y
         if parts.mixup is not None:
             x, target = parts.mixup(x, y)
@@ -141,7 +136,7 @@ def predict(
     loader,
     device: torch.device,
     precision: Precision,
-    channels_last: bool = False,
+    prep: InputPrep,
     desc: str = "predict",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logits (float32), labels and dataset indices for every sample the loader yields, in loader order."""
@@ -149,7 +144,7 @@ def predict(
     logits, labels, indices = [], [], []
     for x, y, idx in tqdm(loader, desc=desc, leave=False, unit="batch"):
         with precision.context():
-            out = model(_to_device(x, device, channels_last))
+            out = model(prep(x, device))
         logits.append(out.float().cpu())
         labels.append(y)
         indices.append(idx)
@@ -157,10 +152,10 @@ def predict(
 
 
 def evaluate(
-    model: nn.Module, loader, device: torch.device, precision: Precision, channels_last: bool = False
+    model: nn.Module, loader, device: torch.device, precision: Precision, prep: InputPrep
 ) -> dict[str, float]:
     """Mean cross-entropy over the whole set (not the last batch) and accuracy."""
-    logits, labels, _ = predict(model, loader, device, precision, channels_last, desc="validate")
+    logits, labels, _ = predict(model, loader, device, precision, prep, desc="validate")
     t_logits, t_labels = torch.from_numpy(logits), torch.from_numpy(labels)
     loss = F.cross_entropy(t_logits, t_labels, reduction="mean").item()
     acc = float((t_logits.argmax(1) == t_labels).float().mean())
@@ -206,7 +201,7 @@ def build_parts(
         cfg.clip_grad,
         ema,
         mixup,
-        cfg.channels_last,
+        InputPrep.for_backbone(cfg.backbone, cfg.channels_last),
     )
 
 
@@ -262,8 +257,6 @@ def train_fold(
     model = create_model(cfg.backbone, info.num_classes, cfg.pretrained, cfg.weights_file).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    data_cfg = data_config_for(cfg.backbone)
-    mean, std = data_cfg["mean"], data_cfg["std"]
     train_rows, val_rows = info.table[info.table["fold"] != fold], info.table[info.table["fold"] == fold]
 
     def dataset(rows: pd.DataFrame, transform) -> ImageDataset:
@@ -274,15 +267,19 @@ def train_fold(
         )
         return ImageDataset(rows["path"], rows["label_idx"], transform, cfg.seed + fold, cache)
 
-    train_ds = dataset(train_rows, build_train_transform(cfg.augment, cfg.img_size, mean, std))
-    val_ds = dataset(val_rows, build_eval_transform(cfg.img_size, mean, std))
+    train_ds = dataset(train_rows, build_train_transform(cfg.augment, cfg.img_size))
+    val_ds = dataset(val_rows, build_eval_transform(cfg.img_size))
     workers = cfg.num_workers if cfg.num_workers >= 0 else auto_workers(train_ds.cache is not None)
     pin = device.type == "cuda"
     mixing = cfg.mixup > 0 or cfg.cutmix > 0  # timm's Mixup pairs images: every batch must be full (even)
     if mixing and len(train_ds) < cfg.batch_size:
-        raise ValueError(f"mixup/cutmix drop the last partial batch, and fold {fold} has only {len(train_ds)} "
-                         f"training images for batch_size={cfg.batch_size}: lower batch_size")
-    train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed + fold, workers, pin, drop_last=mixing)
+        raise ValueError(
+            f"mixup/cutmix drop the last partial batch, and fold {fold} has only {len(train_ds)} "
+            f"training images for batch_size={cfg.batch_size}: lower batch_size"
+        )
+    train_loader = make_loader(
+        train_ds, cfg.batch_size, True, cfg.seed + fold, workers, pin, drop_last=mixing
+    )
     val_loader = make_loader(val_ds, cfg.batch_size * 2, False, cfg.seed, workers, pin)
     parts = build_parts(cfg, model, info.num_classes, math.ceil(len(train_loader) / cfg.grad_accum), device)
 
@@ -315,10 +312,10 @@ def train_fold(
             "epoch": epoch,
             "lr": current_lr(parts.optimizer),
             **train_metrics,
-            **evaluate(model, val_loader, device, parts.precision, cfg.channels_last),
+            **evaluate(model, val_loader, device, parts.precision, parts.prep),
         }
         if parts.ema is not None:
-            ema_metrics = evaluate(parts.ema.module, val_loader, device, parts.precision, cfg.channels_last)
+            ema_metrics = evaluate(parts.ema.module, val_loader, device, parts.precision, parts.prep)
             row.update({f"ema_{k}": v for k, v in ema_metrics.items()})
         row["seconds"] = time.perf_counter() - started
         row["images_per_s"] = train_metrics["train_images"] / train_seconds

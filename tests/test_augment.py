@@ -1,4 +1,5 @@
-"""The augmentation pipelines: every preset builds strictly, and sizes and normalises for the backbone."""
+"""The augmentation pipelines: every preset builds strictly and sizes for the model; InputPrep normalises
+on the device with the backbone's mean and std."""
 
 import os
 import time
@@ -17,13 +18,14 @@ from timm.data import resolve_model_data_config
 
 from helpers.augment import (
     PRESETS,
+    InputPrep,
     build_eval_transform,
     build_train_transform,
-    data_config_for,
-    denormalize,
     preset_transforms,
+    to_hwc,
 )
 from helpers.config import Preset
+from helpers.model import data_config_for
 
 IMAGENET = data_config_for("resnet18")
 
@@ -43,16 +45,16 @@ def _walk(transforms):
 def test_every_preset_builds_without_ignored_arguments_and_yields_a_square_tensor(preset):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an ignored or deprecated argument warns: make it fail here
-        transform = build_train_transform(preset, 48, IMAGENET["mean"], IMAGENET["std"])
+        transform = build_train_transform(preset, 48)
     for seed in range(10):  # random branches differ per call
         out = transform(image=_image(seed=seed))["image"]
         assert isinstance(out, torch.Tensor)
-        assert out.dtype == torch.float32
+        assert out.dtype == torch.uint8
         assert out.shape == (3, 48, 48)
 
 
 def test_resize_takes_height_first():
-    out = build_eval_transform((48, 20), IMAGENET["mean"], IMAGENET["std"])(image=_image(40, 30))["image"]
+    out = build_eval_transform((48, 20))(image=_image(40, 30))["image"]
     assert out.shape == (3, 48, 20)
 
 
@@ -94,7 +96,7 @@ def test_presets_are_the_configs_choices():
 
 def test_unknown_preset_lists_the_presets():
     with pytest.raises(ValueError, match="none.*light.*medium.*heavy"):
-        build_train_transform("strong", 32, IMAGENET["mean"], IMAGENET["std"])
+        build_train_transform("strong", 32)
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "vit_tiny_patch16_224"])
@@ -102,10 +104,19 @@ def test_normalisation_uses_the_backbones_mean_and_std(backbone):
     cfg = data_config_for(backbone)
     value = 200
     image = np.full((40, 30, 3), value, dtype=np.uint8)
-    out = build_eval_transform(32, cfg["mean"], cfg["std"])(image=image)["image"]
+    batch = build_eval_transform(32)(image=image)["image"][None]
+    out = InputPrep.for_backbone(backbone)(batch, torch.device("cpu"))[0]
     expected = (value / 255 - np.asarray(cfg["mean"])) / np.asarray(cfg["std"])
+    assert out.dtype == torch.float32
     np.testing.assert_allclose(out.mean(dim=(1, 2)).numpy(), expected, atol=1e-5)
     assert torch.allclose(out, out[:, :1, :1])  # constant stays constant
+
+
+def test_input_prep_passes_float_batches_through_and_sets_the_memory_format():
+    x = torch.randn(2, 3, 8, 8)
+    out = InputPrep((0.5,) * 3, (0.5,) * 3, channels_last=True)(x, torch.device("cpu"))
+    assert torch.equal(out, x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_vit_tiny_is_a_non_imagenet_normalisation():
@@ -120,14 +131,8 @@ def test_data_config_is_fast_and_equals_the_models_own():
     assert cfg == resolve_model_data_config(timm.create_model("resnet18", pretrained=False))
 
 
-def test_denormalize_inverts_normalize_within_one_grey_level():
-    cfg = data_config_for("vit_tiny_patch16_224")
+def test_to_hwc_gives_the_pipelines_images_back_for_display():
     image = _image(32, 32)
-    tensor = build_eval_transform(32, IMAGENET["mean"], IMAGENET["std"])(image=image)["image"]
-    back = denormalize(tensor, IMAGENET["mean"], IMAGENET["std"])
-    assert back.dtype == np.uint8 and back.shape == (32, 32, 3)
-    assert np.abs(back.astype(int) - image.astype(int)).max() <= 1
-    batch = torch.stack([build_eval_transform(32, cfg["mean"], cfg["std"])(image=image)["image"]] * 2)
-    back_batch = denormalize(batch, cfg["mean"], cfg["std"])
-    assert back_batch.shape == (2, 32, 32, 3)
-    assert np.abs(back_batch.astype(int) - image.astype(int)).max() <= 1
+    tensor = build_eval_transform(32)(image=image)["image"]
+    assert np.array_equal(to_hwc(tensor), image)
+    assert to_hwc(torch.stack([tensor] * 2)).shape == (2, 32, 32, 3)

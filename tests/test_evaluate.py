@@ -16,6 +16,7 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
+from helpers.augment import InputPrep
 from helpers.evaluate import (
     explain_batch,
     grad_cam,
@@ -200,12 +201,14 @@ def test_grad_cam_maps_a_conv_net() -> None:
 
 def test_explain_batch_returns_images_maps_and_predictions() -> None:
     model = tiny_model("test_resnet")
-    x = image_batch(3, 32)
-    images, cams, predicted = explain_batch(model, x, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images, cams, predicted = explain_batch(model, x, InputPrep((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
     assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
+    assert np.array_equal(images, x.permute(0, 2, 3, 1).numpy())
     assert cams.shape == (3, 32, 32)
     with torch.no_grad():
-        np.testing.assert_array_equal(predicted, model(x).argmax(1).numpy())
+        normalised = (x.float() / 255 - 0.5) / 0.5
+        np.testing.assert_array_equal(predicted, model(normalised).argmax(1).numpy())
 
 
 def test_grad_cam_refuses_a_transformer() -> None:

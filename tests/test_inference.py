@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import pandas as pd
 import pytest
 import timm
 import torch
+from albumentations.pytorch import ToTensorV2
 from conftest import random_rgb, write_image
 
 from helpers import holdout
-from helpers.augment import build_eval_transform
+from helpers.augment import InputPrep
 from helpers.checkpoints import checkpoint_path, save_checkpoint
 from helpers.config import Config
 from helpers.dataset import prepare_dataset, run_dir_of
@@ -36,6 +38,7 @@ from helpers.train import train_fold
 
 CPU = torch.device("cpu")
 FP32 = Precision("cpu", torch.float32)
+PASS = InputPrep((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # uint8 batches become 0..1, float ones pass through
 CLASSES = ["cat", "dog", "fox"]
 
 
@@ -86,7 +89,7 @@ def image_paths(prepared) -> list[str]:
 
 def softmax_of(model: torch.nn.Module, loader) -> np.ndarray:
     with torch.no_grad():
-        return torch.cat([model(x).softmax(-1) for x, _, _ in loader]).numpy()
+        return torch.cat([model(PASS(x, CPU)).softmax(-1) for x, _, _ in loader]).numpy()
 
 
 # --- ensembles ---------------------------------------------------------------------------------------------
@@ -97,8 +100,8 @@ def test_a_model_listed_twice_counts_like_once(prepared, image_paths):
     model = random_model(0, scale=5.0)
     loader = image_loader(cfg, image_paths, device=CPU)
     views = ["identity", "hflip"]
-    once = predict_models([model], loader, views, CPU, FP32)
-    twice = predict_models([model, model], loader, views, CPU, FP32)
+    once = predict_models([model], loader, views, CPU, FP32, PASS)
+    twice = predict_models([model, model], loader, views, CPU, FP32, PASS)
     np.testing.assert_allclose(twice.per_view, once.per_view, atol=1e-6)
     np.testing.assert_array_equal(twice.indices, np.arange(len(image_paths)))
 
@@ -115,13 +118,14 @@ def test_the_ensemble_averages_probabilities_not_logits(prepared, image_paths):
     cfg, _ = prepared
     a, b = random_model(1, scale=20.0), random_model(2, scale=20.0)
     loader = image_loader(cfg, image_paths, device=CPU)
-    ensemble = predict_models([a, b], loader, ["identity"], CPU, FP32).view("identity")
+    ensemble = predict_models([a, b], loader, ["identity"], CPU, FP32, PASS).view("identity")
     pa, pb = softmax_of(a, loader), softmax_of(b, loader)
     np.testing.assert_allclose(ensemble, (pa + pb) / 2, atol=1e-6)
     np.testing.assert_allclose(ensemble.sum(1), 1.0, atol=1e-6)
     # averaging logits would give something else for these two models: the check above can tell them apart
     with torch.no_grad():
-        logit_mean = torch.cat([(a(x) + b(x)).div(2).softmax(-1) for x, _, _ in loader]).numpy()
+        inputs = [PASS(x, CPU) for x, _, _ in loader]
+        logit_mean = torch.cat([(a(x) + b(x)).div(2).softmax(-1) for x in inputs]).numpy()
     assert np.abs(logit_mean - ensemble).max() > 1e-2
 
 
@@ -129,7 +133,7 @@ def test_tta_probabilities_are_the_mean_of_the_views(prepared, image_paths):
     cfg, _ = prepared
     model = random_model(3, scale=5.0)
     prediction = predict_models(
-        [model], image_loader(cfg, image_paths, device=CPU), ["identity", "hflip"], CPU, FP32
+        [model], image_loader(cfg, image_paths, device=CPU), ["identity", "hflip"], CPU, FP32, PASS
     )
     assert prediction.per_view.shape == (2, len(image_paths), len(CLASSES))
     np.testing.assert_allclose(
@@ -163,7 +167,10 @@ def test_no_tta_prediction_equals_plain_timm(prepared, cached):
     model.load_state_dict(torch.load(path, weights_only=True)["model"])
     model.eval()
     data_cfg = data_config_for(cfg.backbone)
-    transform = build_eval_transform(cfg.img_size, data_cfg["mean"], data_cfg["std"])
+    size = cfg.img_size
+    transform = A.Compose(
+        [A.Resize(size, size), A.Normalize(data_cfg["mean"], data_cfg["std"], 255), ToTensorV2()]
+    )
     x = torch.stack([transform(image=read_image(p))["image"] for p in table["path"]])
     with torch.no_grad():
         plain = model(x).softmax(-1).numpy()
@@ -205,7 +212,7 @@ def test_predict_folds_gives_each_validation_row_once_from_its_own_fold(prepared
     for fold, model in models.items():
         mask = (rows["fold"] == fold).to_numpy()
         loader = image_loader(cfg, rows.loc[mask, "path"].tolist(), device=CPU)
-        direct = predict_models([model], loader, views, CPU, FP32)
+        direct = predict_models([model], loader, views, CPU, FP32, PASS)
         np.testing.assert_allclose(prediction.per_view[:, mask], direct.per_view, atol=1e-6)
 
 

@@ -16,6 +16,7 @@ from torch.optim import lr_scheduler as sched
 from train_fixtures import fixed_samples, flat_params, hand_parts, linear_model, loader_of, tiny_config
 
 import helpers.train as train_mod
+from helpers.augment import InputPrep
 from helpers.checkpoints import checkpoint_path, load_model
 from helpers.dataset import prepare_dataset, run_dir_of
 from helpers.precision import Precision, resolve_precision
@@ -250,7 +251,7 @@ def test_evaluate_averages_over_the_whole_set():
     x, y = fixed_samples(10, seed=5)
     model = linear_model(seed=3)
     loader = loader_of(x, y, 4)  # batches of 4, 4 and 2
-    metrics = evaluate(model, loader, CPU, Precision("cpu", torch.float32))
+    metrics = evaluate(model, loader, CPU, Precision("cpu", torch.float32), InputPrep((0.0,) * 3, (1.0,) * 3))
     with torch.no_grad():
         logits = model(x)
     expected = F.cross_entropy(logits, y).item()
