@@ -18,6 +18,7 @@ from sklearn.metrics import (
 
 from helpers.augment import InputPrep
 from helpers.evaluate import (
+    cam_layer,
     explain_batch,
     grad_cam,
     most_confused,
@@ -221,7 +222,8 @@ def test_grad_cam_refuses_a_transformer() -> None:
 
 def test_grad_cam_on_channels_last_features_is_right_or_refused() -> None:
     model = tiny_model("test_mambaout")
-    x = image_batch()
+    x = image_batch(side=128)  # large enough that Grad-CAM reads the last stage, as forward_features gives it
+    assert cam_layer(model, 128) == model.feature_info[-1]
     features = model.forward_features(x)
     if features.shape[-1] != model.num_features:  # pytest.fail is no AssertionError: not an expected failure
         pytest.fail(
@@ -240,3 +242,12 @@ def test_grad_cam_on_channels_last_features_is_right_or_refused() -> None:
     cam = torch.nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     cam = cam / cam.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None]
     np.testing.assert_allclose(cams, cam.detach().numpy(), atol=1e-5)
+
+
+def test_cam_layer_keeps_a_map_wide_enough_for_small_inputs() -> None:
+    model = tiny_model("test_resnet")
+    assert cam_layer(model, 32)["reduction"] == 8  # 4 x 4 cells, where the last stage would be 1 x 1
+    assert cam_layer(model, 256) == model.feature_info[-1]
+    cams = grad_cam(model, image_batch(2, 32))
+    assert cams.shape == (2, 32, 32)
+    assert (cams.reshape(2, -1).std(1) > 0).all()  # a map, not a constant
