@@ -4,10 +4,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_PARAMS ?= -p img_size 32
+SWEEP_BACKBONES ?= resnet18,mobilenetv3_small_100
+SWEEP_ARGS ?= $(DEMO_PARAMS)
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup demo test lint lab bench clean-outputs
+.PHONY: setup demo sweep test lint lab bench clean-outputs
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +24,10 @@ setup: $(STAMP)
 
 demo: setup
 	$(PY) -m helpers.runner --backbone resnet18 $(DEMO_PARAMS)
+
+# one run per backbone (and per point of a --grid file), then outputs/leaderboard.csv and .png
+sweep: setup
+	$(PY) -m helpers.sweep --backbones $(SWEEP_BACKBONES) $(SWEEP_ARGS)
 
 test: setup
 	$(PY) -m ruff check .

@@ -3,24 +3,29 @@
 Papermill only warns about a parameter no notebook declares and never checks types, so every name and
 value is checked against the notebooks' parameters cells and the config before any notebook starts.
 Each notebook gets the parameters it declares; the executed copies go to outputs/runs/<run>/notebooks/.
+When the whole series has run, `finished.json` records the parameters, so a sweep can skip the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import papermill
 import yaml
 
+from helpers.atomic import atomic_write_text
 from helpers.config import Config, ConfigError
 from helpers.dataset import run_dir_of
 from helpers.paths import NOTEBOOKS_DIR, PROJECT_ROOT
 
 SERIES = ["01_data", "02_augment_preview", "03_train", "04_evaluate", "05_inference"]
+FINISHED = "finished.json"  # in the run folder: written once every notebook of the series has completed
 
 
 @dataclass
@@ -70,14 +75,25 @@ def parse_value(text: str) -> Any:
     return yaml.safe_load(text) if text.strip() else ""
 
 
+def finished_parameters(run_dir: Path) -> dict[str, Any] | None:
+    """The parameters the run's whole series completed with, or None when it has not (yet) completed."""
+    path = run_dir / FINISHED
+    return json.loads(path.read_text())["parameters"] if path.exists() else None
+
+
 def run_series(params: dict[str, Any], notebooks: list[str] | None = None, log: bool = True) -> Path:
-    """Execute the notebooks in order for one run; return the run folder. Raises NotebookFailed."""
+    """Execute the notebooks in order for one run; return the run folder. Raises NotebookFailed.
+
+    The run's finished marker is removed first and written only after the full series, so a run that
+    stops halfway (or runs a subset of the notebooks) never counts as finished.
+    """
     paths = series_notebooks(notebooks)
     cfg = check_parameters(params, paths)
     run_dir = run_dir_of(cfg)
     params = {**params, "run_name": run_dir.name}
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / FINISHED).unlink(missing_ok=True)
     for nb in paths:
         own = {k: v for k, v in params.items() if k in declared_parameters(nb)}
         executed = out_dir / nb.name
@@ -97,6 +113,9 @@ def run_series(params: dict[str, Any], notebooks: list[str] | None = None, log: 
             raise NotebookFailed(
                 nb.stem, f"cell {e.exec_count}", f"{e.ename}: {e.evalue}", executed
             ) from None
+    if paths == series_notebooks():
+        marker = {"parameters": params, "finished_at": datetime.now().isoformat(timespec="seconds")}
+        atomic_write_text(run_dir / FINISHED, json.dumps(marker, indent=2) + "\n")
     return run_dir
 
 
@@ -122,7 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, NotebookFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"results: {run_dir}")
+    from helpers.leaderboard import leaderboard_csv, write_leaderboard  # it reads runner's markers
+
+    board = write_leaderboard()
+    row = board[board["run"] == run_dir.name]
+    print(f"\nleaderboard ({leaderboard_csv()}), this run:\n{row.T.to_string(header=False)}")
+    submission = run_dir / "submission.csv"
+    print(f"\nresults: {run_dir}" + (f"\nsubmission: {submission}" if submission.exists() else ""))
     return 0
 
 
