@@ -17,6 +17,7 @@ import pytest
 from helpers.paths import NOTEBOOKS_DIR, demo_data_dir
 from helpers.runner import SERIES
 
+ALL_NOTEBOOKS = sorted(p.stem for p in NOTEBOOKS_DIR.glob("*.ipynb"))
 TINY = {"backbone": "test_resnet", "img_size": 32, "epochs": 1, "batch_size": 32, "num_workers": 0}
 
 
@@ -24,7 +25,11 @@ def notebook(name: str) -> Path:
     return NOTEBOOKS_DIR / f"{name}.ipynb"
 
 
-@pytest.mark.parametrize("name", SERIES)
+def test_the_series_is_all_there():
+    assert set(SERIES) <= set(ALL_NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", ALL_NOTEBOOKS)
 def test_committed_without_outputs(name):
     nb = nbformat.read(notebook(name), as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -32,7 +37,7 @@ def test_committed_without_outputs(name):
     assert all(not c.outputs and c.execution_count is None for c in code), f"{name} has stored outputs"
 
 
-@pytest.mark.parametrize("name", SERIES)
+@pytest.mark.parametrize("name", ALL_NOTEBOOKS)
 def test_parameters_cell_holds_literals_only(name):
     """A tagged cell of plain assignments of literals, after the cell that imports helpers.notebook."""
     nb = nbformat.read(notebook(name), as_version=4)
