@@ -119,18 +119,17 @@ def run_series(params: dict[str, Any], notebooks: list[str] | None = None, log: 
     return run_dir
 
 
+def add_param_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """The repeatable `-p NAME VALUE` option of the command-line entries."""
+    parser.add_argument(
+        "-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help=help
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", help="timm model name")
-    parser.add_argument(
-        "-p",
-        "--param",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="any notebook parameter, e.g. -p epochs 3",
-    )
+    add_param_option(parser, "any notebook parameter, e.g. -p epochs 3")
     parser.add_argument("--notebooks", help="comma-separated subset of the series, e.g. 01_data,03_train")
     args = parser.parse_args(argv)
     params = {name: parse_value(value) for name, value in args.param}

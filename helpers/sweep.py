@@ -187,15 +187,7 @@ def _warn_different_folds(runs: list[PlannedRun]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", default="", help="comma-separated timm model names")
-    parser.add_argument(
-        "-p",
-        "--param",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="a parameter of every run, e.g. -p epochs 3",
-    )
+    runner.add_param_option(parser, "a parameter of every run, e.g. -p epochs 3")
     parser.add_argument("--grid", type=Path, help="YAML file: parameter name -> list of values")
     parser.add_argument("--rerun", action="store_true", help="run finished runs again, from scratch")
     parser.add_argument("--tag", default="", help="appended to every run name, e.g. v2")

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import ast
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import pandas as pd
 import papermill
 import pytest
+from notebook_runs import run_nbval
 
 from helpers.paths import NOTEBOOKS_DIR, demo_data_dir
 from helpers.runner import SERIES
@@ -66,25 +64,7 @@ def test_series_under_nbval(tmp_path):
             prepare_only=True,
             kernel_name="python3",
         )
-    env = {**os.environ, "KIT_OUTPUTS": str(tmp_path / "outputs"), "MPLBACKEND": "Agg"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--nbval-lax",
-            "--nbval-current-env",
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            str(prepared),
-        ],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    result = run_nbval(prepared, tmp_path / "outputs", tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     run = tmp_path / "outputs" / "runs" / "test_resnet"
     assert json.loads((run / "config.json").read_text())["img_size"] == 32

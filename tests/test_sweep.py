@@ -9,10 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -22,6 +19,7 @@ import pandas as pd
 import papermill
 import pytest
 import torch
+from notebook_runs import run_nbval
 from papermill.exceptions import PapermillExecutionError
 
 from helpers import leaderboard, sweep
@@ -409,23 +407,5 @@ def test_compare_notebook_under_papermill(mini_sweep, tmp_path, monkeypatch):
 
 
 def test_compare_notebook_under_nbval(mini_sweep, tmp_path):
-    env = {**os.environ, "KIT_OUTPUTS": str(mini_sweep), "MPLBACKEND": "Agg"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--nbval-lax",
-            "--nbval-current-env",
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            str(COMPARE),
-        ],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_nbval(COMPARE, mini_sweep, tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
