@@ -70,6 +70,7 @@ class Config:
     precision: Precision = "auto"  # auto: bf16 (or fp16) on CUDA, fp32 on CPU
     grad_accum: int = 1  # micro-batches per optimizer step
     clip_grad: float = 0.0  # max gradient norm; 0 disables clipping
+    sync_bn: bool = False  # several GPUs (helpers.distributed): batch-norm statistics over all GPUs' batches
     ema: bool = False  # keep an exponential moving average of the weights
     ema_decay: float = 0.998
     mixup: float = 0.0  # mixup alpha; 0 disables

@@ -4,6 +4,11 @@ Device-agnostic (CUDA or CPU), with autocast and one GradScaler per run, gradien
 micro-batches at the end of an epoch still make an update), clipping after unscaling, label smoothing,
 EMA, mixup/cutmix, early stopping, and resume from the `last` checkpoint. Randomness is reseeded from
 (seed, fold, epoch) at each epoch, so a resumed run replays exactly what an uninterrupted one would.
+
+The same loop trains data-parallel when a process group is initialised (helpers.distributed, under
+torchrun): the model is wrapped in DistributedDataParallel, each process trains and validates its share of
+the images, validation gathers every share so all processes compute the same metrics over exactly the
+validation set, and only rank 0 writes checkpoints and metrics.csv.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,16 +26,18 @@ import numpy as np
 import pandas as pd
 import timm.optim
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from helpers.atomic import atomic_to_csv
 from helpers.augment import InputPrep, build_eval_transform, build_train_transform
-from helpers.checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
+from helpers.checkpoints import checkpoint_path, load_checkpoint, save_checkpoint, unwrap
 from helpers.config import Config
 from helpers.dataset import DataInfo
 from helpers.loaders import ImageDataset, auto_workers, load_cache, make_loader, sample_seed
@@ -79,16 +88,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def world() -> tuple[int, int]:
+    """(number of processes, this process's rank): (1, 0) unless a process group is initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _progress(iterable: Iterable[Any], **kwargs: Any) -> tqdm:
+    """A progress bar on rank 0 only: one set of bars per run, however many processes train."""
+    if world()[1] > 0:
+        kwargs["disable"] = True
+    return tqdm(iterable, **kwargs)
+
+
 def train_one_epoch(
     model: nn.Module, loader, parts: TrainParts, device: torch.device, desc: str = "train"
 ) -> dict[str, float]:
-    """One pass over the loader; returns the mean training loss and the number of images."""
+    """One pass over the loader; returns the mean training loss and the number of images.
+
+    With a DistributedDataParallel model, these are over the images of all processes (the sampler's padded
+    repeats included: they were trained on too).
+    """
     model.train()
     n_batches, accum = len(loader), parts.grad_accum
+    ddp = isinstance(model, DistributedDataParallel)
     loss_sum = torch.zeros((), device=device)
     seen = 0
     parts.optimizer.zero_grad(set_to_none=True)
-    bar = tqdm(loader, desc=desc, leave=False, unit="batch")
+    bar = _progress(loader, desc=desc, leave=False, unit="batch")
     for i, (x, y, _) in enumerate(bar):
         x, y = parts.prep(x, device), y.to(device, non_blocking=True)
         target = y
@@ -96,17 +124,39 @@ def train_one_epoch(
             x, target = parts.mixup(x, y)
         group_start = (i // accum) * accum
         group_size = min(accum, n_batches - group_start)
-        with parts.precision.context():
-            loss = parts.loss_fn(model(x), target)
-        parts.scaler.scale(loss / group_size).backward()
+        updating = i - group_start + 1 == group_size
+        # DDP all-reduces gradients during backward: only the micro-batch that updates needs it
+        with model.no_sync() if ddp and not updating else nullcontext():
+            with parts.precision.context():
+                loss = parts.loss_fn(model(x), target)
+            parts.scaler.scale(loss / group_size).backward()
         loss_sum += loss.detach().float() * len(y)
         seen += len(y)
-        if i - group_start + 1 == group_size:
+        if updating:
             _update(model, parts)
         if i % NAN_CHECK_EVERY == 0 or i == n_batches - 1:
             _check_finite(loss_sum, desc, i)
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", lr=f"{current_lr(parts.optimizer):.2e}")
+    if ddp:
+        loss_sum, seen = _end_distributed_epoch(model, parts, loss_sum, seen)
     return {"train_loss": loss_sum.item() / max(1, seen), "train_images": seen}
+
+
+def _end_distributed_epoch(
+    model: nn.Module, parts: TrainParts, loss_sum: torch.Tensor, seen: int
+) -> tuple[torch.Tensor, int]:
+    """The loss summed and the images counted over all processes; every process also takes rank 0's buffers.
+
+    DDP copies rank 0's buffers (batch-norm statistics) to the others at the start of each forward, so after
+    the last step each process still holds statistics of its own batches, in the model and in its EMA.
+    Taking rank 0's makes every process validate, and go on training, the model that rank 0 checkpoints.
+    """
+    totals = torch.stack([loss_sum.double(), torch.tensor(float(seen), device=loss_sum.device).double()])
+    dist.all_reduce(totals)
+    for module in [unwrap(model)] + ([parts.ema.module] if parts.ema is not None else []):
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+    return totals[0], int(totals[1].item())
 
 
 def _update(model: nn.Module, parts: TrainParts) -> None:
@@ -119,7 +169,7 @@ def _update(model: nn.Module, parts: TrainParts) -> None:
     parts.updates += 1
     parts.schedule.after_update()
     if parts.ema is not None:
-        parts.ema.update(model, step=parts.updates)
+        parts.ema.update(unwrap(model), step=parts.updates)
 
 
 def _check_finite(loss_sum: torch.Tensor, desc: str, step: int) -> None:
@@ -142,7 +192,7 @@ def predict(
     """Logits (float32), labels and dataset indices for every sample the loader yields, in loader order."""
     model.eval()
     logits, labels, indices = [], [], []
-    for x, y, idx in tqdm(loader, desc=desc, leave=False, unit="batch"):
+    for x, y, idx in _progress(loader, desc=desc, leave=False, unit="batch"):
         with precision.context():
             out = model(prep(x, device))
         logits.append(out.float().cpu())
@@ -154,12 +204,31 @@ def predict(
 def evaluate(
     model: nn.Module, loader, device: torch.device, precision: Precision, prep: InputPrep
 ) -> dict[str, float]:
-    """Mean cross-entropy over the whole set (not the last batch) and accuracy."""
-    logits, labels, _ = predict(model, loader, device, precision, prep, desc="validate")
+    """Mean cross-entropy over the whole set (not the last batch) and accuracy.
+
+    In a multi-process run each process predicts its share of the set and the shares are gathered, so
+    every process returns the same metrics, over exactly the set.
+    """
+    predictions = predict(model, loader, device, precision, prep, desc="validate")
+    if world()[0] > 1:
+        predictions = gather_predictions(*predictions)
+    logits, labels, _ = predictions
     t_logits, t_labels = torch.from_numpy(logits), torch.from_numpy(labels)
     loss = F.cross_entropy(t_logits, t_labels, reduction="mean").item()
     acc = float((t_logits.argmax(1) == t_labels).float().mean())
     return {"val_loss": loss, "val_acc": acc}
+
+
+def gather_predictions(
+    logits: np.ndarray, labels: np.ndarray, indices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every process's predictions, in dataset-index order with each index once: the sampler pads the
+    shares to equal length by repeating samples, and a repeat must not count twice. A collective call."""
+    shares: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, (logits, labels, indices))
+    logits, labels, indices = (np.concatenate(part) for part in zip(*shares, strict=True))
+    indices, first = np.unique(indices, return_index=True)
+    return logits[first], labels[first], indices
 
 
 def resolve_img_size(cfg: Config, info: DataInfo) -> int:
@@ -224,13 +293,21 @@ def _resume_state(cfg: Config, path: Path) -> dict[str, Any] | None:
     if not (cfg.resume and path.exists()):
         return None
     ckpt = load_checkpoint(path)
-    before = {k: v for k, v in ckpt["config"].items() if k not in RESUMABLE_CHANGES}
+    # a setting added since the checkpoint was written counts as its default: what the older kit did
+    before = {k: v for k, v in {**Config().to_dict(), **ckpt["config"]}.items() if k not in RESUMABLE_CHANGES}
     now = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
     changed = sorted(k for k in now if before.get(k) != now[k])
     if changed:
         raise ValueError(
             f"{path} was trained with other settings ({', '.join(f'{k}: {before.get(k)!r} -> {now[k]!r}' for k in changed)}). "
             "Set resume=False to start this fold again, or choose another run_name."
+        )
+    trained_by, world_size = ckpt.get("world_size", 1), world()[0]
+    if not ckpt["finished"] and trained_by != world_size:
+        raise ValueError(
+            f"{path} was trained by {trained_by} process(es), and this run has {world_size}: the batches per "
+            f"epoch, and with them the schedule, would change. Resume it with {trained_by} process(es), or "
+            "set resume=False to start this fold again."
         )
     return ckpt
 
@@ -245,18 +322,24 @@ def train_fold(
     """Train one fold to the end (or early stop), resuming from its `last` checkpoint when there is one.
 
     Writes fold<k>_{best_score,best_loss,last[,ema]}.pt and one metrics.csv row per epoch; returns the fold's
-    rows of metrics.csv.
+    rows of metrics.csv. In a multi-process run (see the module docstring) every process calls this with its
+    own device; each reads the `last` checkpoint to resume, and rank 0 alone writes.
     """
+    world_size, rank = world()
     device = device or pick_device()
     last_path = checkpoint_path(run_dir, fold, "last")
     state = _resume_state(cfg, last_path)
     if state is not None and state["finished"]:
         return pd.read_csv(run_dir / "metrics.csv").query("fold == @fold")
 
-    seed_everything(cfg.seed + fold)
+    seed_everything(cfg.seed + fold)  # the same initial weights in every process
     model = create_model(cfg.backbone, info.num_classes, cfg.pretrained, cfg.weights_file).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and world_size > 1:
+        if device.type != "cuda":
+            raise ValueError("sync_bn=True needs CUDA: PyTorch's SyncBatchNorm has no CPU implementation")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     train_rows, val_rows = info.table[info.table["fold"] != fold], info.table[info.table["fold"] == fold]
 
     def dataset(rows: pd.DataFrame, transform) -> ImageDataset:
@@ -272,15 +355,16 @@ def train_fold(
     workers = cfg.num_workers if cfg.num_workers >= 0 else auto_workers(train_ds.cache is not None)
     pin = device.type == "cuda"
     mixing = cfg.mixup > 0 or cfg.cutmix > 0  # timm's Mixup pairs images: every batch must be full (even)
-    if mixing and len(train_ds) < cfg.batch_size:
+    per_process = math.ceil(len(train_ds) / world_size)
+    if mixing and per_process < cfg.batch_size:
         raise ValueError(
-            f"mixup/cutmix drop the last partial batch, and fold {fold} has only {len(train_ds)} "
-            f"training images for batch_size={cfg.batch_size}: lower batch_size"
+            f"mixup/cutmix drop the last partial batch, and fold {fold} has only {per_process} "
+            f"training images per process for batch_size={cfg.batch_size}: lower batch_size"
         )
     train_loader = make_loader(
-        train_ds, cfg.batch_size, True, cfg.seed + fold, workers, pin, drop_last=mixing
+        train_ds, cfg.batch_size, True, cfg.seed + fold, workers, pin, world_size, rank, drop_last=mixing
     )
-    val_loader = make_loader(val_ds, cfg.batch_size * 2, False, cfg.seed, workers, pin)
+    val_loader = make_loader(val_ds, cfg.batch_size * 2, False, cfg.seed, workers, pin, world_size, rank)
     parts = build_parts(cfg, model, info.num_classes, math.ceil(len(train_loader) / cfg.grad_accum), device)
 
     start_epoch, best, stale = 0, {"best_score": None, "best_loss": None}, 0
@@ -293,19 +377,27 @@ def train_fold(
             parts.ema.module.load_state_dict(state["ema"])
         parts.updates, best, stale = state["updates"], state["best"], state["stale"]
         start_epoch = state["epoch"] + 1
+    # what the training step runs; DDP also broadcasts rank 0's weights to the other processes here
+    stepped = model
+    if world_size > 1:
+        stepped = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
+    writes = rank == 0  # the processes hold the same weights and metrics: one writes them
     config = cfg.to_dict()
-    for epoch in tqdm(
+    for epoch in _progress(
         range(start_epoch, cfg.epochs),
         desc=f"fold {fold}",
         unit="epoch",
         initial=start_epoch,
         total=cfg.epochs,
     ):
-        seed_everything(sample_seed(cfg.seed, fold * 100_000 + epoch))
+        # each process its own dropout and mixup draws; augmentation is seeded per image by the sampler
+        seed_everything(sample_seed(cfg.seed, fold * 100_000 + epoch) + rank)
         train_loader.sampler.set_epoch(epoch)
         started = time.perf_counter()
-        train_metrics = train_one_epoch(model, train_loader, parts, device, desc=f"fold {fold} epoch {epoch}")
+        train_metrics = train_one_epoch(
+            stepped, train_loader, parts, device, desc=f"fold {fold} epoch {epoch}"
+        )
         train_seconds = time.perf_counter() - started
         row = {
             "fold": fold,
@@ -326,32 +418,37 @@ def train_fold(
         for kind, key in (("best_score", cfg.monitor), ("best_loss", "val_loss")):
             if _improved("val_loss" if kind == "best_loss" else cfg.monitor, row[key], best[kind]):
                 best[kind] = row[key]
-                save_checkpoint(checkpoint_path(run_dir, fold, kind), model, config, info.classes, row)
-        if parts.ema is not None:
-            save_checkpoint(
-                checkpoint_path(run_dir, fold, "ema"), parts.ema.module, config, info.classes, row
-            )
-        _record_metrics(run_dir, row)  # before `last`: a crash in between replays this epoch, row and all
+                if writes:
+                    save_checkpoint(checkpoint_path(run_dir, fold, kind), model, config, info.classes, row)
         finished = epoch == cfg.epochs - 1 or (cfg.patience > 0 and stale >= cfg.patience)
-        save_checkpoint(
-            last_path,
-            model,
-            config,
-            info.classes,
-            row,
-            epoch=epoch,
-            updates=parts.updates,
-            best=best,
-            stale=stale,
-            finished=finished,
-            optimizer=parts.optimizer.state_dict(),
-            scheduler=parts.schedule.scheduler.state_dict(),
-            scaler=parts.scaler.state_dict(),
-            ema=parts.ema.module.state_dict() if parts.ema is not None else None,
-            rng={"torch": torch.get_rng_state(), "python": random.getstate()},
-        )
+        if writes:
+            if parts.ema is not None:
+                save_checkpoint(
+                    checkpoint_path(run_dir, fold, "ema"), parts.ema.module, config, info.classes, row
+                )
+            _record_metrics(run_dir, row)  # before `last`: a crash in between replays this epoch, row and all
+            save_checkpoint(
+                last_path,
+                model,
+                config,
+                info.classes,
+                row,
+                epoch=epoch,
+                world_size=world_size,
+                updates=parts.updates,
+                best=best,
+                stale=stale,
+                finished=finished,
+                optimizer=parts.optimizer.state_dict(),
+                scheduler=parts.schedule.scheduler.state_dict(),
+                scaler=parts.scaler.state_dict(),
+                ema=parts.ema.module.state_dict() if parts.ema is not None else None,
+                rng={"torch": torch.get_rng_state(), "python": random.getstate()},
+            )
         if finished:
             break
+    if world_size > 1:
+        dist.barrier()  # the others read metrics.csv (and later the `last` files) once rank 0 has written
     return pd.read_csv(run_dir / "metrics.csv").query("fold == @fold")
 
 
