@@ -7,7 +7,6 @@ DEMO_PARAMS ?= -p img_size 32
 SWEEP_BACKBONES ?= resnet18,mobilenetv3_small_100
 SWEEP_ARGS ?= $(DEMO_PARAMS)
 export NO_ALBUMENTATIONS_UPDATE := 1
-export MPLBACKEND := Agg
 
 .PHONY: setup demo sweep test lint lab bench clean-outputs
 
@@ -32,6 +31,11 @@ sweep: setup
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# benchmarks/RESULTS.md: data path, accuracy, inference, scale, demo (a few minutes; BENCH_ARGS=--quick: ~1)
+BENCH_ARGS ?=
+bench: setup
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

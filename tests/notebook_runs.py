@@ -21,5 +21,5 @@ def run_nbval(target: Path, outputs: Path, cwd: Path, timeout: int = 900) -> sub
         "-q",
         str(target),
     ]
-    env = {**os.environ, "KIT_OUTPUTS": str(outputs), "MPLBACKEND": "Agg"}
+    env = {**os.environ, "KIT_OUTPUTS": str(outputs)}
     return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)

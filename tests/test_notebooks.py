@@ -101,6 +101,9 @@ def test_data_notebook_with_parameters(
     )
     run = tmp_path / "outputs" / "runs" / "mine"
     assert json.loads((run / "config.json").read_text())["data_dir"] == str(root)
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    shown = [o for c in executed.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(shown) >= 3, "the executed copy should keep the figures it showed"
     assert (run / "plots" / "samples.png").exists()
     assert (tmp_path / "outputs" / "datasets" / root.name / "folds_k3_seed42.csv").exists()
 

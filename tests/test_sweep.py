@@ -364,7 +364,6 @@ def mini_sweep(tmp_path_factory) -> Path:
     data = tiny_dataset(root / "colours")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KIT_OUTPUTS", str(root / "outputs"))
-        mp.setenv("MPLBACKEND", "Agg")
         args = ["--backbones", "test_resnet,test_efficientnet", *TINY, "-p", "data_dir", str(data)]
         assert sweep.main(args) == 0
     return root / "outputs"
