@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from helpers.images import read_image
+from helpers.precision import pick_device
 
 SEED_STRIDE = 1_000_003
 
@@ -96,8 +97,16 @@ def load_cache(
 
 
 def auto_workers(cached: bool) -> int:
-    """Loader processes for this machine: none when images come from RAM on a small machine, else cores - 1."""
+    """Loader processes for this machine: none on a small machine, else cores - 1 (at most 8).
+
+    Training on the CPU, torch's threads already keep every core busy, so a loader process takes time from
+    the model rather than adding a core. On 2 cores (benchmarks/RESULTS.md) augmenting in the main process
+    matched or beat 1 and 2 workers in every case measured, from the RAM cache or decoding 32 px and 512 px
+    JPEGs: so none there when there is no GPU, and none for cached images up to 4 cores.
+    """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores <= 2 and pick_device().type == "cpu":
+        return 0
     if cached and cores <= 4:
         return 0
     return min(8, max(0, cores - 1))
