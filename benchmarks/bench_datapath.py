@@ -145,7 +145,10 @@ def measure_combo(
         )
 
     loaders = {v.name: loader(v) for v in variants}
-    staged = list(make_loader(ImageDataset(rows["path"], rows["label_idx"], build_train_transform(cfg.augment, img_size), cfg.seed, cache), BATCH_SIZE, True, cfg.seed, 0))  # fmt: skip
+    # the in-memory side: epoch 0 of the same sampler, collated once (the same images every loader yields)
+    transform = build_train_transform(cfg.augment, img_size)
+    dataset = ImageDataset(rows["path"], rows["label_idx"], transform, cfg.seed, cache)
+    staged = list(make_loader(dataset, BATCH_SIZE, True, cfg.seed, 0))
     models = {}
     for cl in sorted({v.channels_last for v in variants}, reverse=True):
         torch.manual_seed(0)
@@ -313,6 +316,12 @@ def datapath_markdown(r: dict) -> list[str]:
             else ""
         )
         + f", each pass one epoch over the first {r['max_batches']} batches of the fold-0 training split"
+        + (
+            " (quick mode is a smoke test: two short rounds do not survive another tenant's load, so ratios"
+            " above 1 or far apart mean noise; use the full run)"
+            if r["quick"]
+            else ""
+        )
     )
     lines = [
         f"Through the loader with the kit's defaults (RAM cache; `auto_workers`: {r['auto_workers']['cached']} "

@@ -7,6 +7,7 @@ images of an epoch are the same whatever the worker count and whether the run wa
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Iterator, Sequence
 
 import cv2
@@ -78,8 +79,11 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, key: int) -> tuple[torch.Tensor, int, int]:
         index = key % len(self.paths)
-        if hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(sample_seed(self.seed, key))
+        if hasattr(self.transform, "set_random_state"):
+            # one generator pair shared by the pipeline (set_random_seed would seed every transform alike,
+            # so their random draws would move together)
+            seed = sample_seed(self.seed, key)
+            self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         tensor = self.transform(image=self.image(index))["image"]
         return tensor, int(self.labels[index]), index
 
@@ -112,11 +116,6 @@ def auto_workers(cached: bool) -> int:
     return min(8, max(0, cores - 1))
 
 
-def _worker_init(_: int) -> None:
-    """One OpenCV thread per loader process: several workers each running a full thread pool thrash the cores."""
-    cv2.setNumThreads(1)
-
-
 def make_loader(
     dataset: ImageDataset,
     batch_size: int,
@@ -129,6 +128,10 @@ def make_loader(
     drop_last: bool = False,
 ) -> DataLoader:
     """A loader over the dataset; training shuffles per epoch. `drop_last` drops a last partial batch."""
+    if num_workers > 0:
+        # one OpenCV thread per process: workers each running a full pool thrash the cores. Set here, before
+        # the workers fork; setting it inside a worker hangs once the parent has used OpenCV's pool.
+        cv2.setNumThreads(1)
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, num_replicas=num_replicas, rank=rank)
     return DataLoader(
         dataset,
@@ -138,5 +141,4 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         drop_last=drop_last,
-        worker_init_fn=_worker_init if num_workers > 0 else None,
     )

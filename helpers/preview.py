@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import random
 import time
 from collections.abc import Callable
 
@@ -17,7 +18,7 @@ def augmented_views(image: np.ndarray, transform: A.Compose, n: int, seed: int) 
     """The same image through the training pipeline n times, as HWC images."""
     views = []
     for i in range(n):
-        transform.set_random_seed(seed + i)
+        transform.set_random_state(np.random.default_rng(seed + i), random.Random(seed + i))
         views.append(to_hwc(transform(image=image)["image"]))
     return views
 
