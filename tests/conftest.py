@@ -92,3 +92,14 @@ def make_imagefolder_dataset(tmp_path: Path) -> Callable[..., Path]:
 def imagefolder_dataset(make_imagefolder_dataset: Callable[..., Path]) -> Path:
     """3 classes x 6 images of 16x16, ImageFolder layout."""
     return make_imagefolder_dataset()
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny models gain nothing from more, and lose a lot on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

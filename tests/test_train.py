@@ -27,13 +27,7 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 METRIC_COLUMNS = ["fold", "epoch", "lr", "train_loss", "val_loss", "val_acc", "seconds", "images_per_s"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models gain nothing from more, and lose a lot on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
