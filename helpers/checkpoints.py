@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from helpers.atomic import atomic_torch_save
+from helpers.model import skeleton
 
 KINDS = ("best_score", "best_loss", "last", "ema")
 
@@ -64,14 +65,26 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """A timm model with the checkpoint's weights, in eval mode, and the checkpoint's metadata."""
-    ckpt = load_checkpoint(path)
+def load_model(
+    path: Path, device: str | torch.device = "cpu", channels_last: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A timm model with the checkpoint's weights, in eval mode, and the checkpoint's metadata.
+
+    The file is memory-mapped and its tensors become the model's own (no random initialisation to
+    overwrite, no second copy), so building each model of an ensemble costs little next to running it.
+    """
+    if not Path(path).exists():
+        load_checkpoint(path)  # raises the error that names the notebook to run
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     state = ckpt.pop("model")
-    with torch.device("meta"):  # no random initialisation only to be overwritten
-        model = timm.create_model(ckpt["backbone"], pretrained=False, num_classes=ckpt["num_classes"])
+    model = skeleton(ckpt["backbone"], ckpt["num_classes"])
     if any(name not in state for name, _ in model.named_buffers()):
         # non-persistent buffers are computed at construction, not stored: build the model for real
         model = timm.create_model(ckpt["backbone"], pretrained=False, num_classes=ckpt["num_classes"])
+    if channels_last:
+        state = {
+            k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
+            for k, v in state.items()
+        }
     model.load_state_dict(state, assign=True)
     return model.to(device).eval(), ckpt

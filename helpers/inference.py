@@ -94,11 +94,7 @@ def predict_models(
 
 def load_models(paths: Sequence[Path], device: torch.device, channels_last: bool = False) -> list[nn.Module]:
     """Each checkpoint loaded once, in eval mode, on the device."""
-    models = []
-    for path in paths:
-        model, _ = load_model(path, device)
-        models.append(model.to(memory_format=torch.channels_last) if channels_last else model)
-    return models
+    return [load_model(path, device, channels_last)[0] for path in paths]
 
 
 def predict_checkpoints(

@@ -8,7 +8,9 @@ looked up on disk first, because timm offline retries for about 47 s before it f
 
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +42,30 @@ def check_backbone(backbone: str) -> None:
 def data_config_for(backbone: str) -> dict[str, Any]:
     """The backbone's own input_size, mean, std, interpolation and crop (`resolve_model_data_config`).
 
-    The model is built on the meta device, without pretrained weights: no memory, no download, well under
-    a second even for the largest backbones, so a notebook can normalise images before building the model.
-    Building it, rather than reading the registry's pretrained config, matters for the odd model whose
-    registered size differs from the one it is built at (vitamin_xlarge_336 is built at 256).
+    Read from the model itself, built on the meta device (no memory, no download, and cached), so a
+    notebook can normalise images before building the model. Building it, rather than reading the
+    registry's pretrained config, matters for the odd model whose registered size differs from the one it is
+    built at (vitamin_xlarge_336 is built at 256).
     """
+    return dict(resolve_model_data_config(_meta_model(backbone, None)))
+
+
+def skeleton(backbone: str, num_classes: int) -> nn.Module:
+    """A new, uninitialised model of this architecture on the meta device, ready for a state dict with
+    `load_state_dict(..., assign=True)`.
+
+    The architecture is built once per (backbone, classes) and copied after that: loading the five folds of
+    an ensemble then costs one timm build and four cheap copies, with no random initialisation at all.
+    """
+    return copy.deepcopy(_meta_model(backbone, num_classes))
+
+
+@functools.lru_cache(maxsize=16)
+def _meta_model(backbone: str, num_classes: int | None) -> nn.Module:
     check_backbone(backbone)
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
     with torch.device("meta"):
-        model = timm.create_model(backbone, pretrained=False)
-    return resolve_model_data_config(model)
+        return timm.create_model(backbone, pretrained=False, **kwargs)
 
 
 def default_img_size(backbone: str) -> int:

@@ -24,6 +24,7 @@ from helpers.images import read_image
 from helpers.inference import (
     Member,
     image_loader,
+    load_models,
     predict_checkpoints,
     predict_ensemble,
     predict_folds,
@@ -31,7 +32,7 @@ from helpers.inference import (
     submission_frame,
     trained_checkpoints,
 )
-from helpers.model import data_config_for
+from helpers.model import _meta_model, data_config_for
 from helpers.precision import Precision
 from helpers.tables import DataError
 from helpers.train import train_fold
@@ -90,6 +91,27 @@ def image_paths(prepared) -> list[str]:
 def softmax_of(model: torch.nn.Module, loader) -> np.ndarray:
     with torch.no_grad():
         return torch.cat([model(PASS(x, CPU)).softmax(-1) for x, _, _ in loader]).numpy()
+
+
+# --- loading checkpoints -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_loaded_folds_are_separate_models_equal_to_their_checkpoints(prepared, tmp_path, channels_last):
+    cfg, _ = prepared
+    originals = [random_model(seed, scale=5.0) for seed in (1, 2)]
+    paths = [save_model(tmp_path / f"fold{i}.pt", m, cfg) for i, m in enumerate(originals)]
+    _meta_model.cache_clear()
+    loaded = load_models(paths, CPU, channels_last)
+    assert _meta_model.cache_info().misses == 1, "the second fold should copy the first one's architecture"
+    x = torch.rand(4, 3, 32, 32)
+    for original, model in zip(originals, loaded, strict=True):
+        assert not model.training
+        conv = next(m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), original(x), rtol=1e-5, atol=1e-5)
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(*(m.parameters() for m in loaded), strict=True))
 
 
 # --- ensembles ---------------------------------------------------------------------------------------------
