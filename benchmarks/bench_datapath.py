@@ -15,7 +15,7 @@ Short passes and more rounds, because another tenant's burst of a few seconds sp
 
 The settings sweep (full mode) runs the same way on the most data-bound case (mobilenetv3_small_100 at
 32 px), over loader worker counts, persistent or not, the main process's torch thread count, the RAM
-cache, channels_last, and one change the kit does not have (a cheaper per-sample reseed, see REPORTED).
+cache and channels_last.
 
 Accuracy: `train_fold` with the Config defaults on the demo digits, fold 0 (one epoch with --quick).
 """
@@ -48,7 +48,6 @@ class Variant:
     cached: bool = True
     main_threads: int = 0  # torch threads in the main process during the pass; 0: unchanged
     channels_last: bool = True
-    reseed: str = "kit"  # kit: the kit's ImageDataset; state: one shared generator per sample (REPORTED)
 
 
 DEFAULT = Variant("kit default")
@@ -62,7 +61,6 @@ SWEEP = [
     Variant("no RAM cache, 0 workers", workers=0, cached=False),
     Variant("no RAM cache, 1 worker", workers=1, cached=False),
     Variant("channels_last off, 0 workers", workers=0, channels_last=False),
-    Variant("shared-generator reseed, 0 workers (not in the kit)", workers=0, reseed="state"),
 ]
 BLOCK = 2  # loader passes between two in-memory passes
 
@@ -70,27 +68,6 @@ BLOCK = 2  # loader passes between two in-memory passes
 def _environment() -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
-
-
-def _state_reseed_dataset():
-    """ImageDataset whose per-sample reseed hands one numpy and one Python generator to the whole pipeline
-    (albumentations' `set_random_state`) instead of `set_random_seed`, which builds a pair per transform,
-    each seeded alike. Measured here only, to size a proposed change; the kit does not use it."""
-    import random
-
-    import numpy as np
-
-    from helpers.loaders import ImageDataset, sample_seed
-
-    class StateReseed(ImageDataset):
-        def __getitem__(self, key: int):
-            index = key % len(self.paths)
-            seed = sample_seed(self.seed, key)
-            self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
-            tensor = self.transform(image=self.image(index))["image"]
-            return tensor, int(self.labels[index]), index
-
-    return StateReseed
 
 
 def measure_combo(
@@ -108,10 +85,9 @@ def measure_combo(
     from helpers.model import create_model
     from helpers.train import build_parts, train_one_epoch
 
-    # A loader worker's init calls cv2.setNumThreads(1); after the main process has used OpenCV's thread
-    # pool (any augmentation in the main process, as the 0-worker variants do), that call deadlocks in the
-    # forked child. One thread in the main process from the start avoids it (see RESULTS.md, findings);
-    # at these image sizes OpenCV's pool does not change the per-image cost (measured 160 vs 163 us).
+    # make_loader sets one OpenCV thread when it starts workers; setting it from the start gives every
+    # variant, with or without workers, the same OpenCV thread count (160 vs 163 us per image with 1 or 2
+    # threads at these sizes: no difference).
     cv2.setNumThreads(1)
     device = torch.device("cpu")
     cfg = Config(backbone=backbone, img_size=img_size, batch_size=BATCH_SIZE)
@@ -120,11 +96,9 @@ def measure_combo(
     if max_batches:
         rows = rows.head(max_batches * BATCH_SIZE)
     cache = load_cache(rows["path"], rows["height"], rows["width"], cfg.cache_mb)
-    reseeded = _state_reseed_dataset()
 
     def loader(v: Variant) -> DataLoader:
-        kind = reseeded if v.reseed == "state" else ImageDataset
-        dataset = kind(
+        dataset = ImageDataset(
             rows["path"],
             rows["label_idx"],
             build_train_transform(cfg.augment, img_size),
