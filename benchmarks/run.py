@@ -196,12 +196,13 @@ FINDINGS = [
     "with its resize), which the cache removes. channels_last makes the model itself faster on this CPU "
     "(in memory, channels_last / contiguous: resnet18 1.04x at 32 px and 1.10x at 64 px, mobilenetv3_small_100 1.15x "
     "and 1.07x).",
-    "- **Why mobilenetv3_small_100 stays under 0.9.** Per image at 32 px the albumentations pipeline costs "
+    "- **Why mobilenetv3_small_100 sits around 0.9.** Per image at 32 px the albumentations pipeline costs "
     "about 160 us and the per-sample reseed about 20 us: ~0.18 ms, against ~1.7 ms of training per image for "
     "mobilenetv3_small_100 at 32 px (~580 img/s in memory on a quiet machine), with both cores shared "
-    "whatever the worker count. resnet18 (~5 ms per image at 32 px, ~8 ms at 64 px) clears 0.9. Reaching "
-    "0.9 for the small model needs a cheaper augmentation per image: batch-wise augmentation on tensors "
-    "(one affine grid for the whole batch), or fewer Python calls per image.",
+    "whatever the worker count: 0.87-0.96 over two runs with the malloc setting below (0.82-0.84 "
+    "without). resnet18 (~5 ms per image at 32 px, ~8 ms at 64 px) clears 0.9 in every run. A clear margin "
+    "for the small model needs a cheaper augmentation per image: batch-wise augmentation on tensors (one "
+    "affine grid for the whole batch), or fewer Python calls per image.",
     "- **One generator pair per sample.** `ImageDataset` reseeds each sample with "
     "`transform.set_random_state(np.random.default_rng(s), random.Random(s))`: 21 us instead of 97 us for "
     "albumentations' `set_random_seed` (+0.02 to +0.09 on the ratio over three runs), and it removes a real "
