@@ -57,35 +57,40 @@ def check_images(
 ) -> pd.DataFrame:
     """One row per given path, in order: `problem` (empty when readable), `height` and `width`.
 
-    Files whose size and mtime match the cache are not decoded again.
+    Files whose size and mtime match the cache are not decoded again. When the check stops halfway (an
+    interrupt, a crash in the reader), the images checked so far are still written to the cache, so the
+    next call resumes where this one stopped.
     """
     unique = list(dict.fromkeys(paths))
     stats = pd.DataFrame([(p, *_stat(p)) for p in unique], columns=["path", "size", "mtime_ns"])
     cached = _read_cache(cache_file)
     merged = stats.merge(cached, on=["path", "size", "mtime_ns"], how="left")
     todo = merged.index[merged["problem"].isna()].tolist()
-    if todo:
-        todo_paths = merged.loc[todo, "path"].tolist()
-        with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-            results = list(
-                tqdm(
-                    _map_in_slices(pool, todo_paths),
-                    total=len(todo_paths),
-                    desc="checking images",
-                    unit="img",
-                )
+    results: list[tuple[str, int, int]] = []
+    try:
+        if todo:
+            todo_paths = merged.loc[todo, "path"].tolist()
+            with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+                checked = _map_in_slices(pool, todo_paths)
+                results.extend(tqdm(checked, total=len(todo_paths), desc="checking images", unit="img"))
+    finally:
+        if results:
+            done = todo[: len(results)]
+            merged.loc[done, ["problem", "height", "width"]] = pd.DataFrame(
+                results, index=done, columns=["problem", "height", "width"]
             )
-        merged.loc[todo, ["problem", "height", "width"]] = pd.DataFrame(
-            results, index=todo, columns=["problem", "height", "width"]
-        )
-    merged["problem"] = merged["problem"].fillna("")
+            if cache_file is not None:
+                _write_cache(cache_file, cached, merged[merged["problem"].notna()])
     merged[["height", "width"]] = merged[["height", "width"]].astype(int)
-    if cache_file is not None and todo:
-        readable = merged[merged["problem"] != "missing"]
-        atomic_to_csv(
-            pd.concat([cached[~cached["path"].isin(readable["path"])], readable])[CHECK_COLUMNS], cache_file
-        )
     return merged[CHECK_COLUMNS].set_index("path").loc[list(paths)].reset_index()
+
+
+def _write_cache(cache_file: Path, cached: pd.DataFrame, checked: pd.DataFrame) -> None:
+    """The cache with these checked rows replacing older ones; missing files are not remembered."""
+    present = checked[checked["problem"] != "missing"]
+    atomic_to_csv(
+        pd.concat([cached[~cached["path"].isin(present["path"])], present])[CHECK_COLUMNS], cache_file
+    )
 
 
 def _read_cache(cache_file: Path | None) -> pd.DataFrame:

@@ -338,6 +338,30 @@ def test_check_images_one_row_per_path_with_repeated_paths(tmp_path, csv_dataset
     assert len(pd.read_csv(cache)) == 2
 
 
+def test_an_interrupted_check_keeps_what_it_checked(tmp_path, csv_dataset, monkeypatch):
+    paths = sorted(str(p) for p in (csv_dataset / "train_image").glob("*.jpg"))
+    cache = tmp_path / "image_check.csv"
+    real_check, calls = helpers.health._check_one, []
+
+    def crash_on_the_seventh(path):
+        calls.append(path)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return real_check(path)
+
+    monkeypatch.setattr(helpers.health, "_check_one", crash_on_the_seventh)
+    with pytest.raises(KeyboardInterrupt):
+        helpers.health.check_images(paths, cache, workers=1)
+    assert sorted(pd.read_csv(cache)["path"]) == paths[:6]
+
+    calls.clear()
+    monkeypatch.setattr(helpers.health, "_check_one", lambda path: (calls.append(path), real_check(path))[1])
+    result = helpers.health.check_images(paths, cache, workers=1)
+    assert calls == paths[6:], "the second run should check only what the first did not reach"
+    assert (result["problem"] == "").all() and list(result["path"]) == paths
+    assert sorted(pd.read_csv(cache)["path"]) == paths
+
+
 def test_check_images_memory_per_image_stays_small(tmp_path):
     """The pool gets the paths a slice at a time: handing it every path at once kept a future per image
     (about 1.75 KB each, 1.7 GB for a million images)."""
