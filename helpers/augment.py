@@ -13,6 +13,7 @@ change meaning when flipped (a mirrored 2 is no 2); `medium` and `heavy` flip, f
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -132,8 +133,17 @@ class InputPrep:
     def __call__(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
         x = x.to(device, non_blocking=True)
         if x.dtype == torch.uint8:
-            scale = torch.tensor(self.std, device=device).view(1, -1, 1, 1) * 255.0
-            shift = torch.tensor(self.mean, device=device).view(1, -1, 1, 1) * 255.0
+            shift, scale = _pixel_affine(self.mean, self.std, torch.device(device))
             x = (x.float() - shift) / scale
         fmt = torch.channels_last if self.channels_last and x.dim() == 4 else torch.contiguous_format
         return x.contiguous(memory_format=fmt)
+
+
+@functools.lru_cache(maxsize=16)
+def _pixel_affine(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel shift and scale of 0..255 pixels on the device: made once, not copied there per batch."""
+    shift = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
+    scale = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
+    return shift, scale

@@ -113,6 +113,16 @@ def predict_checkpoints(
     return predict_models(models, loader, views, device, resolve_precision(cfg.precision, device), prep)
 
 
+def probabilities_frame(
+    ids: Sequence[str], probabilities: np.ndarray, classes: Sequence[str]
+) -> pd.DataFrame:
+    """An `id` column and one probability column per class name: the run's test_probabilities.csv, which
+    the leaderboard scores against test_labels.csv."""
+    return pd.concat(
+        [pd.DataFrame({"id": list(ids)}), pd.DataFrame(probabilities, columns=list(classes))], axis=1
+    )
+
+
 def submission_frame(
     sample: pd.DataFrame, id_col: str, ids: Sequence[str], probabilities: np.ndarray, classes: Sequence[str]
 ) -> pd.DataFrame:

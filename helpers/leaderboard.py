@@ -22,8 +22,8 @@ import torch
 from matplotlib.figure import Figure
 
 from helpers.atomic import atomic_savefig, atomic_to_csv
-from helpers.config import ConfigError, parameter_names
-from helpers.holdout import TEST_LABELS
+from helpers.config import Config, ConfigError, parameter_names
+from helpers.holdout import test_labels
 from helpers.paths import demo_data_dir, outputs_dir, resolve_path, runs_dir
 from helpers.runner import FINISHED
 
@@ -194,14 +194,13 @@ def _oof_accuracy(path: Path) -> float:
 
 def _test_accuracy(path: Path, config: dict[str, Any]) -> float:
     """Share of test images whose most probable class is the one in the data's test_labels.csv."""
-    data_dir = resolve_path(config["data_dir"]) if config.get("data_dir") else demo_data_dir()
-    if not (data_dir / TEST_LABELS).exists():
+    cfg = Config.from_dict(config)
+    data_dir = resolve_path(cfg.data_dir) if cfg.data_dir else demo_data_dir()
+    probabilities = pd.read_csv(path, dtype={"id": str}).set_index("id").astype(float)
+    truth = test_labels(cfg, data_dir, probabilities.index.to_frame(), list(probabilities.columns))
+    if truth is None or not len(truth):
         return np.nan
-    id_col, label_col = config.get("id_col", "id"), config.get("label_col", "label")
-    truth = pd.read_csv(data_dir / TEST_LABELS, dtype=str).set_index(id_col)[label_col]
-    predicted = pd.read_csv(path, dtype={"id": str}).set_index("id").astype(float).idxmax(axis=1)
-    expected = truth.reindex(predicted.index)
-    return float((predicted == expected).mean()) if len(predicted) and expected.notna().all() else np.nan
+    return float((probabilities.to_numpy().argmax(1) == truth).mean())
 
 
 def _count(path: Path) -> int:

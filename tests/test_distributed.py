@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import random_rgb, write_image
-from train_fixtures import tiny_config
+from train_fixtures import child_env, tiny_config
 
 import helpers.train as train_mod
 from helpers.augment import InputPrep, build_eval_transform
@@ -116,16 +116,7 @@ class Trained:
 
 
 def _env(outputs: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
-    env.update(
-        KIT_OUTPUTS=str(outputs),
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        CUDA_VISIBLE_DEVICES="",
-        TQDM_DISABLE="1",
-        **extra,
-    )
-    return env
+    return child_env(outputs, drop=LAUNCH_VARIABLES, **extra)
 
 
 def _configure(data: Path, outputs: Path, run: str, **changes) -> None:

@@ -13,6 +13,7 @@ import timm
 import torch
 from albumentations.pytorch import ToTensorV2
 from conftest import random_rgb, write_image
+from train_fixtures import tiny_config
 
 from helpers import holdout
 from helpers.augment import InputPrep
@@ -41,23 +42,6 @@ CPU = torch.device("cpu")
 FP32 = Precision("cpu", torch.float32)
 PASS = InputPrep((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # uint8 batches become 0..1, float ones pass through
 CLASSES = ["cat", "dog", "fox"]
-
-
-def tiny_config(data_dir: Path, **changes) -> Config:
-    """test_resnet at 32 px, in-process loading, batches of 8 for prediction (18 images: 3 batches)."""
-    values = dict(
-        data_dir=str(data_dir),
-        backbone="test_resnet",
-        img_size=32,
-        n_folds=3,
-        epochs=1,
-        batch_size=4,
-        num_workers=0,
-        seed=0,
-        run_name="tiny",
-        augment="none",
-    )
-    return Config(**{**values, **changes})
 
 
 def random_model(seed: int, boost_class: int | None = None, scale: float = 1.0) -> torch.nn.Module:

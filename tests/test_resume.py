@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from train_fixtures import tiny_config
+from train_fixtures import child_env, tiny_config
 
 import helpers.train as train_mod
 from helpers.checkpoints import checkpoint_path
@@ -82,17 +81,9 @@ SCRIPT = (
 
 
 def _env(outputs: Path, pause: float = 0.0) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PAUSE_AFTER_EPOCH"}
-    env.update(
-        KIT_OUTPUTS=str(outputs),
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        CUDA_VISIBLE_DEVICES="",
-        TQDM_DISABLE="1",
+    return child_env(
+        outputs, drop={"PAUSE_AFTER_EPOCH"}, **({"PAUSE_AFTER_EPOCH": str(pause)} if pause else {})
     )
-    if pause:
-        env["PAUSE_AFTER_EPOCH"] = str(pause)
-    return env
 
 
 def _start(script: Path, data: Path, outputs: Path, log: Path, pause: float = 0.0) -> subprocess.Popen:

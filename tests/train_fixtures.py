@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,8 @@ from helpers.train import TrainParts
 
 
 def tiny_config(data_dir: Path, **changes: Any) -> Config:
-    """A CPU run of test_resnet at 32 px that trains in well under a second per epoch."""
+    """A CPU run of test_resnet at 32 px that trains in well under a second per epoch (and predicts in
+    batches of 8)."""
     values: dict[str, Any] = dict(
         data_dir=str(data_dir),
         backbone="test_resnet",
@@ -32,6 +35,21 @@ def tiny_config(data_dir: Path, **changes: Any) -> Config:
     )
     values.update(changes)
     return Config(**values)
+
+
+def child_env(outputs: Path, drop: Collection[str] = (), **extra: str) -> dict[str, str]:
+    """The environment of a training child process: this one's without the `drop` names, on the CPU with
+    one thread, writing under `outputs`, without progress bars, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(
+        KIT_OUTPUTS=str(outputs),
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        CUDA_VISIBLE_DEVICES="",
+        TQDM_DISABLE="1",
+        **extra,
+    )
+    return env
 
 
 def linear_model(seed: int = 0, features: int = 12, classes: int = 3) -> nn.Module:
