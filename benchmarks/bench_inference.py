@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -34,6 +32,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from machine import machine
 
 STARTED = time.perf_counter()
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,7 +217,6 @@ def run(args: argparse.Namespace, outputs: Path) -> int:
     ratio = floor_s / kit_s  # throughputs over the same forward passes
     paired = [f / k for f, k in zip(floor_times, kit_times, strict=True)]
     speedup = original_s / kit_s
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     lines = [
         "# Inference benchmark",
         "",
@@ -246,11 +245,8 @@ def run(args: argparse.Namespace, outputs: Path) -> int:
         f"transforming the {n_images} images {images_s:.2f} s",
         f"- training the checkpoints: {train_seconds:.1f} s; whole script: "
         f"{time.perf_counter() - STARTED:.0f} s",
-        f"- machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"{cores} usable CPU core(s), torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"timm {timm.__version__}, Python {platform.python_version()}, glibc malloc keeping freed memory "
-        f"(helpers.allocator): {retain_freed_memory()}",
-        f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        *machine(),
+        f"- glibc malloc keeping freed memory (helpers.allocator): {retain_freed_memory()}",
         "",
     ]
     report = "\n".join(lines)

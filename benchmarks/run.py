@@ -16,10 +16,8 @@ measured within one run: a shared 2-core machine's absolute times move by 2x fro
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -34,35 +32,11 @@ sys.path.insert(0, str(HERE))
 import bench_datapath  # noqa: E402
 import bench_demo  # noqa: E402
 import bench_scale  # noqa: E402
+from machine import machine  # noqa: E402
 
 PARTS = ["datapath", "accuracy", "inference", "scale", "demo"]
 RESULTS = HERE / "RESULTS.md"
 PART_TIMEOUT_S = 1500
-
-
-def machine() -> list[str]:
-    import albumentations
-    import cv2
-    import timm
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    commit = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return [
-        f"- machine: {platform.platform()}, {cpu}, {cores} usable core(s), {mem_gb:.0f} GB RAM",
-        f"- software: Python {platform.python_version()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), timm {timm.__version__}, albumentations "
-        f"{albumentations.__version__}, OpenCV {cv2.__version__}; code {commit or 'unknown'}",
-        f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
-    ]
 
 
 def _python(args: list[str], env: dict[str, str] | None = None) -> None:

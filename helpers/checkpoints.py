@@ -57,12 +57,15 @@ def save_checkpoint(
     return atomic_torch_save(payload, path)
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict[str, Any]:
+    """The checkpoint's contents (weights only); `mmap` maps its tensors from the file instead of reading them."""
     if not Path(path).exists():
         raise FileNotFoundError(
             f"checkpoint {path} does not exist: train that fold with notebooks/03_train.ipynb"
         )
-    return torch.load(path, map_location=map_location, weights_only=True)
+    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
 
 
 def load_model(
@@ -73,9 +76,7 @@ def load_model(
     The file is memory-mapped and its tensors become the model's own (no random initialisation to
     overwrite, no second copy), so building each model of an ensemble costs little next to running it.
     """
-    if not Path(path).exists():
-        load_checkpoint(path)  # raises the error that names the notebook to run
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    ckpt = load_checkpoint(path, mmap=True)
     state = ckpt.pop("model")
     model = skeleton(ckpt["backbone"], ckpt["num_classes"])
     if any(name not in state for name, _ in model.named_buffers()):

@@ -22,6 +22,7 @@ import torch
 from matplotlib.figure import Figure
 
 from helpers.atomic import atomic_savefig, atomic_to_csv
+from helpers.checkpoints import load_checkpoint
 from helpers.config import Config, ConfigError, parameter_names
 from helpers.holdout import test_labels
 from helpers.paths import demo_data_dir, outputs_dir, resolve_path, runs_dir
@@ -204,7 +205,7 @@ def _test_accuracy(path: Path, config: dict[str, Any]) -> float:
 
 
 def _count(path: Path) -> int:
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["model"]
+    state = load_checkpoint(path, mmap=True)["model"]
     return sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
 
 

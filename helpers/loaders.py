@@ -100,6 +100,11 @@ def load_cache(
     ]
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def auto_workers(cached: bool) -> int:
     """Loader processes for this machine: none on a small machine, else cores - 1 (at most 8).
 
@@ -108,7 +113,7 @@ def auto_workers(cached: bool) -> int:
     matched or beat 1 and 2 workers in every case measured, from the RAM cache or decoding 32 px and 512 px
     JPEGs: so none there when there is no GPU, and none for cached images up to 4 cores.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     if cores <= 2 and pick_device().type == "cpu":
         return 0
     if cached and cores <= 4:
