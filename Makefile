@@ -8,7 +8,7 @@ SWEEP_BACKBONES ?= resnet18,mobilenetv3_small_100
 SWEEP_ARGS ?= $(DEMO_PARAMS)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo sweep test lint lab bench clean-outputs
+.PHONY: setup demo sweep leaderboard test test-fast lab bench clean-outputs
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,11 @@ setup: $(STAMP)
 
 demo: setup
 	$(PY) -m helpers.runner --backbone resnet18 $(DEMO_PARAMS)
+	$(PY) -m helpers.leaderboard
+
+# outputs/leaderboard.csv and .png from every run folder
+leaderboard: setup
+	$(PY) -m helpers.leaderboard
 
 # one run per backbone (and per point of a --grid file), then outputs/leaderboard.csv and .png
 sweep: setup
@@ -30,7 +35,12 @@ sweep: setup
 
 test: setup
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest
+
+# the inner loop: everything but the notebook series, sweeps, torchrun and kill-and-resume (under a minute)
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
 
 # benchmarks/RESULTS.md: data path, accuracy, inference, scale, demo (a few minutes; BENCH_ARGS=--quick: ~1)
 BENCH_ARGS ?=

@@ -33,6 +33,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from helpers.allocator import retain_freed_memory
+
 BATCH_SIZE = 64  # Config's default
 COMBOS = [("resnet18", 32), ("resnet18", 64), ("mobilenetv3_small_100", 32), ("mobilenetv3_small_100", 64)]
 SWEEP_COMBO = ("mobilenetv3_small_100", 32)
@@ -78,12 +80,11 @@ def measure_combo(
     import torch
     from torch.utils.data import DataLoader
 
-    from helpers.augment import build_train_transform
     from helpers.config import Config
     from helpers.dataset import prepare_dataset
-    from helpers.loaders import ImageDataset, auto_workers, load_cache, make_loader
+    from helpers.loaders import build_loader
     from helpers.model import create_model
-    from helpers.train import build_parts, train_one_epoch
+    from helpers.train import build_parts, fold_rows, train_one_epoch
 
     # make_loader sets one OpenCV thread when it starts workers; setting it from the start gives every
     # variant, with or without workers, the same OpenCV thread count (160 vs 163 us per image with 1 or 2
@@ -92,37 +93,28 @@ def measure_combo(
     device = torch.device("cpu")
     cfg = Config(backbone=backbone, img_size=img_size, batch_size=BATCH_SIZE)
     info = prepare_dataset(cfg)
-    rows = info.table[info.table["fold"] != 0]
+    rows, _ = fold_rows(info, 0)
     if max_batches:
         rows = rows.head(max_batches * BATCH_SIZE)
-    cache = load_cache(rows["path"], rows["height"], rows["width"], cfg.cache_mb)
 
     def loader(v: Variant) -> DataLoader:
-        dataset = ImageDataset(
-            rows["path"],
-            rows["label_idx"],
-            build_train_transform(cfg.augment, img_size),
-            cfg.seed,
-            cache if v.cached else None,
-        )
-        workers = auto_workers(v.cached) if v.workers is None else v.workers
-        made = make_loader(dataset, BATCH_SIZE, True, cfg.seed, workers)
-        if v.persistent or workers == 0:
+        """Fold 0's training loader as train_fold builds it, with the variant's cache and workers."""
+        changes = {"cache_images": v.cached} | ({} if v.workers is None else {"num_workers": v.workers})
+        made = build_loader(cfg.replace(**changes), rows, train=True, fold=0, device=device)
+        if v.persistent or made.num_workers == 0:
             return made
         return DataLoader(
-            dataset,
+            made.dataset,
             batch_size=BATCH_SIZE,
             sampler=made.sampler,
-            num_workers=workers,
+            num_workers=made.num_workers,
             persistent_workers=False,
             worker_init_fn=made.worker_init_fn,
         )
 
     loaders = {v.name: loader(v) for v in variants}
     # the in-memory side: epoch 0 of the same sampler, collated once (the same images every loader yields)
-    transform = build_train_transform(cfg.augment, img_size)
-    dataset = ImageDataset(rows["path"], rows["label_idx"], transform, cfg.seed, cache)
-    staged = list(make_loader(dataset, BATCH_SIZE, True, cfg.seed, 0))
+    staged = list(build_loader(cfg.replace(num_workers=0), rows, train=True, fold=0, device=device))
     models = {}
     for cl in sorted({v.channels_last for v in variants}, reverse=True):
         torch.manual_seed(0)
@@ -182,7 +174,7 @@ def measure_combo(
         out_variants.append(
             {
                 **asdict(v),
-                "workers": auto_workers(v.cached) if v.workers is None else v.workers,
+                "workers": loaders[v.name].num_workers,
                 "images_per_s": med(through[v.name]),
                 "in_memory_images_per_s": med(memory[v.channels_last]),
                 "ratio": med(ratios[v.name]),
@@ -245,7 +237,8 @@ def run_accuracy(quick: bool) -> dict:
     import pandas as pd
 
     from helpers.config import Config
-    from helpers.dataset import prepare_dataset, run_dir_of
+    from helpers.dataset import prepare_dataset
+    from helpers.run_folder import RunFolder
     from helpers.train import resolve_img_size, train_fold
 
     started = time.perf_counter()
@@ -254,9 +247,7 @@ def run_accuracy(quick: bool) -> dict:
         cfg = cfg.replace(epochs=1)
     info = prepare_dataset(cfg)
     cfg = cfg.replace(img_size=resolve_img_size(cfg, info))
-    run_dir = run_dir_of(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics: pd.DataFrame = train_fold(cfg, info, 0, run_dir)
+    metrics: pd.DataFrame = train_fold(cfg, info, 0, RunFolder.of(cfg).create())
     last = metrics.iloc[-1]
     return {
         "quick": quick,
@@ -371,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accuracy", action="store_true", help="the accuracy-at-budget part instead")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
+    retain_freed_memory()
     own_outputs = "KIT_OUTPUTS" not in os.environ  # folds, class map, checkpoints: a temp folder, removed
     if own_outputs:
         os.environ["KIT_OUTPUTS"] = tempfile.mkdtemp(prefix="bench_datapath_")

@@ -35,6 +35,8 @@ from pathlib import Path
 
 from machine import machine
 
+from helpers.allocator import retain_freed_memory
+
 STARTED = time.perf_counter()
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "inference.md"
@@ -81,6 +83,7 @@ def median_seconds(
 
 def main() -> int:
     args = parse_args()
+    retain_freed_memory()
     outputs = Path(args.outputs) if args.outputs else Path(tempfile.mkdtemp(prefix="bench_inference_"))
     os.environ["KIT_OUTPUTS"] = str(outputs)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -97,14 +100,15 @@ def run(args: argparse.Namespace, outputs: Path) -> int:
     import timm
     import torch
 
-    from helpers.allocator import retain_freed_memory
     from helpers.augment import InputPrep
     from helpers.config import Config
-    from helpers.dataset import prepare_dataset, run_dir_of
+    from helpers.dataset import prepare_dataset
     from helpers.demo import ensure_demo_data
     from helpers.holdout import checked_test_images
-    from helpers.inference import image_loader, load_models, predict_checkpoints, trained_checkpoints
+    from helpers.inference import PREDICTION_FOLD, load_models, predict_checkpoints, trained_checkpoints
+    from helpers.loaders import build_loader
     from helpers.precision import pick_device, resolve_precision
+    from helpers.run_folder import RunFolder
     from helpers.tables import list_test_images
     from helpers.train import train_folds
     from helpers.tta import view_probabilities
@@ -133,26 +137,24 @@ def run(args: argparse.Namespace, outputs: Path) -> int:
     if args.train_per_fold:
         table = info.table.groupby("fold", group_keys=False).head(args.train_per_fold)
         info = dataclasses.replace(info, table=table.reset_index(drop=True))
-    run_dir = run_dir_of(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    train_folds(cfg, info, run_dir, device)
+    run = RunFolder.of(cfg).create()
+    train_folds(cfg, info, run, device)
     train_seconds = time.perf_counter() - t
-    paths = list(trained_checkpoints(run_dir, "best_score", cfg.n_folds).values())
+    paths = list(trained_checkpoints(run, "best_score", cfg.n_folds).values())
     print(f"trained {len(paths)} fold(s) of {cfg.backbone} at {cfg.img_size} px in {train_seconds:.1f} s")
 
     test = checked_test_images(list_test_images(cfg, data_dir, "csv"))
     if args.test_images:
         test = test.head(args.test_images)
-    image_paths, sizes = test["path"].tolist(), (test["height"], test["width"])
     n_images, n_models = len(test), len(paths)
 
     # -- (a) the kit, as 05 calls it: sizes given, so the images may come from the RAM cache -------------
     def kit():
-        return predict_checkpoints(cfg, paths, image_paths, KIT_VIEWS, sizes, device)
+        return predict_checkpoints(cfg, paths, test, KIT_VIEWS, device)
 
     models = load_models(paths, device, cfg.channels_last)
     prep = InputPrep.for_backbone(cfg.backbone, cfg.channels_last)
-    batches = [prep(x, device) for x, _, _ in image_loader(cfg, image_paths, sizes, device)]
+    batches = [prep(x, device) for x, _, _ in build_loader(cfg, test, False, PREDICTION_FOLD, device)]
     with torch.no_grad():  # warm-up, untimed: first-call allocator and kernel selection for every shape
         for x in batches:
             view_probabilities(models[0], x, KIT_VIEWS, precision)
@@ -174,7 +176,7 @@ def run(args: argparse.Namespace, outputs: Path) -> int:
         return load_models(paths, device, cfg.channels_last)
 
     def read_batches():
-        return [x for x, _, _ in image_loader(cfg, image_paths, sizes, device)]
+        return [x for x, _, _ in build_loader(cfg, test, False, PREDICTION_FOLD, device)]
 
     timed = median_seconds(
         {"kit": kit, "floor": floor, "models": build_models, "images": read_batches}, repeats
@@ -188,7 +190,7 @@ def run(args: argparse.Namespace, outputs: Path) -> int:
     def original():
         out = []
         plain = InputPrep.for_backbone(cfg.backbone)
-        for x, _, _ in image_loader(cfg, image_paths, sizes, device):
+        for x, _, _ in build_loader(cfg, test, False, PREDICTION_FOLD, device):
             x = plain(x, device)
             probs = 0
             for path in paths:

@@ -8,7 +8,7 @@ writing is not timed; the sizes are prefixes of one folder). Each size runs in i
 peak memory (ru_maxrss) is its own: the growth is the peak after the call minus the resident size just
 before it, with the path list already built. Then the same call again, on the now-filled cache.
 
-Loader memory: one epoch over ~20k samples (3k with --quick) through `make_loader` with 2 worker
+Loader memory: one epoch over ~20k samples (3k with --quick) through `build_loader` with 2 worker
 processes, uncached (decode from disk) and from the RAM cache; the resident memory of the main process and
 of each worker (VmRSS), and the proportional total (Pss: shared pages divided among the processes that
 map them, so the sum counts each page once) are read from /proc every tenth of the epoch.
@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from helpers.allocator import retain_freed_memory
 
 SIDE = 32
 DISTINCT = 1000  # distinct encoded images, repeated over the files
@@ -125,18 +127,28 @@ def check_one(folder: Path, n: int) -> dict:
 
 
 def loader_memory(folder: Path, n: int, cached: bool, workers: int) -> dict:
-    """One training epoch of n samples through make_loader; memory of every process at tenths of it."""
+    """One training epoch of n samples through the kit's loader; memory of every process at tenths of it."""
     _environment()
     import numpy as np
+    import pandas as pd
+    import torch
 
-    from helpers.augment import build_train_transform
-    from helpers.loaders import ImageDataset, load_cache, make_loader
+    from helpers.config import Config
+    from helpers.loaders import build_loader
 
-    paths = image_paths(folder, n)
-    labels = np.arange(n) % 10
-    cache = load_cache(paths, [SIDE] * n, [SIDE] * n, 4096) if cached else None
-    dataset = ImageDataset(paths, labels, build_train_transform("light", SIDE), 0, cache)
-    loader = make_loader(dataset, 64, True, 0, workers)
+    rows = pd.DataFrame(
+        {"path": image_paths(folder, n), "label_idx": np.arange(n) % 10, "height": SIDE, "width": SIDE}
+    )
+    cfg = Config(
+        img_size=SIDE,
+        augment="light",
+        batch_size=64,
+        seed=0,
+        num_workers=workers,
+        cache_images=cached,
+        cache_mb=4096,
+    )
+    loader = build_loader(cfg, rows, train=True, fold=0, device=torch.device("cpu"))
     me = os.getpid()
     every = max(1, len(loader) // 10)
     samples = []
@@ -253,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "--loader-memory", nargs=4, metavar=("FOLDER", "N", "CACHED", "W"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
+    retain_freed_memory()
     if args.check_one:
         print(json.dumps(check_one(Path(args.check_one[0]), int(args.check_one[1]))))
         return 0

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from helpers.allocator import retain_freed_memory
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -53,13 +55,15 @@ def main() -> None:
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    retain_freed_memory()
     os.environ.setdefault("KIT_OUTPUTS", tempfile.mkdtemp())
     os.environ.setdefault("KIT_DEMO_DATA", str(Path(tempfile.mkdtemp()) / "digits"))
 
-    from helpers.augment import build_train_transform
+    import pandas as pd
+
     from helpers.config import Config
     from helpers.dataset import prepare_dataset
-    from helpers.loaders import ImageDataset, load_cache, make_loader
+    from helpers.loaders import build_loader
     from helpers.model import create_model
     from helpers.precision import pick_device
     from helpers.train import build_parts
@@ -74,16 +78,12 @@ def main() -> None:
         precision=precision,
         channels_last=True,
         augment="light",
+        num_workers=args.workers,
+        cache_mb=4096,
     )
     info = prepare_dataset(cfg)
-    rows = info.table[info.table["fold"] != 0]
-    paths = list(rows["path"]) * args.repeat_data
-    labels = list(rows["label_idx"]) * args.repeat_data
-    cache = load_cache(
-        paths, list(rows["height"]) * args.repeat_data, list(rows["width"]) * args.repeat_data, 4096
-    )
-    dataset = ImageDataset(paths, labels, build_train_transform(cfg.augment, cfg.img_size), 0, cache)
-    loader = make_loader(dataset, cfg.batch_size, True, 0, args.workers, pin_memory=True)
+    rows = pd.concat([info.table[info.table["fold"] != 0]] * args.repeat_data, ignore_index=True)
+    loader = build_loader(cfg, rows, train=True, fold=0, device=device)
 
     def fresh(compiled: bool):
         torch.manual_seed(0)

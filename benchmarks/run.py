@@ -195,7 +195,7 @@ FINDINGS = [
     "once created a future per image up front: ~1.75 KB per image (~175 MB at 100k, ~1.7 GB at a "
     "million). `check_images` now maps slices of 1,024 paths (tests/test_data.py checks the peak memory "
     "per image); what remains is the table itself, a few hundred bytes per row.",
-    "- **glibc malloc keeps freed memory** (`helpers/allocator.py`, applied when `helpers` is imported). "
+    "- **glibc malloc keeps freed memory** (`helpers/allocator.py`, applied by the kit's entry points: notebooks, training CLI, benchmarks). "
     "By default glibc returns big freed blocks to the kernel and faults them in again on the next batch: "
     "two epochs of the default recipe took 1.0-1.1 million page faults and 6.0-6.5 s per epoch, against "
     "76,000 and 5.1-5.2 s with the setting (two runs each); a five-model ensemble pass over the test split "

@@ -8,6 +8,10 @@ or none, depending on the heap's history, and with these settings none; two epoc
 took 1.0-1.1 million faults and 6.0-6.5 s per epoch, and with these settings 76,000 and 5.1-5.2 s. The price is that the process keeps its peak memory until it
 exits, which a notebook kernel or a training process reuses anyway.
 
+The kit's entry points apply it: `helpers.notebook` (every notebook's first cell), the notebook runner,
+the training CLI and the benchmarks. Importing `helpers` does not, so a program that uses the helpers as a
+library keeps the malloc behaviour it chose.
+
 PyTorch's own advice for CPU work is a different allocator (jemalloc or tcmalloc through LD_PRELOAD);
 this needs nothing installed. It does nothing off glibc, or when MALLOC_MMAP_THRESHOLD_ or
 MALLOC_TRIM_THRESHOLD_ is set: the user has chosen already.

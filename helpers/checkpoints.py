@@ -1,4 +1,4 @@
-"""Checkpoints per fold: best_score, best_loss, last (resumable) and ema, written atomically.
+"""Checkpoints per fold (where they live: helpers.run_folder): written atomically, loaded weights-only.
 
 Each holds the plain timm state dict (no wrapper prefixes), so `timm.create_model(backbone,
 num_classes=N).load_state_dict(ckpt["model"])` works without this kit, plus the config, the class names
@@ -16,14 +16,6 @@ from torch import nn
 
 from helpers.atomic import atomic_torch_save
 from helpers.model import skeleton
-
-KINDS = ("best_score", "best_loss", "last", "ema")
-
-
-def checkpoint_path(run_dir: Path, fold: int, kind: str) -> Path:
-    if kind not in KINDS:
-        raise ValueError(f"unknown checkpoint kind {kind!r}; choose one of {KINDS}")
-    return Path(run_dir) / "checkpoints" / f"fold{fold}_{kind}.pt"
 
 
 def unwrap(model: nn.Module) -> nn.Module:

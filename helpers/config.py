@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import json
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,10 +24,26 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Preset = Literal["none", "light", "medium", "heavy"]
 Monitor = Literal["val_acc", "val_loss"]
 CheckpointKind = Literal["best_score", "best_loss", "last", "ema"]
+# Which step of the series owns a setting. "data" settings are fixed by 01_data and "train" settings by
+# 03_train (once a fold has trained): they define what a run trained on and how. The others never change
+# what was trained: "run" names the run, "predict" chooses how 04 and 05 predict, "machine" how fast.
+Stage = Literal["run", "data", "train", "predict", "machine"]
+FIXED_STAGES = ("data", "train")
+# a value that asks the kit to choose; the choice is saved, and asking again never contradicts it
+AUTOMATIC = {"img_size": 0}
 
 
 class ConfigError(ValueError):
     """A setting is unknown, of the wrong type or impossible; the message names it and how to fix it."""
+
+
+def setting(default: Any, stage: Stage, *, resumable: bool = False) -> Any:
+    """A Config field with its stage; `resumable` marks a data or train setting that a fold may change
+    between a run and its resumption (the other stages' settings always may)."""
+    metadata = {"stage": stage, "resumable": resumable or stage not in FIXED_STAGES}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -34,57 +51,73 @@ class Config:
     """Every setting of a run, with its default. Field comments are the user-facing documentation."""
 
     # --- run and data -----------------------------------------------------------------------------
-    run_name: str = ""  # folder under outputs/runs; empty: the backbone's name
-    data_dir: str = ""  # empty: the embedded digits demo set
-    dataset_name: str = ""  # folder under outputs/datasets; empty: data_dir's folder name
-    layout: Layout = "auto"  # csv (table + image folder), imagefolder (train/<class>/*), or auto-detect
-    csv_name: str = "train.csv"  # the label table, relative to data_dir
-    id_col: str = "id"  # image id column; the file is <image_dir>/<id><image_ext>
-    label_col: str = "label"  # class column: ints or strings
-    group_col: str = ""  # optional: rows sharing a group stay in one fold (StratifiedGroupKFold)
-    path_col: str = ""  # optional: a column of image paths relative to image_dir, instead of id + ext
-    image_dir: str = "train_image"  # image folder, relative to data_dir
-    image_ext: str = ".jpg"  # appended to the id to name its file
-    test_dir: str = "test_image"  # test images, relative to data_dir
-    sample_submission: str = "sample_submission.csv"  # test ids and submission columns
-    drop_bad_rows: bool = False  # False: stop on bad rows and list them; True: drop and record them
-    n_folds: int = 5  # K of stratified K-fold
-    seed: int = 42  # folds, initialisation, augmentation and loader order
+    run_name: str = setting("", "run")  # folder under outputs/runs; empty: the backbone's name
+    data_dir: str = setting("", "data")  # empty: the embedded digits demo set
+    dataset_name: str = setting("", "data")  # folder under outputs/datasets; empty: data_dir's folder name
+    layout: Layout = setting(
+        "auto", "data"
+    )  # csv (table + image folder), imagefolder (train/<class>/*), or auto-detect
+    csv_name: str = setting("train.csv", "data")  # the label table, relative to data_dir
+    id_col: str = setting("id", "data")  # image id column; the file is <image_dir>/<id><image_ext>
+    label_col: str = setting("label", "data")  # class column: ints or strings
+    group_col: str = setting(
+        "", "data"
+    )  # optional: rows sharing a group stay in one fold (StratifiedGroupKFold)
+    path_col: str = setting(
+        "", "data"
+    )  # optional: a column of image paths relative to image_dir, instead of id + ext
+    image_dir: str = setting("train_image", "data")  # image folder, relative to data_dir
+    image_ext: str = setting(".jpg", "data")  # appended to the id to name its file
+    test_dir: str = setting("test_image", "predict")  # test images, relative to data_dir
+    sample_submission: str = setting("sample_submission.csv", "predict")  # test ids and submission columns
+    drop_bad_rows: bool = setting(
+        False, "data", resumable=True
+    )  # False: stop on bad rows and list them; True: drop and record them
+    n_folds: int = setting(5, "data")  # K of stratified K-fold
+    seed: int = setting(42, "data")  # folds, initialisation, augmentation and loader order
     # --- model ------------------------------------------------------------------------------------
-    backbone: str = "resnet18"  # any timm model name
-    img_size: int = 0  # square input side; 0: the backbone's, capped at the data's median side
-    pretrained: bool = False  # load pretrained weights (local file or Hugging Face cache, never a download)
-    weights_file: str = ""  # local .pth / .safetensors of pretrained weights
-    channels_last: bool = True  # memory format for conv nets
+    backbone: str = setting("resnet18", "train")  # any timm model name
+    img_size: int = setting(
+        0, "train"
+    )  # square input side; 0: the backbone's, capped at the data's median side
+    pretrained: bool = setting(
+        False, "train"
+    )  # load pretrained weights (local file or Hugging Face cache, never a download)
+    weights_file: str = setting("", "train")  # local .pth / .safetensors of pretrained weights
+    channels_last: bool = setting(True, "train")  # memory format for conv nets
     # --- training ---------------------------------------------------------------------------------
-    folds: list[int] = field(default_factory=lambda: [0])  # folds to train; [] means all
-    epochs: int = 5
-    batch_size: int = 64  # per optimizer step is batch_size * grad_accum
-    lr: float = 3e-3  # peak learning rate
-    weight_decay: float = 0.05
-    optimizer: Optimizer = "adamw"
-    scheduler: Scheduler = "onecycle"
-    warmup_epochs: float = 0.0  # linear warmup for warmup_cosine (onecycle has its own ramp)
-    label_smoothing: float = 0.1
-    augment: Preset = "light"  # training augmentation preset
-    precision: Precision = "auto"  # auto: bf16 (or fp16) on CUDA, fp32 on CPU
-    grad_accum: int = 1  # micro-batches per optimizer step
-    clip_grad: float = 0.0  # max gradient norm; 0 disables clipping
-    sync_bn: bool = False  # several GPUs (helpers.distributed): batch-norm statistics over all GPUs' batches
-    ema: bool = False  # keep an exponential moving average of the weights
-    ema_decay: float = 0.998
-    mixup: float = 0.0  # mixup alpha; 0 disables
-    cutmix: float = 0.0  # cutmix alpha; 0 disables
-    monitor: Monitor = "val_acc"  # metric that picks best_score and drives early stopping
-    patience: int = 0  # epochs without improvement before stopping; 0 disables
-    num_workers: int = -1  # loader processes; -1: a choice for this machine's cores
-    cache_images: bool = True  # keep decoded images in RAM when they fit in cache_mb
-    cache_mb: int = 1024
-    resume: bool = True  # continue from fold<k>_last when it exists
+    folds: list[int] = setting([0], "train", resumable=True)  # folds to train; [] means all
+    epochs: int = setting(5, "train")
+    batch_size: int = setting(64, "train")  # per optimizer step is batch_size * grad_accum
+    lr: float = setting(3e-3, "train")  # peak learning rate
+    weight_decay: float = setting(0.05, "train")
+    optimizer: Optimizer = setting("adamw", "train")
+    scheduler: Scheduler = setting("onecycle", "train")
+    warmup_epochs: float = setting(
+        0.0, "train"
+    )  # linear warmup for warmup_cosine (onecycle has its own ramp)
+    label_smoothing: float = setting(0.1, "train")
+    augment: Preset = setting("light", "train")  # training augmentation preset
+    precision: Precision = setting("auto", "train")  # auto: bf16 (or fp16) on CUDA, fp32 on CPU
+    grad_accum: int = setting(1, "train")  # micro-batches per optimizer step
+    clip_grad: float = setting(0.0, "train")  # max gradient norm; 0 disables clipping
+    sync_bn: bool = setting(
+        False, "train"
+    )  # several GPUs (helpers.distributed): batch-norm statistics over all GPUs' batches
+    ema: bool = setting(False, "train")  # keep an exponential moving average of the weights
+    ema_decay: float = setting(0.998, "train")
+    mixup: float = setting(0.0, "train")  # mixup alpha; 0 disables
+    cutmix: float = setting(0.0, "train")  # cutmix alpha; 0 disables
+    monitor: Monitor = setting("val_acc", "train")  # metric that picks best_score and drives early stopping
+    patience: int = setting(0, "train")  # epochs without improvement before stopping; 0 disables
+    num_workers: int = setting(-1, "machine")  # loader processes; -1: a choice for this machine's cores
+    cache_images: bool = setting(True, "machine")  # keep decoded images in RAM when they fit in cache_mb
+    cache_mb: int = setting(1024, "machine")
+    resume: bool = setting(True, "machine")  # continue from fold<k>_last when it exists
     # --- evaluation and inference -----------------------------------------------------------------
-    checkpoint: CheckpointKind = "best_score"  # which checkpoint 04 and 05 use
-    tta_views: list[str] = field(default_factory=lambda: ["identity"])  # see helpers.tta.VIEWS
-    ensemble_runs: list[str] = field(default_factory=list)  # more runs to ensemble in 05
+    checkpoint: CheckpointKind = setting("best_score", "predict")  # which checkpoint 04 and 05 use
+    tta_views: list[str] = setting(["identity"], "predict")  # see helpers.tta.VIEWS
+    ensemble_runs: list[str] = setting([], "predict")  # more runs to ensemble in 05
 
     # ------------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -97,6 +130,21 @@ class Config:
     def names(cls) -> list[str]:
         """The setting names, in declaration order."""
         return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def stage_of(cls, name: str) -> Stage:
+        """The step of the series that owns the setting (see Stage)."""
+        return cls.__dataclass_fields__[name].metadata["stage"]
+
+    @classmethod
+    def names_of(cls, *stages: Stage) -> list[str]:
+        """The settings of these stages, in declaration order."""
+        return [f.name for f in dataclasses.fields(cls) if f.metadata["stage"] in stages]
+
+    @classmethod
+    def resumable(cls) -> set[str]:
+        """The settings a fold may change between a run and its resumption without changing what it trains."""
+        return {f.name for f in dataclasses.fields(cls) if f.metadata["resumable"]}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
@@ -229,6 +277,7 @@ def _parse_item(value: Any, item: type) -> Any:
 
 # -- notebooks ------------------------------------------------------------------------------------------
 PARAMETER_MARKER = "# parameters"  # first line of the parameters cell; papermill's own cell starts so too
+INJECTED_MARKER = "# Parameters"  # papermill's injected cell, exactly; the notebook's own is lower-case
 
 
 def parameter_names(cell_sources: list[str]) -> list[str]:
@@ -245,14 +294,60 @@ def parameter_names(cell_sources: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def passed_values(
+    namespace: dict[str, Any], cell_sources: list[str], owned: Collection[str] | None = None
+) -> dict[str, Any]:
+    """The settings that executed parameter cells pass, with their values from the namespace.
+
+    Every name papermill injected is passed. A name of the notebook's own cell is passed when the notebook
+    owns the setting (`owned`; None: all), or when its value differs from the default: a later notebook's
+    `backbone = "resnet18"` only names the run by default, and must not override what the run trained.
+    Unknown names are errors here, where papermill itself only warns.
+    """
+    injected = parameter_names([c for c in cell_sources if c.lstrip().startswith(INJECTED_MARKER)])
+    values = {n: namespace[n] for n in parameter_names(cell_sources) if n in namespace}
+    Config.from_dict(values)  # names and types checked before anything is compared
+    defaults = Config().to_dict()
+    return {
+        n: v
+        for n, v in values.items()
+        if owned is None
+        or n in owned
+        or n in injected
+        or Config.from_dict({n: v}).to_dict()[n] != defaults[n]
+    }
+
+
 def config_from_cells(
     namespace: dict[str, Any], cell_sources: list[str], base: Config | None = None
 ) -> Config:
-    """The config that executed parameter cells describe, with values from the namespace, on top of `base`.
-
-    The names come from the cells themselves, so a name papermill injected that no setting has (a typo in
-    `-p`) is an error here, where papermill itself only warns.
-    """
-    names = parameter_names(cell_sources)
-    values = {n: namespace[n] for n in names if n in namespace}
+    """The config that executed parameter cells describe, with values from the namespace, on top of `base`."""
+    values = passed_values(namespace, cell_sources)
     return Config.from_dict({**(base.to_dict() if base else {}), **values})
+
+
+def settle_run_config(passed: dict[str, Any], saved: Config, fixed: Collection[Stage], run: Path) -> Config:
+    """The saved config of the run in folder `run` with the passed settings on top.
+
+    A passed value of a fixed stage's setting that differs from the saved one is an error naming both
+    values: those settings define what the run trained on and how, and a second value would silently
+    describe a model that was never trained. Asking again for an AUTOMATIC value keeps the saved choice.
+    """
+    checked = Config.from_dict(passed).to_dict()
+    kept = {
+        n: v
+        for n, v in checked.items()
+        if n in passed and not (Config.stage_of(n) in fixed and AUTOMATIC.get(n) == v)
+    }
+    merged = Config.from_dict({**saved.to_dict(), **kept})
+    conflicts = [n for n in kept if Config.stage_of(n) in fixed and getattr(merged, n) != getattr(saved, n)]
+    if conflicts:
+        listed = "; ".join(
+            f"{n}={getattr(merged, n)!r} (the run has {getattr(saved, n)!r})" for n in conflicts
+        )
+        raise ConfigError(
+            f"{listed}: run {run.name!r} was made with the values in {run / 'config.json'}, and these "
+            f"parameters contradict them. Leave them out to use the run's values, or start a new run: set "
+            f"run_name to a new name and run 01_data and 03_train for it (python -m helpers.runner -p run_name NEW ...)."
+        )
+    return merged

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from helpers.atomic import atomic_to_csv, atomic_write_text
+from helpers.atomic import atomic_write_text
 from helpers.config import Config
 from helpers.demo import ensure_demo_data
 from helpers.folds import load_or_make_folds
 from helpers.health import FIXES, check_images
-from helpers.paths import datasets_dir, resolve_path, runs_dir
+from helpers.paths import datasets_dir, resolve_path
+from helpers.run_folder import RunFolder
 from helpers.tables import DataError, class_names, detect_layout, problem_frame, read_labels
 
 
@@ -51,12 +52,7 @@ def dataset_name_of(cfg: Config) -> str:
     return resolve_path(cfg.data_dir).name if cfg.data_dir else "digits"
 
 
-def run_dir_of(cfg: Config) -> Path:
-    """outputs/runs/<run_name>, with run_name defaulting to the backbone's name."""
-    return runs_dir() / (cfg.run_name or cfg.backbone)
-
-
-def prepare_dataset(cfg: Config, run_dir: Path | None = None) -> DataInfo:
+def prepare_dataset(cfg: Config, run: RunFolder | None = None) -> DataInfo:
     """Read, check and fold the training data; raise DataError listing every problem unless dropping."""
     data_dir = data_dir_of(cfg)
     if not data_dir.is_dir():
@@ -99,9 +95,9 @@ def prepare_dataset(cfg: Config, run_dir: Path | None = None) -> DataInfo:
 
     if not problems.empty and not cfg.drop_bad_rows:
         listed = ""
-        if run_dir is not None:
-            atomic_to_csv(problems, run_dir / "data_problems.csv")
-            listed = f" (all listed in {run_dir / 'data_problems.csv'})"
+        if run is not None:
+            run.write_data_problems(problems)
+            listed = f" (all listed in {run.data_problems})"
         raise DataError(
             f"{len(problems)} problem(s) in {data_dir}{listed}. Fix each one as it says, or set drop_bad_rows=True "
             "to train without these rows (they are then listed in the run's dropped_rows.csv):",
@@ -110,12 +106,8 @@ def prepare_dataset(cfg: Config, run_dir: Path | None = None) -> DataInfo:
     clean = frame[~frame["line"].isin(problems["line"].dropna())]
     small = problems.loc[problems["line"].isna(), "id"]
     clean = clean[~clean["label"].astype(str).isin(small)].drop(columns="problem").reset_index(drop=True)
-    if run_dir is not None:
-        dropped_file = run_dir / "dropped_rows.csv"
-        if problems.empty:
-            dropped_file.unlink(missing_ok=True)
-        else:
-            atomic_to_csv(problems, dropped_file)
+    if run is not None:
+        run.write_dropped_rows(problems)
     if clean["label"].nunique() < 2:
         raise DataError(
             f"after dropping bad rows, {data_dir} has fewer than 2 classes left to train on.", problems

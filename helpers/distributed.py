@@ -17,17 +17,17 @@ import os
 import sys
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.distributed as dist
 
+from helpers.allocator import retain_freed_memory
 from helpers.atomic import atomic_write_text
 from helpers.config import Config
 from helpers.dataset import DataInfo, prepare_dataset
-from helpers.paths import runs_dir
 from helpers.precision import pick_device
+from helpers.run_folder import RunFolder
 from helpers.train import resolve_img_size, train_folds
 
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
@@ -103,14 +103,14 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
-def check_shared_outputs(run_dir: Path, launch: Launch) -> None:
+def check_shared_outputs(run: RunFolder, launch: Launch) -> None:
     """Refuse nodes that do not see rank 0's run folder: the others read its checkpoints and metrics.csv.
 
     Rank 0 writes a fresh token into the run folder and every process reads it back; a collective call.
     """
     token = [uuid.uuid4().hex]
     dist.broadcast_object_list(token)
-    probe = run_dir / ".shared_check"
+    probe = run.path / ".shared_check"
     if launch.rank == 0:
         atomic_write_text(probe, token[0])
     dist.barrier()
@@ -122,17 +122,17 @@ def check_shared_outputs(run_dir: Path, launch: Launch) -> None:
     if not all(seen):
         blind = [rank for rank, ok in enumerate(seen) if not ok]
         raise LaunchError(
-            f"rank(s) {blind} do not see {run_dir} as rank 0 writes it: every node needs the same outputs "
+            f"rank(s) {blind} do not see {run.path} as rank 0 writes it: every node needs the same outputs "
             "folder (set KIT_OUTPUTS to a folder on a shared file system)."
         )
 
 
-def prepare(cfg: Config, run_dir: Path, launch: Launch) -> DataInfo:
+def prepare(cfg: Config, run: RunFolder, launch: Launch) -> DataInfo:
     """The prepared dataset: each node's local rank 0 checks and folds it first and writes the dataset
     folder; the node's other processes then read what it wrote rather than writing the same files."""
     if launch.local_rank != 0:
         dist.barrier()
-    info = prepare_dataset(cfg, run_dir)
+    info = prepare_dataset(cfg, run)
     if launch.local_rank == 0 and launch.world_size > 1:
         dist.barrier()
     return info
@@ -140,16 +140,16 @@ def prepare(cfg: Config, run_dir: Path, launch: Launch) -> DataInfo:
 
 def train_run(run: str, launch: Launch) -> pd.DataFrame:
     """Train the run's configured folds in this process (one of `launch.world_size`); returns metrics.csv."""
-    run_dir = runs_dir() / run
-    cfg = Config.load(run_dir / "config.json")
+    folder = RunFolder.named(run)
+    cfg = folder.read_config()
     if launch.world_size > 1:
-        check_shared_outputs(run_dir, launch)
-    info = prepare(cfg, run_dir, launch)
+        check_shared_outputs(folder, launch)
+    info = prepare(cfg, folder, launch)
     if not cfg.img_size:  # notebook 03 saves the resolved size; a hand-written config may leave it to us
         cfg = cfg.replace(img_size=resolve_img_size(cfg, info))
         if launch.rank == 0:
-            cfg.save(run_dir / "config.json")
-    return train_folds(cfg, info, run_dir, launch.device)
+            folder.write_config(cfg)
+    return train_folds(cfg, info, folder, launch.device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         help="refuse to train unless torchrun started this many processes in all",
     )
     args = parser.parse_args(argv)
+    retain_freed_memory()
     try:
         train_run(args.run_name, start(args.expect_world_size))
     except LaunchError as error:

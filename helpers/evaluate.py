@@ -56,7 +56,7 @@ def tta_table(labels: np.ndarray, prediction: Prediction, chosen: Sequence[str])
         {"views": v, "accuracy": accuracy_score(labels, prediction.view(v).argmax(1))}
         for v in prediction.views
     ]
-    combined = np.mean([prediction.view(v) for v in chosen], axis=0)
+    combined = prediction.mean_of(chosen)
     rows.append(
         {"views": " + ".join(chosen) + " (mean)", "accuracy": accuracy_score(labels, combined.argmax(1))}
     )
@@ -82,6 +82,12 @@ def most_confused(
 def sample_losses(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     """Cross-entropy of each sample's probabilities against its true class."""
     return -np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1.0))
+
+
+def highest_loss_indices(labels: np.ndarray, probabilities: np.ndarray, n: int) -> np.ndarray:
+    """The indices of the n samples with the highest loss, highest first (ties in sample order): the images
+    worth a look, for wrong labels or hard cases."""
+    return np.argsort(-sample_losses(labels, probabilities), kind="stable")[:n]
 
 
 def oof_frame(

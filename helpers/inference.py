@@ -3,6 +3,8 @@
 Batches are the outer loop and models the inner one, so each image is decoded once however many models
 and views there are, and every model stays in memory for the whole pass (the original pipeline reloaded
 every checkpoint for every batch). Probabilities are averaged over models and views after the softmax.
+Every loader comes from `helpers.loaders.build_loader`, over a table's rows (`path`, and `height` and
+`width` when known, which lets the images come from the RAM cache).
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from helpers.augment import InputPrep, build_eval_transform
-from helpers.checkpoints import checkpoint_path, load_checkpoint, load_model
+from helpers.augment import InputPrep
+from helpers.checkpoints import load_checkpoint, load_model
 from helpers.config import Config
-from helpers.loaders import ImageDataset, auto_workers, load_cache, make_loader
+from helpers.loaders import build_loader
 from helpers.precision import Precision, pick_device, resolve_precision
-from helpers.tta import check_views, view_probabilities
+from helpers.run_folder import RunFolder
+from helpers.tta import check_views, mean_over_views, view_probabilities
+
+# the fold build_loader seeds augmentation with: prediction's transform is deterministic, so any fold will do
+PREDICTION_FOLD = 0
 
 
 @dataclass
@@ -35,40 +41,27 @@ class Prediction:
 
     @property
     def probabilities(self) -> np.ndarray:
-        """Mean over views: the TTA prediction."""
-        return self.per_view.mean(axis=0)
+        """Mean over every view: the TTA prediction."""
+        return mean_over_views(self.per_view)
 
     def view(self, name: str) -> np.ndarray:
         return self.per_view[self.views.index(name)]
 
+    def mean_of(self, views: Sequence[str]) -> np.ndarray:
+        """Mean over some of the views: the TTA prediction of those views alone."""
+        return mean_over_views(self.per_view[[self.views.index(v) for v in views]])
 
-def trained_checkpoints(run_dir: Path, kind: str, n_folds: int) -> dict[int, Path]:
-    """The folds of a run that have a checkpoint of this kind, with its path."""
-    found = {k: checkpoint_path(run_dir, k, kind) for k in range(n_folds)}
-    found = {k: p for k, p in found.items() if p.exists()}
+
+def trained_checkpoints(run: RunFolder, kind: str, n_folds: int) -> dict[int, Path]:
+    """The folds of a run that have a checkpoint of this kind, with its path; an error saying what to run
+    when there is none."""
+    found = run.trained_folds(kind, n_folds)
     if not found:
         raise FileNotFoundError(
-            f"no {kind} checkpoint in {run_dir / 'checkpoints'}: run notebooks/03_train.ipynb for this run first"
+            f"no {kind} checkpoint in {run.checkpoints}: run notebooks/03_train.ipynb for this run first"
             + (" with ema=True" if kind == "ema" else "")
         )
     return found
-
-
-def image_loader(
-    cfg: Config,
-    paths: Sequence[str],
-    sizes: tuple[Sequence[int], Sequence[int]] | None = None,
-    device: torch.device | None = None,
-):
-    """An evaluation loader (resize to the run's size; uint8 batches) over image paths, in order."""
-    transform = build_eval_transform(cfg.img_size)
-    cache = load_cache(paths, *sizes, cfg.cache_mb) if (cfg.cache_images and sizes is not None) else None
-    dataset = ImageDataset(paths, np.zeros(len(paths), dtype=np.int64), transform, cfg.seed, cache)
-    workers = cfg.num_workers if cfg.num_workers >= 0 else auto_workers(cache is not None)
-    pin = (device or pick_device()).type == "cuda"
-    return make_loader(
-        dataset, cfg.batch_size * 2, train=False, seed=cfg.seed, num_workers=workers, pin_memory=pin
-    )
 
 
 @torch.no_grad()
@@ -100,15 +93,15 @@ def load_models(paths: Sequence[Path], device: torch.device, channels_last: bool
 def predict_checkpoints(
     cfg: Config,
     paths: Sequence[Path],
-    image_paths: Sequence[str],
+    rows: pd.DataFrame,
     views: Sequence[str],
-    sizes: tuple[Sequence[int], Sequence[int]] | None = None,
     device: torch.device | None = None,
 ) -> Prediction:
-    """Ensemble predictions of checkpoints (all trained with cfg's backbone and size) over image files."""
+    """Ensemble predictions of checkpoints (all trained with cfg's backbone and size) over a table's images,
+    in the rows' order."""
     device = device or pick_device()
     models = load_models(paths, device, cfg.channels_last)
-    loader = image_loader(cfg, image_paths, sizes, device)
+    loader = build_loader(cfg, rows, False, PREDICTION_FOLD, device)
     prep = InputPrep.for_backbone(cfg.backbone, cfg.channels_last)
     return predict_models(models, loader, views, device, resolve_precision(cfg.precision, device), prep)
 
@@ -162,11 +155,7 @@ def predict_folds(
     rows, parts = [], []
     for fold, path in checkpoints.items():
         val = table[table["fold"] == fold].reset_index(drop=True)
-        parts.append(
-            predict_checkpoints(
-                cfg, [path], val["path"].tolist(), views, (val["height"], val["width"]), device
-            )
-        )
+        parts.append(predict_checkpoints(cfg, [path], val, views, device))
         rows.append(val)
     prediction = Prediction(
         np.concatenate([p.per_view for p in parts], axis=1), list(views), np.arange(sum(len(r) for r in rows))
@@ -176,46 +165,55 @@ def predict_folds(
 
 @dataclass
 class Member:
-    """One run of an ensemble: its config (size, normalisation, backbone) and its fold checkpoints."""
+    """One run of an ensemble: its folder, its config (size, normalisation, backbone) and its fold
+    checkpoints."""
 
+    run: RunFolder
     cfg: Config
     checkpoints: list[Path]
     classes: list[str]
 
 
-def ensemble_members(cfg: Config, run_dir: Path) -> list[Member]:
+def ensemble_members(cfg: Config, run: RunFolder) -> list[Member]:
     """This run's fold checkpoints plus those of every run named in ensemble_runs; classes must agree."""
     members = []
-    for name in dict.fromkeys([run_dir.name, *cfg.ensemble_runs]):
-        other_dir = run_dir.parent / name
-        if not (other_dir / "config.json").exists():
-            raise FileNotFoundError(
-                f"ensemble_runs names {name!r}, but {other_dir / 'config.json'} does not exist"
-            )
-        other = Config.load(other_dir / "config.json").replace(
-            checkpoint=cfg.checkpoint, tta_views=cfg.tta_views
-        )
-        paths = list(trained_checkpoints(other_dir, cfg.checkpoint, other.n_folds).values())
-        members.append(Member(other, paths, load_checkpoint(paths[0])["classes"]))
+    for name in dict.fromkeys([run.name, *cfg.ensemble_runs]):
+        other_run = RunFolder(run.path.parent / name)
+        if not other_run.config.exists():
+            raise FileNotFoundError(f"ensemble_runs names {name!r}, but {other_run.config} does not exist")
+        other = other_run.read_config().replace(checkpoint=cfg.checkpoint, tta_views=cfg.tta_views)
+        paths = list(trained_checkpoints(other_run, cfg.checkpoint, other.n_folds).values())
+        members.append(Member(other_run, other, paths, load_checkpoint(paths[0])["classes"]))
     if any(m.classes != members[0].classes for m in members):
-        raise ValueError(
-            f"the runs {[m.cfg.run_name for m in members]} were trained on different class lists"
-        )
+        raise ValueError(f"the runs {member_names(members)} were trained on different class lists")
     return members
+
+
+def member_names(members: Sequence[Member]) -> list[str]:
+    """The run folders' names: what a run is called even when its run_name was left empty."""
+    return [m.run.name for m in members]
+
+
+def describe_ensemble(members: Sequence[Member], views: Sequence[str], n_images: int) -> str:
+    """One line for 05: how many images, models, runs and views the prediction covers."""
+    n_models = sum(len(m.checkpoints) for m in members)
+    return (
+        f"{n_images} test images; {n_models} model(s) from runs {member_names(members)} "
+        f"x {len(views)} view(s)"
+    )
 
 
 def predict_ensemble(
     members: Sequence[Member],
-    image_paths: Sequence[str],
+    rows: pd.DataFrame,
     views: Sequence[str],
-    sizes: tuple[Sequence[int], Sequence[int]] | None = None,
     device: torch.device | None = None,
 ) -> Prediction:
     """Probabilities averaged over every checkpoint of every member (each with its own preprocessing)."""
     total, count = None, 0
     for member in members:
-        p = predict_checkpoints(member.cfg, member.checkpoints, image_paths, views, sizes, device)
+        p = predict_checkpoints(member.cfg, member.checkpoints, rows, views, device)
         weighted = p.per_view * len(member.checkpoints)
         total = weighted if total is None else total + weighted
         count += len(member.checkpoints)
-    return Prediction(total / count, list(views), np.arange(len(image_paths)))
+    return Prediction(total / count, list(views), np.arange(len(rows)))

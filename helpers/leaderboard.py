@@ -8,7 +8,6 @@ and NaN, never a crash, so one broken run cannot hide the others.
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from collections.abc import Callable
@@ -24,9 +23,10 @@ from matplotlib.figure import Figure
 from helpers.atomic import atomic_savefig, atomic_to_csv
 from helpers.checkpoints import load_checkpoint
 from helpers.config import Config, ConfigError, parameter_names
+from helpers.dataset import data_dir_of
 from helpers.holdout import test_labels
-from helpers.paths import demo_data_dir, outputs_dir, resolve_path, runs_dir
-from helpers.runner import FINISHED
+from helpers.paths import outputs_dir, runs_dir
+from helpers.run_folder import RunFolder, metric_key
 
 COLUMNS = [
     "run",
@@ -58,30 +58,31 @@ def leaderboard_png() -> Path:
     return outputs_dir() / "leaderboard.png"
 
 
-def run_row(run_dir: Path) -> dict[str, Any]:
+def run_row(run: RunFolder) -> dict[str, Any]:
     """The leaderboard row of one run folder; a piece whose file is missing or unreadable is left out."""
-    config = _read(run_dir, "config.json", lambda p: json.loads(p.read_text()))
+    config = _read(run.config, lambda p: {"config": run.read_config()}).get("config")
     row: dict[str, Any] = {
-        "run": run_dir.name,
-        "backbone": config.get("backbone", np.nan),
-        "img_size": config.get("img_size", np.nan),
-        "epochs": config.get("epochs", np.nan),
-        "finished": (run_dir / FINISHED).exists(),
+        "run": run.name,
+        "backbone": config.backbone if config else np.nan,
+        "img_size": config.img_size if config else np.nan,
+        "epochs": config.epochs if config else np.nan,
+        "finished": run.finished.exists(),
     }
-    row |= _read(run_dir, "metrics.csv", _training_columns)
-    row |= _read(run_dir, "evaluation.json", _evaluation_columns)
-    row |= _read(run_dir, "oof.csv", lambda p: {"oof_acc": _oof_accuracy(p)})
-    row |= _read(run_dir, "test_probabilities.csv", lambda p: {"test_acc": _test_accuracy(p, config)})
-    checkpoints = sorted((run_dir / "checkpoints").glob("fold*_best_score.pt"))
+    row |= _read(run.metrics, lambda p: _training_columns(run.read_metrics()))
+    row |= _read(run.evaluation, lambda p: _evaluation_columns(run.read_evaluation()))
+    row |= _read(run.oof, lambda p: {"oof_acc": _oof_accuracy(run.read_oof())})
+    if config is not None:
+        row |= _read(run.test_probabilities, lambda p: {"test_acc": _test_accuracy(run, config)})
+    checkpoints = sorted(run.checkpoints.glob("fold*_best_score.pt"))
     if checkpoints:
-        row |= _read(run_dir, f"checkpoints/{checkpoints[0].name}", lambda p: {"parameters": _count(p)})
+        row |= _read(checkpoints[0], lambda p: {"parameters": _count(p)})
     return row
 
 
 def build_leaderboard() -> pd.DataFrame:
     """One row per folder of outputs/runs that has a metrics.csv (it trained), best val_acc_tta first."""
-    trained = sorted(d for d in runs_dir().glob("*") if (d / "metrics.csv").exists())
-    frame = pd.DataFrame([run_row(d) for d in trained], columns=COLUMNS)
+    runs = [RunFolder(d) for d in sorted(runs_dir().glob("*"))]
+    frame = pd.DataFrame([run_row(r) for r in runs if r.metrics.exists()], columns=COLUMNS)
     return rank_runs(frame, "val_acc_tta")
 
 
@@ -156,8 +157,7 @@ def _require(name: str, value: str, choices: list[str]) -> None:
 
 
 # -- the pieces of a row ---------------------------------------------------------------------------------
-def _read(run_dir: Path, name: str, read: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-    path = run_dir / name
+def _read(path: Path, read: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
@@ -167,8 +167,7 @@ def _read(run_dir: Path, name: str, read: Callable[[Path], dict[str, Any]]) -> d
         return {}
 
 
-def _training_columns(path: Path) -> dict[str, float]:
-    metrics = pd.read_csv(path)
+def _training_columns(metrics: pd.DataFrame) -> dict[str, float]:
     folds = metrics.groupby("fold")
     return {
         "best_val_acc": folds["val_acc"].max().mean(),
@@ -179,25 +178,19 @@ def _training_columns(path: Path) -> dict[str, float]:
     }
 
 
-def _evaluation_columns(path: Path) -> dict[str, float]:
-    evaluation = json.loads(path.read_text())
-    tta = [k for k in evaluation if k.startswith("TTA")]
-    return {
-        "val_acc": evaluation["no TTA"]["accuracy"],
-        **({"val_acc_tta": evaluation[tta[0]]["accuracy"]} if tta else {}),
-    }
+def _evaluation_columns(evaluation: dict[str, Any]) -> dict[str, float]:
+    keys = {"val_acc": metric_key("accuracy", tta=False), "val_acc_tta": metric_key("accuracy", tta=True)}
+    return {column: evaluation[key] for column, key in keys.items() if key in evaluation}
 
 
-def _oof_accuracy(path: Path) -> float:
-    oof = pd.read_csv(path, dtype={"label": str, "predicted": str})
+def _oof_accuracy(oof: pd.DataFrame) -> float:
     return float((oof["label"] == oof["predicted"]).mean()) if len(oof) else np.nan
 
 
-def _test_accuracy(path: Path, config: dict[str, Any]) -> float:
+def _test_accuracy(run: RunFolder, cfg: Config) -> float:
     """Share of test images whose most probable class is the one in the data's test_labels.csv."""
-    cfg = Config.from_dict(config)
-    data_dir = resolve_path(cfg.data_dir) if cfg.data_dir else demo_data_dir()
-    probabilities = pd.read_csv(path, dtype={"id": str}).set_index("id").astype(float)
+    data_dir = data_dir_of(cfg)
+    probabilities = run.read_test_probabilities()
     truth = test_labels(cfg, data_dir, probabilities.index.to_frame(), list(probabilities.columns))
     if truth is None or not len(truth):
         return np.nan

@@ -1,7 +1,9 @@
 """The Dataset and the loaders: the reader validation used, an optional RAM cache, reproducible augmentation.
 
-Augmentation randomness is seeded per sample from (seed, epoch, index), handed over by the sampler, so the
-images of an epoch are the same whatever the worker count and whether the run was resumed.
+`build_loader` is the one place a loader is assembled from a config (dataset, cache, transform, seed,
+workers, batch size), for training, validation, 02's preview and prediction alike. Augmentation randomness
+is seeded per sample from (seed, epoch, index), handed over by the sampler, so the images of an epoch are
+the same whatever the worker count and whether the run was resumed.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from collections.abc import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from helpers.augment import build_eval_transform, build_train_transform
+from helpers.config import Config
 from helpers.images import read_image
 from helpers.precision import pick_device
 
@@ -146,4 +151,52 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         drop_last=drop_last,
+    )
+
+
+def build_loader(
+    cfg: Config,
+    rows: pd.DataFrame,
+    train: bool,
+    fold: int,
+    device: torch.device,
+    num_replicas: int = 1,
+    rank: int = 0,
+) -> DataLoader:
+    """The loader over a table's rows (`path`; `label_idx`, `height` and `width` when known) for one fold.
+
+    Training's loader shuffles and augments with the fold's seed, in batches of batch_size (full batches
+    only with mixup or cutmix, which pair images); the others keep the rows' order, resize only, in batches
+    of twice that. Images are decoded into RAM first when cache_images is on and their sizes are known.
+    `num_replicas` > 1 gives process `rank` its share (data-parallel training). cfg.img_size must be set.
+    """
+    size = cfg.img_size
+    transform = build_train_transform(cfg.augment, size) if train else build_eval_transform(size)
+    labels = rows["label_idx"] if "label_idx" in rows else np.zeros(len(rows), dtype=np.int64)
+    sized = {"height", "width"} <= set(rows.columns)
+    cache = (
+        load_cache(rows["path"], rows["height"], rows["width"], cfg.cache_mb)
+        if cfg.cache_images and sized
+        else None
+    )
+    seed = cfg.seed + fold
+    dataset = ImageDataset(rows["path"], labels, transform, seed, cache)
+    mixing = train and (cfg.mixup > 0 or cfg.cutmix > 0)
+    per_process = -(-len(dataset) // num_replicas)
+    if mixing and per_process < cfg.batch_size:
+        raise ValueError(
+            f"mixup/cutmix drop the last partial batch, and fold {fold} has only {per_process} "
+            f"training images per process for batch_size={cfg.batch_size}: lower batch_size"
+        )
+    workers = cfg.num_workers if cfg.num_workers >= 0 else auto_workers(cache is not None)
+    return make_loader(
+        dataset,
+        cfg.batch_size if train else cfg.batch_size * 2,
+        train,
+        seed,
+        workers,
+        pin_memory=device.type == "cuda",
+        num_replicas=num_replicas,
+        rank=rank,
+        drop_last=mixing,
     )

@@ -7,17 +7,16 @@ serve: nbval executes cells without storing history.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 
-from helpers.config import PARAMETER_MARKER, Config, config_from_cells
-from helpers.dataset import run_dir_of
+from helpers.allocator import retain_freed_memory
+from helpers.config import FIXED_STAGES, PARAMETER_MARKER, Config, Stage, passed_values, settle_run_config
 from helpers.images import read_image
 from helpers.plots import save_figure, show_images
+from helpers.run_folder import RunFolder
 
-RunConfig = Literal["ignore", "optional", "required"]
 PARAMETER_CELLS: list[str] = []
 
 
@@ -38,37 +37,54 @@ def _install_recorder() -> None:
 
 
 _install_recorder()
+# a notebook kernel is a process of the kit's own: it keeps freed memory for the next batch
+retain_freed_memory()
 
 
-def start(namespace: dict[str, Any], run_config: RunConfig = "ignore") -> tuple[Config, Path]:
-    """The validated config of this notebook's parameters and its run folder (created).
+# The stage each notebook owns; the settings of the other stages come from the run's config.json once the
+# notebook that owns them has written it (see Config's Stage and README "Which value wins").
+NotebookStage = Literal["data", "preview", "train", "evaluate", "predict"]
+OWNS: dict[str, tuple[Stage, ...]] = {"data": ("data",), "train": ("train",)}
+FREE: tuple[Stage, ...] = ("run", "predict", "machine")
 
-    Notebooks after 01 build on the run's saved config.json ("optional": use it when present; "required":
-    say which notebook to run when it is missing); their own parameters override it.
+
+def start(namespace: dict[str, Any], stage: NotebookStage) -> tuple[Config, RunFolder]:
+    """The run's config for this notebook's parameters, and its run folder (created).
+
+    The run folder comes from run_name (or the backbone's name). When the run has a config.json, it is the
+    base: data settings are fixed by 01 and training settings once a fold has trained, so a parameter that
+    contradicts them is an error naming both values, and a notebook's default for a setting it does not own
+    (04's `backbone`, which names the run) never changes what the run trained. 04 and 05 need config.json.
     """
     if not PARAMETER_CELLS:
         raise RuntimeError(
             "no '# parameters' cell has run since helpers.notebook was imported: import it in the "
             "cell before the parameters cell, then run the parameters cell"
         )
-    cfg = config_from_cells(namespace, PARAMETER_CELLS)
-    run_dir = run_dir_of(cfg)
-    saved = run_dir / "config.json"
-    if run_config != "ignore" and saved.exists():
-        cfg = config_from_cells(namespace, PARAMETER_CELLS, Config.load(saved))
-    elif run_config == "required":
-        raise FileNotFoundError(
-            f"{saved} does not exist: run notebooks/03_train.ipynb for run_name={run_dir.name!r} first."
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return cfg, run_dir
+    owned = Config.names_of(*FREE, *OWNS.get(stage, ()))
+    passed = passed_values(namespace, PARAMETER_CELLS, owned)
+    run = RunFolder.of(Config.from_dict(passed))
+    if not run.config.exists():
+        if stage in ("evaluate", "predict"):
+            raise FileNotFoundError(
+                f"{run.config} does not exist: run notebooks/01_data.ipynb and 03_train.ipynb for "
+                f"run_name={run.name!r} first (or set run_name to a run in {run.path.parent})."
+            )
+        return Config.from_dict(passed), run.create()
+    trained = run.trained()
+    fixed = [
+        s
+        for s in FIXED_STAGES
+        if (s == "train" and trained) or (s == "data" and (trained or stage != "data"))
+    ]
+    return settle_run_config(passed, run.read_config(), fixed, run.path), run.create()
 
 
-def show_samples(table: pd.DataFrame, run_dir: Path, n: int = 24, seed: int = 0) -> Any:
+def show_samples(table: pd.DataFrame, run: RunFolder, n: int = 24, seed: int = 0) -> Any:
     """A grid of n training images titled with their class names, saved as plots/samples.png."""
     rows = table.sample(min(n, len(table)), random_state=seed)
     images = [read_image(p) for p in rows["path"]]
-    return save_figure(show_images(images, list(rows["label"].astype(str))), run_dir, "samples")
+    return save_figure(show_images(images, list(rows["label"].astype(str))), run, "samples")
 
 
 def fold_class_table(table: pd.DataFrame) -> pd.DataFrame:

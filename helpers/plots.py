@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -16,6 +15,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from helpers.atomic import atomic_savefig
+from helpers.images import read_image
+from helpers.run_folder import RunFolder
 
 
 def show_image(ax, image: np.ndarray, title: str = "", color: str = "black") -> None:
@@ -88,9 +89,9 @@ def show_curves(history: pd.DataFrame) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, run_dir: Path, name: str) -> Figure:
-    """Write the figure to <run_dir>/plots/<name>.png and return it for display."""
-    atomic_savefig(fig, Path(run_dir) / "plots" / f"{name}.png")
+def save_figure(fig: Figure, run: RunFolder, name: str) -> Figure:
+    """Write the figure to the run's plots/<name>.png and return it for display."""
+    atomic_savefig(fig, run.plot(name))
     return fig
 
 
@@ -128,20 +129,37 @@ def show_confusion(
     return fig
 
 
+def prediction_titles(
+    probabilities: np.ndarray, classes: Sequence[str], labels: np.ndarray | None = None
+) -> tuple[list[str], list[str]]:
+    """Titles and their colours for predicted images (labels as class indices).
+
+    With labels: 'true → predicted', green when right and red when wrong. Without them there is nothing
+    to be right against, so 'pred: <class> (<probability>)' in black: never a green that reads as correct.
+    """
+    names, predicted = np.asarray(classes), probabilities.argmax(1)
+    if labels is None:
+        titles = [f"pred: {names[p]} ({probabilities[i, p]:.2f})" for i, p in enumerate(predicted)]
+        return titles, ["black"] * len(titles)
+    pairs = list(zip(labels, predicted, strict=True))
+    titles = [f"{names[t]} → {names[p]}" for t, p in pairs]
+    return titles, ["tab:green" if t == p else "tab:red" for t, p in pairs]
+
+
 def show_predictions(
-    images: Sequence[np.ndarray],
-    true: Sequence[str],
-    predicted: Sequence[str],
+    rows: pd.DataFrame,
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+    labels: np.ndarray | None = None,
     extra: Sequence[str] = (),
+    n: int = 32,
     ncols: int = 8,
 ) -> Figure:
-    """Images titled 'true → predicted'; wrong predictions in red."""
-    titles = [
-        f"{t} → {p}" + (f"\n{extra[i]}" if extra else "")
-        for i, (t, p) in enumerate(zip(true, predicted, strict=True))
-    ]
-    colors = ["tab:red" if t != p else "tab:green" for t, p in zip(true, predicted, strict=True)]
-    return show_images(images, titles, ncols, colors)
+    """The first n rows' images (`path`) titled by `prediction_titles`, with an optional extra line each."""
+    titles, colors = prediction_titles(probabilities[:n], classes, None if labels is None else labels[:n])
+    if extra:
+        titles = [f"{t}\n{e}" for t, e in zip(titles, extra[:n], strict=True)]
+    return show_images([read_image(p) for p in rows["path"].head(n)], titles, ncols, colors)
 
 
 def show_cam(

@@ -3,29 +3,26 @@
 Papermill only warns about a parameter no notebook declares and never checks types, so every name and
 value is checked against the notebooks' parameters cells and the config before any notebook starts.
 Each notebook gets the parameters it declares; the executed copies go to outputs/runs/<run>/notebooks/.
-When the whole series has run, `finished.json` records the parameters, so a sweep can skip the run.
+When the whole series has run, the run folder's finished.json records the parameters, so a sweep can
+skip the run. The leaderboard is rebuilt by its own command, `python -m helpers.leaderboard`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import papermill
 import yaml
 
-from helpers.atomic import atomic_write_text
 from helpers.config import Config, ConfigError
-from helpers.dataset import run_dir_of
-from helpers.paths import NOTEBOOKS_DIR, PROJECT_ROOT
+from helpers.paths import notebooks_dir, project_root
+from helpers.run_folder import RunFolder
 
 SERIES = ["01_data", "02_augment_preview", "03_train", "04_evaluate", "05_inference"]
-FINISHED = "finished.json"  # in the run folder: written once every notebook of the series has completed
 
 
 @dataclass
@@ -42,16 +39,16 @@ class NotebookFailed(RuntimeError):
 
 
 def series_notebooks(names: list[str] | None = None) -> list[Path]:
-    """The series' notebooks that exist, in order (or the named ones)."""
+    """The series' notebooks in order (or the named ones); a missing notebook file is an error."""
     chosen = names or SERIES
     unknown = sorted(set(chosen) - set(SERIES))
     if unknown:
         raise ConfigError(f"unknown notebook(s) {unknown}; the series is {SERIES}")
-    return [
-        NOTEBOOKS_DIR / f"{n}.ipynb"
-        for n in SERIES
-        if n in chosen and (NOTEBOOKS_DIR / f"{n}.ipynb").exists()
-    ]
+    paths = [notebooks_dir() / f"{n}.ipynb" for n in SERIES if n in chosen]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ConfigError(f"notebook(s) {missing} do not exist: restore them (git checkout -- notebooks/)")
+    return paths
 
 
 def declared_parameters(notebook: Path) -> set[str]:
@@ -75,36 +72,28 @@ def parse_value(text: str) -> Any:
     return yaml.safe_load(text) if text.strip() else ""
 
 
-def finished_parameters(run_dir: Path) -> dict[str, Any] | None:
-    """The parameters the run's whole series completed with, or None when it has not (yet) completed."""
-    path = run_dir / FINISHED
-    return json.loads(path.read_text())["parameters"] if path.exists() else None
-
-
-def run_series(params: dict[str, Any], notebooks: list[str] | None = None, log: bool = True) -> Path:
+def run_series(params: dict[str, Any], notebooks: list[str] | None = None, log: bool = True) -> RunFolder:
     """Execute the notebooks in order for one run; return the run folder. Raises NotebookFailed.
 
     The run's finished marker is removed first and written only after the full series, so a run that
     stops halfway (or runs a subset of the notebooks) never counts as finished.
     """
     paths = series_notebooks(notebooks)
-    cfg = check_parameters(params, paths)
-    run_dir = run_dir_of(cfg)
-    params = {**params, "run_name": run_dir.name}
-    out_dir = run_dir / "notebooks"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / FINISHED).unlink(missing_ok=True)
+    run = RunFolder.of(check_parameters(params, paths))
+    params = {**params, "run_name": run.name}
+    run.notebooks.mkdir(parents=True, exist_ok=True)
+    run.clear_finished()
     for nb in paths:
         own = {k: v for k, v in params.items() if k in declared_parameters(nb)}
-        executed = out_dir / nb.name
+        executed = run.notebooks / nb.name
         if log:
-            print(f"[{run_dir.name}] {nb.stem} {own}", flush=True)
+            print(f"[{run.name}] {nb.stem} {own}", flush=True)
         try:
             papermill.execute_notebook(
                 str(nb),
                 str(executed),
                 parameters=own,
-                cwd=str(PROJECT_ROOT),
+                cwd=str(project_root()),
                 kernel_name="python3",
                 progress_bar=False,
                 log_output=False,
@@ -114,9 +103,8 @@ def run_series(params: dict[str, Any], notebooks: list[str] | None = None, log: 
                 nb.stem, f"cell {e.exec_count}", f"{e.ename}: {e.evalue}", executed
             ) from None
     if paths == series_notebooks():
-        marker = {"parameters": params, "finished_at": datetime.now().isoformat(timespec="seconds")}
-        atomic_write_text(run_dir / FINISHED, json.dumps(marker, indent=2) + "\n")
-    return run_dir
+        run.mark_finished(params)
+    return run
 
 
 def add_param_option(parser: argparse.ArgumentParser, help: str) -> None:
@@ -136,17 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.backbone:
         params["backbone"] = args.backbone
     try:
-        run_dir = run_series(params, args.notebooks.split(",") if args.notebooks else None)
+        run = run_series(params, args.notebooks.split(",") if args.notebooks else None)
     except (ConfigError, NotebookFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    from helpers.leaderboard import leaderboard_csv, write_leaderboard  # it reads runner's markers
-
-    board = write_leaderboard()
-    row = board[board["run"] == run_dir.name]
-    print(f"\nleaderboard ({leaderboard_csv()}), this run:\n{row.T.to_string(header=False)}")
-    submission = run_dir / "submission.csv"
-    print(f"\nresults: {run_dir}" + (f"\nsubmission: {submission}" if submission.exists() else ""))
+    print(f"\nresults: {run.path}" + (f"\nsubmission: {run.submission}" if run.submission.exists() else ""))
+    print("compare runs: python -m helpers.leaderboard (or notebooks/06_compare.ipynb)")
     return 0
 
 

@@ -26,12 +26,12 @@ import yaml
 
 from helpers import runner
 from helpers.config import Config, ConfigError
-from helpers.dataset import run_dir_of
 from helpers.leaderboard import leaderboard_csv, write_leaderboard
 from helpers.model import check_backbone
+from helpers.run_folder import RunFolder
 
-# settings that change how fast a run goes, not what it computes: a finished run is not redone for them
-OPERATIONAL = {"num_workers", "resume", "cache_images", "cache_mb"}
+# a finished run is redone only for settings that change what it computes, not how fast ("machine")
+STAGES_THAT_MATTER = ("run", "data", "train", "predict")
 # settings that decide the folds: runs that differ in them are not compared on the same images
 FOLD_SETTINGS = ("data_dir", "dataset_name", "csv_name", "label_col", "group_col", "n_folds", "seed")
 
@@ -141,13 +141,13 @@ def run_sweep(runs: list[PlannedRun], rerun: bool = False) -> list[str]:
     _warn_different_folds(runs)
     failures = []
     for i, run in enumerate(runs, 1):
-        run_dir = run_dir_of(Config.from_dict(run.params))
-        if runner.finished_parameters(run_dir) is not None and not rerun:
+        folder = RunFolder.of(Config.from_dict(run.params))
+        if folder.finished_parameters() is not None and not rerun:
             print(f"[{i}/{len(runs)}] {run.name}: finished before with these parameters, skipped", flush=True)
         else:
             print(f"[{i}/{len(runs)}] {run.name}", flush=True)
-            if rerun and run_dir.exists():
-                shutil.rmtree(run_dir)
+            if rerun and folder.path.exists():
+                shutil.rmtree(folder.path)
             try:
                 runner.run_series(run.params)
             except runner.NotebookFailed as e:
@@ -164,14 +164,15 @@ def _short(value: Any) -> str:
 
 
 def _changed_since_finished(cfg: Config) -> str:
-    """The settings (but operational ones) that differ from the run's finished ones, as 'name: old -> new'."""
-    before = runner.finished_parameters(run_dir_of(cfg))
+    """The settings (but those of how fast it runs) that differ from the run's finished ones, as
+    'name: old -> new'."""
+    before = RunFolder.of(cfg).finished_parameters()
     if before is None:
         return ""
     old = Config.from_dict(before).to_dict()
     now = cfg.to_dict()
     return ", ".join(
-        f"{k}: {old[k]!r} -> {now[k]!r}" for k in now if k not in OPERATIONAL and old[k] != now[k]
+        f"{k}: {old[k]!r} -> {now[k]!r}" for k in Config.names_of(*STAGES_THAT_MATTER) if old[k] != now[k]
     )
 
 

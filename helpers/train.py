@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,30 +35,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from helpers.atomic import atomic_to_csv
-from helpers.augment import InputPrep, build_eval_transform, build_train_transform
-from helpers.checkpoints import checkpoint_path, load_checkpoint, save_checkpoint, unwrap
+from helpers.augment import InputPrep
+from helpers.checkpoints import load_checkpoint, save_checkpoint, unwrap
 from helpers.config import Config
 from helpers.dataset import DataInfo
-from helpers.loaders import ImageDataset, auto_workers, load_cache, make_loader, sample_seed
+from helpers.loaders import build_loader, sample_seed
 from helpers.model import create_model, default_img_size
 from helpers.precision import Precision, pick_device, resolve_precision
+from helpers.run_folder import RunFolder
 from helpers.schedules import Schedule, build_schedule, current_lr
 
 NAN_CHECK_EVERY = 10  # optimizer-loop steps between loss checks (each check waits for the device)
-# settings that may change between a run and its resumption without changing what is trained
-RESUMABLE_CHANGES = {
-    "resume",
-    "num_workers",
-    "cache_images",
-    "cache_mb",
-    "checkpoint",
-    "tta_views",
-    "ensemble_runs",
-    "folds",
-    "run_name",
-    "drop_bad_rows",
-}
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -95,7 +82,7 @@ def world() -> tuple[int, int]:
     return 1, 0
 
 
-def _progress(iterable: Iterable[Any], **kwargs: Any) -> tqdm:
+def _progress(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
     """A progress bar on rank 0 only: one set of bars per run, however many processes train."""
     if world()[1] > 0:
         kwargs["disable"] = True
@@ -274,19 +261,60 @@ def build_parts(
     )
 
 
+def _higher_is_better(monitor: str) -> bool:
+    return monitor == "val_acc"
+
+
 def _improved(monitor: str, value: float, best: float | None) -> bool:
     if best is None:
         return True
-    return value > best if monitor == "val_acc" else value < best
+    return value > best if _higher_is_better(monitor) else value < best
 
 
-def _record_metrics(run_dir: Path, row: dict[str, Any]) -> None:
-    path = run_dir / "metrics.csv"
-    history = pd.read_csv(path) if path.exists() else pd.DataFrame()
-    if not history.empty:
-        history = history[~((history["fold"] == row["fold"]) & (history["epoch"] >= row["epoch"]))]
-    history = pd.concat([history, pd.DataFrame([row])], ignore_index=True)
-    atomic_to_csv(history, path)
+def best_epochs(metrics: pd.DataFrame, monitor: str) -> pd.DataFrame:
+    """Each fold's best epoch by the monitored metric (highest val_acc, lowest val_loss).
+
+    Of tied epochs the first, as the fold's best_score checkpoint holds it.
+    """
+    by_fold = metrics.groupby("fold")[monitor]
+    return metrics.loc[by_fold.idxmax() if _higher_is_better(monitor) else by_fold.idxmin()]
+
+
+@dataclass
+class FoldState:
+    """What a fold carries from one epoch to the next, and through a resume (in its `last` checkpoint)."""
+
+    epoch: int = 0  # the next epoch to train
+    best: dict[str, float | None] = field(default_factory=lambda: {"best_score": None, "best_loss": None})
+    stale: int = 0  # epochs since the monitored metric last improved
+    finished: bool = False
+
+    def record(self, cfg: Config, row: dict[str, Any]) -> list[str]:
+        """Take an epoch's metrics row; returns the best_* checkpoint kinds it improves on."""
+        improved = []
+        for kind, metric in (("best_score", cfg.monitor), ("best_loss", "val_loss")):
+            if _improved(metric, row[metric], self.best[kind]):
+                self.best[kind] = row[metric]
+                improved.append(kind)
+        self.stale = 0 if "best_score" in improved else self.stale + 1
+        self.epoch = row["epoch"] + 1
+        self.finished = self.epoch == cfg.epochs or bool(self.early_stop(cfg))
+        return improved
+
+    def early_stop(self, cfg: Config) -> str:
+        """Why the fold stops before its last epoch; empty when it does not."""
+        if cfg.patience > 0 and self.stale >= cfg.patience and self.epoch < cfg.epochs:
+            return (
+                f"early stop after {self.epoch} of {cfg.epochs} epochs: "
+                f"no {cfg.monitor} gain in the last {self.stale}"
+            )
+        return ""
+
+
+def fold_rows(info: DataInfo, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fold k's training rows (every other fold's) and its validation rows."""
+    table = info.table
+    return table[table["fold"] != fold], table[table["fold"] == fold]
 
 
 def _resume_state(cfg: Config, path: Path) -> dict[str, Any] | None:
@@ -294,8 +322,9 @@ def _resume_state(cfg: Config, path: Path) -> dict[str, Any] | None:
         return None
     ckpt = load_checkpoint(path)
     # a setting added since the checkpoint was written counts as its default: what the older kit did
-    before = {k: v for k, v in {**Config().to_dict(), **ckpt["config"]}.items() if k not in RESUMABLE_CHANGES}
-    now = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES}
+    resumable = Config.resumable()
+    before = {k: v for k, v in {**Config().to_dict(), **ckpt["config"]}.items() if k not in resumable}
+    now = {k: v for k, v in cfg.to_dict().items() if k not in resumable}
     changed = sorted(k for k in now if before.get(k) != now[k])
     if changed:
         raise ValueError(
@@ -312,12 +341,111 @@ def _resume_state(cfg: Config, path: Path) -> dict[str, Any] | None:
     return ckpt
 
 
-def train_fold(
+def _say_trained(cfg: Config, run: RunFolder, fold: int, state: dict[str, Any]) -> None:
+    """One line (rank 0) for a fold that resuming finds finished: else a re-run would show nothing."""
+    if world()[1] == 0:
+        print(
+            f"fold {fold} is already trained ({state['epoch'] + 1} of {cfg.epochs} epochs); its checkpoints "
+            f"are {run.checkpoints}/fold{fold}_*.pt. To train it again, set resume=False, or choose another run_name."
+        )
+
+
+def _fold_model(cfg: Config, num_classes: int, device: torch.device) -> nn.Module:
+    """A fresh model on the device, channels_last and with SyncBatchNorm across processes when asked."""
+    model = create_model(cfg.backbone, num_classes, cfg.pretrained, cfg.weights_file).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and world()[0] > 1:
+        if device.type != "cuda":
+            raise ValueError("sync_bn=True needs CUDA: PyTorch's SyncBatchNorm has no CPU implementation")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def _restore(state: dict[str, Any] | None, model: nn.Module, parts: TrainParts) -> FoldState:
+    """An unfinished fold's `last` checkpoint loaded into the model and parts; a fresh state without one."""
+    if state is None:
+        return FoldState()
+    model.load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.schedule.scheduler.load_state_dict(state["scheduler"])
+    parts.scaler.load_state_dict(state["scaler"])
+    if parts.ema is not None:
+        parts.ema.module.load_state_dict(state["ema"])
+    parts.updates = state["updates"]
+    return FoldState(state["epoch"] + 1, state["best"], state["stale"])
+
+
+def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """What the training step runs: the model, or DDP around it with several processes (which broadcasts
+    rank 0's weights to the other processes here)."""
+    if world()[0] == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def _validate(model: nn.Module, loader, parts: TrainParts, device: torch.device) -> dict[str, float]:
+    """The model's validation metrics and, with EMA on, its average's (as ema_val_*)."""
+    metrics = evaluate(model, loader, device, parts.precision, parts.prep)
+    if parts.ema is not None:
+        ema_metrics = evaluate(parts.ema.module, loader, device, parts.precision, parts.prep)
+        metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
+    return metrics
+
+
+def _save_epoch(
     cfg: Config,
-    info: DataInfo,
-    fold: int,
-    run_dir: Path,
-    device: torch.device | None = None,
+    run: RunFolder,
+    classes: list[str],
+    model: nn.Module,
+    parts: TrainParts,
+    row: dict[str, Any],
+    state: FoldState,
+    improved: list[str],
+) -> None:
+    """An epoch's files: the best checkpoints it improves, the EMA, its metrics.csv row, then `last`.
+
+    The row goes before `last`: a crash in between replays this epoch, row and all.
+    """
+    fold, config = row["fold"], cfg.to_dict()
+    for kind in improved:
+        save_checkpoint(run.checkpoint(fold, kind), model, config, classes, row)
+    if parts.ema is not None:
+        save_checkpoint(run.checkpoint(fold, "ema"), parts.ema.module, config, classes, row)
+    run.record_metrics(row)
+    save_checkpoint(
+        run.checkpoint(fold, "last"),
+        model,
+        config,
+        classes,
+        row,
+        epoch=row["epoch"],
+        world_size=world()[0],
+        updates=parts.updates,
+        best=state.best,
+        stale=state.stale,
+        finished=state.finished,
+        optimizer=parts.optimizer.state_dict(),
+        scheduler=parts.schedule.scheduler.state_dict(),
+        scaler=parts.scaler.state_dict(),
+        ema=parts.ema.module.state_dict() if parts.ema is not None else None,
+        rng={"torch": torch.get_rng_state(), "python": random.getstate()},
+    )
+
+
+def _end_short(bar: tqdm, reason: str) -> None:
+    """End an epoch bar that stops before its total full at the epochs run, saying why: tqdm.auto paints
+    a bar closed short of its total red, as it does a failure."""
+    bar.set_postfix_str(reason, refresh=False)
+    bar.total = bar.n
+    widget = getattr(bar, "container", None)  # tqdm.notebook's bar keeps its own maximum
+    if widget is not None:
+        widget.children[1].max = bar.n
+    bar.refresh()
+
+
+def train_fold(
+    cfg: Config, info: DataInfo, fold: int, run: RunFolder, device: torch.device | None = None
 ) -> pd.DataFrame:
     """Train one fold to the end (or early stop), resuming from its `last` checkpoint when there is one.
 
@@ -327,136 +455,56 @@ def train_fold(
     """
     world_size, rank = world()
     device = device or pick_device()
-    last_path = checkpoint_path(run_dir, fold, "last")
-    state = _resume_state(cfg, last_path)
-    if state is not None and state["finished"]:
-        return pd.read_csv(run_dir / "metrics.csv").query("fold == @fold")
+    # -- resume: a finished fold trains nothing; an unfinished one continues from its `last` checkpoint
+    resumed = _resume_state(cfg, run.checkpoint(fold, "last"))
+    if resumed is not None and resumed["finished"]:
+        _say_trained(cfg, run, fold, resumed)
+        return run.read_metrics(fold)
 
-    seed_everything(cfg.seed + fold)  # the same initial weights in every process
-    model = create_model(cfg.backbone, info.num_classes, cfg.pretrained, cfg.weights_file).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.sync_bn and world_size > 1:
-        if device.type != "cuda":
-            raise ValueError("sync_bn=True needs CUDA: PyTorch's SyncBatchNorm has no CPU implementation")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    train_rows, val_rows = info.table[info.table["fold"] != fold], info.table[info.table["fold"] == fold]
-
-    def dataset(rows: pd.DataFrame, transform) -> ImageDataset:
-        cache = (
-            load_cache(rows["path"], rows["height"], rows["width"], cfg.cache_mb)
-            if cfg.cache_images
-            else None
-        )
-        return ImageDataset(rows["path"], rows["label_idx"], transform, cfg.seed + fold, cache)
-
-    train_ds = dataset(train_rows, build_train_transform(cfg.augment, cfg.img_size))
-    val_ds = dataset(val_rows, build_eval_transform(cfg.img_size))
-    workers = cfg.num_workers if cfg.num_workers >= 0 else auto_workers(train_ds.cache is not None)
-    pin = device.type == "cuda"
-    mixing = cfg.mixup > 0 or cfg.cutmix > 0  # timm's Mixup pairs images: every batch must be full (even)
-    per_process = math.ceil(len(train_ds) / world_size)
-    if mixing and per_process < cfg.batch_size:
-        raise ValueError(
-            f"mixup/cutmix drop the last partial batch, and fold {fold} has only {per_process} "
-            f"training images per process for batch_size={cfg.batch_size}: lower batch_size"
-        )
-    train_loader = make_loader(
-        train_ds, cfg.batch_size, True, cfg.seed + fold, workers, pin, world_size, rank, drop_last=mixing
-    )
-    val_loader = make_loader(val_ds, cfg.batch_size * 2, False, cfg.seed, workers, pin, world_size, rank)
+    # -- set-up: the same initial weights in every process; each process loads its share of the images
+    seed_everything(cfg.seed + fold)
+    model = _fold_model(cfg, info.num_classes, device)
+    train_rows, val_rows = fold_rows(info, fold)
+    train_loader = build_loader(cfg, train_rows, True, fold, device, world_size, rank)
+    val_loader = build_loader(cfg, val_rows, False, fold, device, world_size, rank)
     parts = build_parts(cfg, model, info.num_classes, math.ceil(len(train_loader) / cfg.grad_accum), device)
+    # -- restore: an unfinished fold's weights, optimizer, schedule, scaler, EMA and counters
+    state = _restore(resumed, model, parts)
+    stepped = _data_parallel(model, device)  # after restoring: DDP broadcasts rank 0's weights
 
-    start_epoch, best, stale = 0, {"best_score": None, "best_loss": None}, 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        parts.optimizer.load_state_dict(state["optimizer"])
-        parts.schedule.scheduler.load_state_dict(state["scheduler"])
-        parts.scaler.load_state_dict(state["scaler"])
-        if parts.ema is not None:
-            parts.ema.module.load_state_dict(state["ema"])
-        parts.updates, best, stale = state["updates"], state["best"], state["stale"]
-        start_epoch = state["epoch"] + 1
-    # what the training step runs; DDP also broadcasts rank 0's weights to the other processes here
-    stepped = model
-    if world_size > 1:
-        stepped = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-
-    writes = rank == 0  # the processes hold the same weights and metrics: one writes them
-    config = cfg.to_dict()
-    for epoch in _progress(
-        range(start_epoch, cfg.epochs),
-        desc=f"fold {fold}",
-        unit="epoch",
-        initial=start_epoch,
-        total=cfg.epochs,
-    ):
-        # each process its own dropout and mixup draws; augmentation is seeded per image by the sampler
-        seed_everything(sample_seed(cfg.seed, fold * 100_000 + epoch) + rank)
-        train_loader.sampler.set_epoch(epoch)
-        started = time.perf_counter()
-        train_metrics = train_one_epoch(
-            stepped, train_loader, parts, device, desc=f"fold {fold} epoch {epoch}"
-        )
-        train_seconds = time.perf_counter() - started
-        row = {
-            "fold": fold,
-            "epoch": epoch,
-            "lr": current_lr(parts.optimizer),
-            **train_metrics,
-            **evaluate(model, val_loader, device, parts.precision, parts.prep),
-        }
-        if parts.ema is not None:
-            ema_metrics = evaluate(parts.ema.module, val_loader, device, parts.precision, parts.prep)
-            row.update({f"ema_{k}": v for k, v in ema_metrics.items()})
-        row["seconds"] = time.perf_counter() - started
-        row["images_per_s"] = train_metrics["train_images"] / train_seconds
-        parts.schedule.after_epoch(row[cfg.monitor])
-
-        score_improved = _improved(cfg.monitor, row[cfg.monitor], best["best_score"])
-        stale = 0 if score_improved else stale + 1
-        for kind, key in (("best_score", cfg.monitor), ("best_loss", "val_loss")):
-            if _improved("val_loss" if kind == "best_loss" else cfg.monitor, row[key], best[kind]):
-                best[kind] = row[key]
-                if writes:
-                    save_checkpoint(checkpoint_path(run_dir, fold, kind), model, config, info.classes, row)
-        finished = epoch == cfg.epochs - 1 or (cfg.patience > 0 and stale >= cfg.patience)
-        if writes:
-            if parts.ema is not None:
-                save_checkpoint(
-                    checkpoint_path(run_dir, fold, "ema"), parts.ema.module, config, info.classes, row
-                )
-            _record_metrics(run_dir, row)  # before `last`: a crash in between replays this epoch, row and all
-            save_checkpoint(
-                last_path,
-                model,
-                config,
-                info.classes,
-                row,
-                epoch=epoch,
-                world_size=world_size,
-                updates=parts.updates,
-                best=best,
-                stale=stale,
-                finished=finished,
-                optimizer=parts.optimizer.state_dict(),
-                scheduler=parts.schedule.scheduler.state_dict(),
-                scaler=parts.scaler.state_dict(),
-                ema=parts.ema.module.state_dict() if parts.ema is not None else None,
-                rng={"torch": torch.get_rng_state(), "python": random.getstate()},
+    # -- the loop: train, validate, then save; the bar advances once per epoch and ends full
+    with _progress(desc=f"fold {fold}", unit="epoch", initial=state.epoch, total=cfg.epochs) as bar:
+        for epoch in range(state.epoch, cfg.epochs):
+            # each process its own dropout and mixup draws; augmentation is seeded per image by the sampler
+            seed_everything(sample_seed(cfg.seed, fold * 100_000 + epoch) + rank)
+            train_loader.sampler.set_epoch(epoch)
+            started = time.perf_counter()
+            trained = train_one_epoch(stepped, train_loader, parts, device, desc=f"fold {fold} epoch {epoch}")
+            train_seconds = time.perf_counter() - started
+            row = {"fold": fold, "epoch": epoch, "lr": current_lr(parts.optimizer), **trained}
+            row.update(_validate(model, val_loader, parts, device))
+            row.update(
+                seconds=time.perf_counter() - started, images_per_s=trained["train_images"] / train_seconds
             )
-        if finished:
-            break
+            parts.schedule.after_epoch(row[cfg.monitor])
+            improved = state.record(cfg, row)
+            # -- save-epoch: the processes hold the same weights and metrics, so one writes them
+            if rank == 0:
+                _save_epoch(cfg, run, info.classes, model, parts, row, state, improved)
+            bar.update()
+            if state.finished:
+                break
+        if reason := state.early_stop(cfg):
+            _end_short(bar, reason)
     if world_size > 1:
         dist.barrier()  # the others read metrics.csv (and later the `last` files) once rank 0 has written
-    return pd.read_csv(run_dir / "metrics.csv").query("fold == @fold")
+    return run.read_metrics(fold)
 
 
 def train_folds(
-    cfg: Config, info: DataInfo, run_dir: Path, device: torch.device | None = None
+    cfg: Config, info: DataInfo, run: RunFolder, device: torch.device | None = None
 ) -> pd.DataFrame:
     """Train the configured folds (all when `folds` is empty); returns metrics.csv."""
-    folds = cfg.folds or list(range(cfg.n_folds))
-    for fold in folds:
-        train_fold(cfg, info, fold, run_dir, device)
-    return pd.read_csv(run_dir / "metrics.csv")
+    for fold in cfg.folds or range(cfg.n_folds):
+        train_fold(cfg, info, fold, run, device)
+    return run.read_metrics()

@@ -17,6 +17,7 @@ from helpers.dataset import prepare_dataset
 from helpers.demo import ensure_demo_data
 from helpers.folds import assign_folds, table_hash
 from helpers.images import JPEG_SOS
+from helpers.run_folder import RunFolder
 from helpers.tables import DataError
 
 N_FOLDS = 3
@@ -236,7 +237,7 @@ def test_drop_bad_rows_keeps_the_rest_and_records_them(outputs, csv_dataset, tmp
     table.to_csv(csv_dataset / "train.csv", index=False)
     run_dir = tmp_path / "run"
 
-    info = prepare_dataset(config(csv_dataset, drop_bad_rows=True), run_dir=run_dir)
+    info = prepare_dataset(config(csv_dataset, drop_bad_rows=True), run=RunFolder(run_dir))
 
     assert len(info.table) == 15 and info.n_rows == 18
     assert not {"dog_02", "fox_01", "cat_03"} & set(info.table["id"])
@@ -253,14 +254,14 @@ def test_drop_bad_rows_leaves_out_a_small_class(outputs, make_csv_dataset, tmp_p
     table = pd.read_csv(root / "train.csv", dtype=str)
     table.loc[table["id"].isin(["fox_00", "fox_01"]), "label"] = "emu"
     table.to_csv(root / "train.csv", index=False)
-    info = prepare_dataset(config(root, drop_bad_rows=True), run_dir=tmp_path / "run")
+    info = prepare_dataset(config(root, drop_bad_rows=True), run=RunFolder(tmp_path / "run"))
     assert info.classes == ["cat", "dog", "fox"]
     assert len(info.table) == 16
     dropped = pd.read_csv(tmp_path / "run" / "dropped_rows.csv")
     assert list(dropped["id"]) == ["emu"]
 
 
-def test_drop_bad_rows_without_run_dir_writes_nothing(outputs, csv_dataset, tmp_path):
+def test_drop_bad_rows_without_run_folder_writes_nothing(outputs, csv_dataset, tmp_path):
     (csv_dataset / "train_image" / "dog_02.jpg").unlink()
     info = prepare_dataset(config(csv_dataset, drop_bad_rows=True))
     assert len(info.table) == 17
@@ -272,10 +273,10 @@ def test_dropped_rows_file_not_stale_after_data_fixed(outputs, csv_dataset, tmp_
     data = path.read_bytes()
     path.unlink()
     run_dir = tmp_path / "run"
-    prepare_dataset(config(csv_dataset, drop_bad_rows=True), run_dir=run_dir)
+    prepare_dataset(config(csv_dataset, drop_bad_rows=True), run=RunFolder(run_dir))
     assert list(pd.read_csv(run_dir / "dropped_rows.csv")["id"]) == ["dog_02"]
     path.write_bytes(data)  # the user fixes the data and runs again into the same run folder
-    info = prepare_dataset(config(csv_dataset, drop_bad_rows=True), run_dir=run_dir)
+    info = prepare_dataset(config(csv_dataset, drop_bad_rows=True), run=RunFolder(run_dir))
     assert len(info.table) == 18 and info.problems.empty
     assert not (run_dir / "dropped_rows.csv").exists() or pd.read_csv(run_dir / "dropped_rows.csv").empty
 

@@ -24,14 +24,14 @@ from conftest import random_rgb, write_image
 from train_fixtures import child_env, tiny_config
 
 import helpers.train as train_mod
-from helpers.augment import InputPrep, build_eval_transform
-from helpers.checkpoints import checkpoint_path, load_model
-from helpers.config import Config
+from helpers.augment import InputPrep
+from helpers.checkpoints import load_model
 from helpers.dataset import prepare_dataset
 from helpers.distributed import REFUSED
-from helpers.loaders import ImageDataset, make_loader
+from helpers.loaders import build_loader
 from helpers.precision import Precision
-from helpers.train import evaluate, train_fold
+from helpers.run_folder import RunFolder
+from helpers.train import evaluate, fold_rows, train_fold
 
 # Trains the runs named on its command line in this process (rank RANK of WORLD_SIZE), through the CLI's
 # own start / train_run / stop. Test-only hooks around helpers.train: every epoch trained is appended to
@@ -119,8 +119,12 @@ def _env(outputs: Path, **extra: str) -> dict[str, str]:
     return child_env(outputs, drop=LAUNCH_VARIABLES, **extra)
 
 
+def _run(outputs: Path, name: str) -> RunFolder:
+    return RunFolder(outputs / "runs" / name)
+
+
 def _configure(data: Path, outputs: Path, run: str, **changes) -> None:
-    tiny_config(data, run_name=run, **changes).save(outputs / "runs" / run / "config.json")
+    _run(outputs, run).write_config(tiny_config(data, run_name=run, **changes))
 
 
 def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -176,20 +180,20 @@ def _validation_loader(trained: Trained, monkeypatch: pytest.MonkeyPatch) -> tor
     """Fold 0's validation images for one process, as train_fold builds them."""
     monkeypatch.setenv("KIT_OUTPUTS", str(trained.outputs))
     cfg = tiny_config(trained.data, **BN_RUN)
-    rows = prepare_dataset(cfg).table.query("fold == 0")
-    dataset = ImageDataset(rows["path"], rows["label_idx"], build_eval_transform(cfg.img_size))
-    return make_loader(dataset, cfg.batch_size * 2, False, cfg.seed, 0)
+    _, rows = fold_rows(prepare_dataset(cfg), 0)
+    return build_loader(cfg, rows, train=False, fold=0, device=torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_both_processes_end_with_the_weights_rank_0_checkpoints(trained):
     """Gradients are averaged, rank 0's batch-norm statistics (model and EMA) are taken at each epoch's
     end, and only the updating micro-batch of each accumulation group synchronises: the two processes
     finish with equal weights and buffers, and they are what the `last` and `ema` checkpoints hold."""
     ranks = [torch.load(trained.probe / "bn" / f"rank{k}.pt", weights_only=True) for k in (0, 1)]
-    run_dir = trained.outputs / "runs" / "bn"
+    run = _run(trained.outputs, "bn")
     saved = {
-        "model": torch.load(checkpoint_path(run_dir, 0, "last"), weights_only=True)["model"],
-        "ema": torch.load(checkpoint_path(run_dir, 0, "ema"), weights_only=True)["model"],
+        "model": torch.load(run.checkpoint(0, "last"), weights_only=True)["model"],
+        "ema": torch.load(run.checkpoint(0, "ema"), weights_only=True)["model"],
     }
     for part in ("model", "ema"):
         assert ranks[0][part].keys() == ranks[1][part].keys() == saved[part].keys()
@@ -199,6 +203,7 @@ def test_both_processes_end_with_the_weights_rank_0_checkpoints(trained):
             assert torch.equal(ranks[1][part][name], value), (part, name)
 
 
+@pytest.mark.slow
 def test_distributed_validation_counts_each_image_once(trained, monkeypatch):
     """The 11 validation images are shared 6 + 6 (one padded repeat); the gathered set is the 11, once."""
     n_val = len(_validation_loader(trained, monkeypatch).dataset)
@@ -211,21 +216,23 @@ def test_distributed_validation_counts_each_image_once(trained, monkeypatch):
         assert record["gathered"] == list(range(n_val))
 
 
+@pytest.mark.slow
 def test_distributed_validation_equals_one_process_on_the_same_weights(trained, monkeypatch):
     """The two processes' metrics of the last epoch (computed on their shares and gathered) equal one
     process's evaluate() of the checkpoints they saved. Only the batching of the forward passes differs,
     which moves a logit by float rounding at most: hence rtol 1e-5, and equal accuracy."""
     loader = _validation_loader(trained, monkeypatch)
-    run_dir = trained.outputs / "runs" / "bn"
-    last = pd.read_csv(run_dir / "metrics.csv").iloc[-1]
+    run = _run(trained.outputs, "bn")
+    last = pd.read_csv(run.metrics).iloc[-1]
     prep = InputPrep.for_backbone("test_resnet", channels_last=True)
     for kind, prefix in (("last", ""), ("ema", "ema_")):
-        model, _ = load_model(checkpoint_path(run_dir, 0, kind))
+        model, _ = load_model(run.checkpoint(0, kind))
         alone = evaluate(model, loader, torch.device("cpu"), Precision("cpu", torch.float32), prep)
         np.testing.assert_allclose(last[f"{prefix}val_loss"], alone["val_loss"], rtol=1e-5)
         assert last[f"{prefix}val_acc"] == pytest.approx(alone["val_acc"], abs=1e-7)
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_with_the_same_total_batch(trained):
     """Without batch norm, two processes with batch 4 train what one process with batch 8 does: the
     sampler deals each global batch out in halves, DDP averages the halves' gradients, and the training
@@ -233,8 +240,8 @@ def test_two_processes_train_like_one_with_the_same_total_batch(trained):
     in the all-reduce and in the smaller batches): about 1e-7 to 1e-6 here, so rtol 1e-4. A model with
     batch norm would not match: it normalises each process's 4 images by their own statistics, where
     one process normalises all 8 together, and the difference grows with every update."""
-    two = pd.read_csv(trained.outputs / "runs" / "free" / "metrics.csv")
-    one = pd.read_csv(trained.single / "runs" / "free" / "metrics.csv")
+    two = pd.read_csv(_run(trained.outputs, "free").metrics)
+    one = pd.read_csv(_run(trained.single, "free").metrics)
     assert two["epoch"].tolist() == one["epoch"].tolist() == [0, 1]
     assert two["train_images"].tolist() == one["train_images"].tolist()
     for column in ("lr", "train_loss", "val_loss"):
@@ -242,6 +249,7 @@ def test_two_processes_train_like_one_with_the_same_total_batch(trained):
     np.testing.assert_allclose(two["val_acc"], one["val_acc"], atol=1e-7)
 
 
+@pytest.mark.slow
 def test_a_mismatched_launch_is_refused(trained, tmp_path):
     """A world size other than the expected one, and launch variables set by hand without torchrun (no
     other process would ever join), are refused before training, with the reason and exit status 2."""
@@ -260,9 +268,10 @@ def test_a_mismatched_launch_is_refused(trained, tmp_path):
     assert "torchrun started 2 process(es)" in expect_log and "--expect-world-size is 3" in expect_log
     assert launches["by_hand"].returncode == REFUSED, by_hand_log
     assert "not started by torchrun" in by_hand_log
-    assert not (outputs / "runs" / "refused" / "checkpoints").exists()
+    assert not _run(outputs, "refused").checkpoints.exists()
 
 
+@pytest.mark.slow
 def test_a_killed_two_process_run_resumes_where_it_stopped(trained, tmp_path, monkeypatch):
     """Both processes are killed (SIGKILL) once epoch 0's `last` checkpoint is written. One process may not
     resume it (its batches per epoch, and so the schedule, would differ); a new two-process launch resumes
@@ -282,27 +291,27 @@ def test_a_killed_two_process_run_resumes_where_it_stopped(trained, tmp_path, mo
         killed.wait(timeout=60)
     finally:
         killed.kill()
-    run_dir = outputs / "runs" / "bn"
-    assert torch.load(checkpoint_path(run_dir, 0, "last"), weights_only=True)["epoch"] == 0
-    assert pd.read_csv(run_dir / "metrics.csv")["epoch"].tolist() == [0]
+    run = _run(outputs, "bn")
+    assert torch.load(run.checkpoint(0, "last"), weights_only=True)["epoch"] == 0
+    assert pd.read_csv(run.metrics)["epoch"].tolist() == [0]
     monkeypatch.setenv("KIT_OUTPUTS", str(outputs))
-    cfg = Config.load(run_dir / "config.json")
+    cfg = run.read_config()
     with pytest.raises(ValueError, match="trained by 2 process"):
-        train_fold(cfg, prepare_dataset(cfg), 0, run_dir, torch.device("cpu"))
+        train_fold(cfg, prepare_dataset(cfg), 0, run, torch.device("cpu"))
 
     resumed = _probe(tmp_path, outputs, ["bn"], "resumed")
     _finish(resumed, tmp_path / "resumed" / "log.txt")
     trained_epochs = (tmp_path / "resumed" / "trained.log").read_text().splitlines()
     assert sorted(trained_epochs) == ["0 fold 0 epoch 1", "1 fold 0 epoch 1"]
 
-    reference_dir = trained.outputs / "runs" / "bn"
-    metrics, reference = pd.read_csv(run_dir / "metrics.csv"), pd.read_csv(reference_dir / "metrics.csv")
+    reference_run = _run(trained.outputs, "bn")
+    metrics, reference = pd.read_csv(run.metrics), pd.read_csv(reference_run.metrics)
     assert metrics["epoch"].tolist() == reference["epoch"].tolist() == [0, 1]
     for column in ("lr", "train_loss", "val_loss", "val_acc", "ema_val_loss", "ema_val_acc"):
         np.testing.assert_allclose(metrics[column], reference[column], rtol=1e-6, err_msg=column)
     for kind in ("last", "ema"):
-        weights = torch.load(checkpoint_path(run_dir, 0, kind), weights_only=True)["model"]
-        expected = torch.load(checkpoint_path(reference_dir, 0, kind), weights_only=True)["model"]
+        weights = torch.load(run.checkpoint(0, kind), weights_only=True)["model"]
+        expected = torch.load(reference_run.checkpoint(0, kind), weights_only=True)["model"]
         for name, value in expected.items():
             assert torch.allclose(weights[name].float(), value.float(), atol=1e-6), (kind, name)
 

@@ -21,6 +21,7 @@ from helpers.evaluate import (
     cam_layer,
     explain_batch,
     grad_cam,
+    highest_loss_indices,
     most_confused,
     normalised_confusion,
     oof_frame,
@@ -160,6 +161,28 @@ def test_sample_losses_are_minus_log_p_true() -> None:
     np.testing.assert_allclose(losses, [-np.log(probs[i, y]) for i, y in enumerate(labels)])
     assert losses.mean() == pytest.approx(summary_metrics(labels, probs)["log_loss"])
     assert np.isfinite(sample_losses(np.array([0]), np.array([[0.0, 1.0]]))).all()  # clipped, not inf
+
+
+def test_highest_loss_indices_pick_the_highest_losses_in_order() -> None:
+    labels, probs = random_case(n_classes=4, seed=9)
+    worst = highest_loss_indices(labels, probs, 10)
+    losses = sample_losses(labels, probs)
+    np.testing.assert_array_equal(worst, np.argsort(losses)[::-1][:10])
+    assert (np.diff(losses[worst]) <= 0).all()
+    assert losses[worst[-1]] >= np.delete(losses, worst).max()
+    tied = highest_loss_indices(np.array([0, 0, 0]), np.array([[0.5, 0.5], [0.1, 0.9], [0.5, 0.5]]), 3)
+    np.testing.assert_array_equal(tied, [1, 0, 2])  # ties keep the sample order
+    assert len(highest_loss_indices(labels, probs, 1000)) == len(labels)
+
+
+def test_mean_of_some_views_is_their_average() -> None:
+    _, a = random_case(n=20, n_classes=3, seed=10)
+    _, b = random_case(n=20, n_classes=3, seed=11)
+    _, c = random_case(n=20, n_classes=3, seed=12)
+    prediction = Prediction(np.stack([a, b, c]), ["identity", "hflip", "vflip"], np.arange(20))
+    np.testing.assert_allclose(prediction.mean_of(["vflip", "identity"]), (a + c) / 2)
+    np.testing.assert_allclose(prediction.mean_of(["hflip"]), b)
+    np.testing.assert_allclose(prediction.probabilities, (a + b + c) / 3)
 
 
 def test_oof_frame_columns_and_values() -> None:

@@ -17,14 +17,15 @@ from train_fixtures import tiny_config
 
 from helpers import holdout
 from helpers.augment import InputPrep
-from helpers.checkpoints import checkpoint_path, save_checkpoint
+from helpers.checkpoints import save_checkpoint
 from helpers.config import Config
-from helpers.dataset import prepare_dataset, run_dir_of
+from helpers.dataset import prepare_dataset
 from helpers.holdout import checked_test_images, sample_submission
 from helpers.images import read_image
 from helpers.inference import (
     Member,
-    image_loader,
+    describe_ensemble,
+    ensemble_members,
     load_models,
     predict_checkpoints,
     predict_ensemble,
@@ -33,8 +34,10 @@ from helpers.inference import (
     submission_frame,
     trained_checkpoints,
 )
+from helpers.loaders import build_loader
 from helpers.model import _meta_model, data_config_for
 from helpers.precision import Precision
+from helpers.run_folder import RunFolder
 from helpers.tables import DataError
 from helpers.train import train_fold
 
@@ -68,8 +71,13 @@ def prepared(outputs, csv_dataset):
 
 
 @pytest.fixture
-def image_paths(prepared) -> list[str]:
-    return prepared[1].table["path"].tolist()
+def image_rows(prepared) -> pd.DataFrame:
+    """The images to predict, as the rows of a table with only a `path` column (no sizes, so no cache)."""
+    return prepared[1].table[["path"]]
+
+
+def loader_of(cfg: Config, rows: pd.DataFrame) -> torch.utils.data.DataLoader:
+    return build_loader(cfg, rows, False, 0, CPU)
 
 
 def softmax_of(model: torch.nn.Module, loader) -> np.ndarray:
@@ -101,29 +109,29 @@ def test_loaded_folds_are_separate_models_equal_to_their_checkpoints(prepared, t
 # --- ensembles ---------------------------------------------------------------------------------------------
 
 
-def test_a_model_listed_twice_counts_like_once(prepared, image_paths):
+def test_a_model_listed_twice_counts_like_once(prepared, image_rows):
     cfg, _ = prepared
     model = random_model(0, scale=5.0)
-    loader = image_loader(cfg, image_paths, device=CPU)
+    loader = loader_of(cfg, image_rows)
     views = ["identity", "hflip"]
     once = predict_models([model], loader, views, CPU, FP32, PASS)
     twice = predict_models([model, model], loader, views, CPU, FP32, PASS)
     np.testing.assert_allclose(twice.per_view, once.per_view, atol=1e-6)
-    np.testing.assert_array_equal(twice.indices, np.arange(len(image_paths)))
+    np.testing.assert_array_equal(twice.indices, np.arange(len(image_rows)))
 
 
-def test_a_checkpoint_listed_twice_counts_like_once(prepared, image_paths, tmp_path):
+def test_a_checkpoint_listed_twice_counts_like_once(prepared, image_rows, tmp_path):
     cfg, _ = prepared
     path = save_model(tmp_path / "m.pt", random_model(0, scale=5.0), cfg)
-    once = predict_checkpoints(cfg, [path], image_paths, ["identity", "vflip"], device=CPU)
-    twice = predict_checkpoints(cfg, [path, path], image_paths, ["identity", "vflip"], device=CPU)
+    once = predict_checkpoints(cfg, [path], image_rows, ["identity", "vflip"], device=CPU)
+    twice = predict_checkpoints(cfg, [path, path], image_rows, ["identity", "vflip"], device=CPU)
     np.testing.assert_allclose(twice.per_view, once.per_view, atol=1e-6)
 
 
-def test_the_ensemble_averages_probabilities_not_logits(prepared, image_paths):
+def test_the_ensemble_averages_probabilities_not_logits(prepared, image_rows):
     cfg, _ = prepared
     a, b = random_model(1, scale=20.0), random_model(2, scale=20.0)
-    loader = image_loader(cfg, image_paths, device=CPU)
+    loader = loader_of(cfg, image_rows)
     ensemble = predict_models([a, b], loader, ["identity"], CPU, FP32, PASS).view("identity")
     pa, pb = softmax_of(a, loader), softmax_of(b, loader)
     np.testing.assert_allclose(ensemble, (pa + pb) / 2, atol=1e-6)
@@ -135,25 +143,39 @@ def test_the_ensemble_averages_probabilities_not_logits(prepared, image_paths):
     assert np.abs(logit_mean - ensemble).max() > 1e-2
 
 
-def test_tta_probabilities_are_the_mean_of_the_views(prepared, image_paths):
+def test_tta_probabilities_are_the_mean_of_the_views(prepared, image_rows):
     cfg, _ = prepared
     model = random_model(3, scale=5.0)
-    prediction = predict_models(
-        [model], image_loader(cfg, image_paths, device=CPU), ["identity", "hflip"], CPU, FP32, PASS
-    )
-    assert prediction.per_view.shape == (2, len(image_paths), len(CLASSES))
+    prediction = predict_models([model], loader_of(cfg, image_rows), ["identity", "hflip"], CPU, FP32, PASS)
+    assert prediction.per_view.shape == (2, len(image_rows), len(CLASSES))
     np.testing.assert_allclose(
         prediction.probabilities, (prediction.view("identity") + prediction.view("hflip")) / 2
     )
 
 
-def test_predict_ensemble_weights_every_checkpoint_equally(prepared, image_paths, tmp_path):
+def test_predict_ensemble_weights_every_checkpoint_equally(prepared, image_rows, tmp_path):
     cfg, _ = prepared
     paths = [save_model(tmp_path / f"m{i}.pt", random_model(i, scale=10.0), cfg) for i in range(3)]
-    members = [Member(cfg, paths[:1], CLASSES), Member(cfg, paths[1:], CLASSES)]
-    ensemble = predict_ensemble(members, image_paths, ["identity"], device=CPU)
-    flat = predict_checkpoints(cfg, paths, image_paths, ["identity"], device=CPU)
+    run = RunFolder(tmp_path / "run")
+    members = [Member(run, cfg, paths[:1], CLASSES), Member(run, cfg, paths[1:], CLASSES)]
+    ensemble = predict_ensemble(members, image_rows, ["identity"], device=CPU)
+    flat = predict_checkpoints(cfg, paths, image_rows, ["identity"], device=CPU)
     np.testing.assert_allclose(ensemble.per_view, flat.per_view, atol=1e-6)
+
+
+def test_ensemble_members_are_named_by_their_run_folders(outputs, tmp_path):
+    """A run named by its backbone has run_name "": 05 must print the folder's name, not ''."""
+    cfg = tiny_config(tmp_path, run_name="")
+    for member_cfg, fold in ((cfg, 0), (tiny_config(tmp_path, run_name="other"), 1)):
+        member_run = RunFolder.of(member_cfg).create()
+        member_run.write_config(member_cfg)
+        save_model(member_run.checkpoint(fold, "best_score"), random_model(fold), member_cfg)
+    members = ensemble_members(cfg.replace(ensemble_runs=["other"]), RunFolder.of(cfg))
+    assert [m.cfg.run_name for m in members] == ["", "other"]  # what 05 used to print
+    assert [m.run.name for m in members] == ["test_resnet", "other"]
+    assert [len(m.checkpoints) for m in members] == [1, 1]
+    line = describe_ensemble(members, ["identity", "hflip"], 5)
+    assert line == "5 test images; 2 model(s) from runs ['test_resnet', 'other'] x 2 view(s)"
 
 
 # --- 04: the no-TTA prediction is what plain timm gives --------------------------------------------------
@@ -162,12 +184,12 @@ def test_predict_ensemble_weights_every_checkpoint_equally(prepared, image_paths
 @pytest.mark.parametrize("cached", [False, True], ids=["from_files", "from_ram_cache"])
 def test_no_tta_prediction_equals_plain_timm(prepared, cached):
     cfg, info = prepared
-    run_dir = run_dir_of(cfg)
-    train_fold(cfg, info, 0, run_dir, CPU)
-    path = checkpoint_path(run_dir, 0, "best_score")
+    run = RunFolder.of(cfg)
+    train_fold(cfg, info, 0, run, CPU)
+    path = run.checkpoint(0, "best_score")
     table = info.table
-    sizes = (table["height"], table["width"]) if cached else None
-    kit = predict_checkpoints(cfg, [path], table["path"].tolist(), ["identity"], sizes, CPU)
+    rows = table[["path", "height", "width"]] if cached else table[["path"]]
+    kit = predict_checkpoints(cfg, [path], rows, ["identity"], CPU)
 
     model = timm.create_model(cfg.backbone, num_classes=len(info.classes))
     model.load_state_dict(torch.load(path, weights_only=True)["model"])
@@ -217,20 +239,20 @@ def test_predict_folds_gives_each_validation_row_once_from_its_own_fold(prepared
     assert (probs.max(1) > 0.99).all()  # one fold's model, not a blend of folds
     for fold, model in models.items():
         mask = (rows["fold"] == fold).to_numpy()
-        loader = image_loader(cfg, rows.loc[mask, "path"].tolist(), device=CPU)
+        loader = loader_of(cfg, rows.loc[mask, ["path"]])
         direct = predict_models([model], loader, views, CPU, FP32, PASS)
         np.testing.assert_allclose(prediction.per_view[:, mask], direct.per_view, atol=1e-6)
 
 
 def test_trained_checkpoints_lists_existing_folds_and_says_what_to_run(tmp_path):
     cfg = tiny_config(tmp_path)
-    run_dir = tmp_path / "run"
+    run = RunFolder(tmp_path / "run")
     with pytest.raises(FileNotFoundError, match="03_train"):
-        trained_checkpoints(run_dir, "best_score", 3)
+        trained_checkpoints(run, "best_score", 3)
     with pytest.raises(FileNotFoundError, match="ema=True"):
-        trained_checkpoints(run_dir, "ema", 3)
-    path = save_model(checkpoint_path(run_dir, 1, "best_score"), random_model(0), cfg)
-    assert trained_checkpoints(run_dir, "best_score", 3) == {1: path}
+        trained_checkpoints(run, "ema", 3)
+    path = save_model(run.checkpoint(1, "best_score"), random_model(0), cfg)
+    assert trained_checkpoints(run, "best_score", 3) == {1: path}
 
 
 # --- 05: the submission ------------------------------------------------------------------------------------

@@ -12,15 +12,16 @@ import papermill
 import pytest
 from notebook_runs import run_nbval
 
-from helpers.paths import NOTEBOOKS_DIR, demo_data_dir
+from helpers.config import INJECTED_MARKER, Config
+from helpers.paths import demo_data_dir, notebooks_dir
 from helpers.runner import SERIES
 
-ALL_NOTEBOOKS = sorted(p.stem for p in NOTEBOOKS_DIR.glob("*.ipynb"))
+ALL_NOTEBOOKS = sorted(p.stem for p in notebooks_dir().glob("*.ipynb"))
 TINY = {"backbone": "test_resnet", "img_size": 32, "epochs": 1, "batch_size": 32, "num_workers": 0}
 
 
 def notebook(name: str) -> Path:
-    return NOTEBOOKS_DIR / f"{name}.ipynb"
+    return notebooks_dir() / f"{name}.ipynb"
 
 
 def test_the_series_is_all_there():
@@ -50,6 +51,20 @@ def test_parameters_cell_holds_literals_only(name):
         ast.literal_eval(node.value)  # raises on anything but a literal
 
 
+@pytest.mark.parametrize("name", SERIES)
+def test_parameter_defaults_are_the_config_defaults(name):
+    """A notebook's default for a setting it does not decide counts as 'not passed' (README: which value
+    wins), so each default in a parameters cell must be the Config default."""
+    declared = papermill.inspect_notebook(str(notebook(name)))
+    defaults = Config().to_dict()
+    for setting, spec in declared.items():
+        assert (
+            Config.from_dict({setting: ast.literal_eval(spec["default"])}).to_dict()[setting]
+            == defaults[setting]
+        ), setting
+
+
+@pytest.mark.slow
 def test_series_under_nbval(tmp_path):
     """Each notebook, with tiny parameters injected by papermill, passes nbval in order, sharing one run."""
     prepared = tmp_path / "notebooks"
@@ -84,6 +99,7 @@ def test_series_under_nbval(tmp_path):
         assert (run / "plots" / f"{plot}.png").stat().st_size > 0, plot
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["csv", "imagefolder"])
 def test_data_notebook_with_parameters(
     tmp_path, monkeypatch, layout, make_csv_dataset, make_imagefolder_dataset
@@ -108,6 +124,7 @@ def test_data_notebook_with_parameters(
     assert (tmp_path / "outputs" / "datasets" / root.name / "folds_k3_seed42.csv").exists()
 
 
+@pytest.mark.slow
 def test_unknown_papermill_parameter_fails(tmp_path, monkeypatch):
     """Papermill only warns about an unknown -p name; the notebook itself turns it into an error."""
     monkeypatch.setenv("KIT_OUTPUTS", str(tmp_path / "outputs"))
@@ -121,6 +138,7 @@ def test_unknown_papermill_parameter_fails(tmp_path, monkeypatch):
         )
 
 
+@pytest.mark.slow
 def test_bad_data_lists_problems(tmp_path, monkeypatch, make_csv_dataset):
     """Bad data stops 01 with the list of problems, naming the file, not a bare traceback."""
     root = make_csv_dataset()
@@ -137,3 +155,79 @@ def test_bad_data_lists_problems(tmp_path, monkeypatch, make_csv_dataset):
         )
     assert "DataError" in err.value.ename
     assert victim.name in err.value.evalue and "image empty" in err.value.evalue
+
+
+REPRODUCTION = [
+    ("01_data", {"run_name": "r1"}),
+    (
+        "03_train",
+        {"run_name": "r1", "backbone": "test_resnet", "epochs": 1, "img_size": 32, "batch_size": 32},
+    ),
+    ("04_evaluate", {"run_name": "r1"}),
+]
+
+
+def best_epoch_and_evaluation(run: Path) -> tuple[float, float]:
+    """03's best-epoch val_acc of fold 0 and 04's out-of-fold accuracy without TTA."""
+    best = pd.read_csv(run / "metrics.csv")["val_acc"].max()
+    return best, json.loads((run / "evaluation.json").read_text())["val_acc"]
+
+
+@pytest.mark.slow
+def test_evaluation_uses_what_the_run_trained_under_papermill(tmp_path, monkeypatch):
+    """04 given only run_name evaluates with the run's backbone and normalisation, not its own default's;
+    a backbone that contradicts the run stops it, naming both."""
+    monkeypatch.setenv("KIT_OUTPUTS", str(tmp_path / "outputs"))
+    for name, params in REPRODUCTION:
+        papermill.execute_notebook(
+            str(notebook(name)),
+            str(tmp_path / f"{name}.ipynb"),
+            parameters={**params, "num_workers": 0} if name == "03_train" else params,
+            kernel_name="python3",
+            progress_bar=False,
+        )
+    best, evaluated = best_epoch_and_evaluation(tmp_path / "outputs" / "runs" / "r1")
+    assert evaluated == pytest.approx(best, abs=1e-6)  # metrics.csv averages in float32
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(
+            str(notebook("04_evaluate")),
+            str(tmp_path / "conflict.ipynb"),
+            parameters={"run_name": "r1", "backbone": "resnet18"},
+            kernel_name="python3",
+            progress_bar=False,
+        )
+    assert "ConfigError" in err.value.ename
+    assert "backbone='resnet18' (the run has 'test_resnet')" in err.value.evalue
+    assert "run_name" in err.value.evalue
+
+
+@pytest.mark.slow
+def test_evaluation_uses_what_the_run_trained_under_nbval(tmp_path):
+    prepared = tmp_path / "notebooks"
+    prepared.mkdir()
+    for name, params in REPRODUCTION:
+        papermill.execute_notebook(
+            str(notebook(name)),
+            str(prepared / f"{name}.ipynb"),
+            parameters={**params, "num_workers": 0} if name == "03_train" else params,
+            prepare_only=True,
+            kernel_name="python3",
+        )
+    result = run_nbval(prepared, tmp_path / "outputs", tmp_path)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    best, evaluated = best_epoch_and_evaluation(tmp_path / "outputs" / "runs" / "r1")
+    assert evaluated == pytest.approx(best, abs=1e-6)  # metrics.csv averages in float32
+
+
+def test_papermill_marks_its_injected_cell_as_the_kit_expects(tmp_path):
+    """The kit tells an injected value from a notebook default by the injected cell's first line."""
+    papermill.execute_notebook(
+        str(notebook("04_evaluate")),
+        str(tmp_path / "p.ipynb"),
+        parameters={"run_name": "r1"},
+        prepare_only=True,
+        kernel_name="python3",
+    )
+    cells = nbformat.read(tmp_path / "p.ipynb", as_version=4).cells
+    injected = [c for c in cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and injected[0].source.startswith(INJECTED_MARKER)

@@ -14,16 +14,15 @@ import pytest
 import torch
 from train_fixtures import child_env, tiny_config
 
-import helpers.train as train_mod
-from helpers.checkpoints import checkpoint_path
-from helpers.dataset import prepare_dataset, run_dir_of
+from helpers.dataset import prepare_dataset
+from helpers.run_folder import RunFolder
 from helpers.train import train_fold
 
 RUN_NAME = "resume"
 EPOCHS = 3
 
 # Trains one fold of a tiny run. Test-only hooks: every epoch trained by this process is appended to
-# trained.log (around helpers.train._record_metrics), and with PAUSE_AFTER_EPOCH set, once an epoch's
+# trained.log (around RunFolder.record_metrics), and with PAUSE_AFTER_EPOCH set, once an epoch's
 # `last` checkpoint is written (the last thing an epoch does) it marks epoch<k>.recorded and sleeps, so the
 # test can kill it at a known point.
 SCRIPT = (
@@ -36,15 +35,16 @@ SCRIPT = (
 
     import helpers.train as train
     from helpers.config import Config
-    from helpers.dataset import prepare_dataset, run_dir_of
+    from helpers.dataset import prepare_dataset
+    from helpers.run_folder import RunFolder
 
     pause = float(os.environ.get("PAUSE_AFTER_EPOCH") or 0)
-    record, save = train._record_metrics, train.save_checkpoint
+    record, save = RunFolder.record_metrics, train.save_checkpoint
 
 
-    def recording(run_dir, row):
-        record(run_dir, row)
-        with open(Path(run_dir) / "trained.log", "a") as log:
+    def recording(run, row):
+        record(run, row)
+        with open(run.path / "trained.log", "a") as log:
             log.write(f"{row['epoch']}\\n")
 
 
@@ -55,7 +55,7 @@ SCRIPT = (
             time.sleep(pause)
 
 
-    train._record_metrics, train.save_checkpoint = recording, saving
+    RunFolder.record_metrics, train.save_checkpoint = recording, saving
     cfg = Config(
         data_dir=sys.argv[1],
         backbone="test_resnet",
@@ -72,7 +72,7 @@ SCRIPT = (
         mixup=0.2,
     )
     info = prepare_dataset(cfg)
-    train.train_folds(cfg, info, run_dir_of(cfg))
+    train.train_folds(cfg, info, RunFolder.of(cfg))
     """
     )
     .replace("EPOCHS", str(EPOCHS))
@@ -111,12 +111,13 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, make_csv_dataset):
     data = make_csv_dataset(name="resumedata", per_class=12)
     script = tmp_path / "train_tiny.py"
     script.write_text(SCRIPT)
     dir_a, dir_b = tmp_path / "outputs_a", tmp_path / "outputs_b"
-    run_a, run_b = dir_a / "runs" / RUN_NAME, dir_b / "runs" / RUN_NAME
+    run_a, run_b = RunFolder(dir_a / "runs" / RUN_NAME), RunFolder(dir_b / "runs" / RUN_NAME)
 
     # the uninterrupted run and the one to be killed run side by side
     uninterrupted = _start(script, data, dir_a, tmp_path / "a.log")
@@ -124,7 +125,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, make_csv_
     proc = _start(script, data, dir_b, killed_log, pause=120)
     try:
         deadline = time.monotonic() + 240
-        while not (run_b / "epoch0.recorded").exists():
+        while not (run_b.path / "epoch0.recorded").exists():
             assert proc.poll() is None, killed_log.read_text()[-4000:]
             assert time.monotonic() < deadline, "the run never finished epoch 0"
             time.sleep(0.05)
@@ -132,9 +133,9 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, make_csv_
         proc.kill()  # SIGKILL: no cleanup, no atexit, like a crash or an OOM kill
         proc.wait(timeout=60)
     assert proc.returncode == -9
-    killed = torch.load(checkpoint_path(run_b, 0, "last"), weights_only=True)
+    killed = torch.load(run_b.checkpoint(0, "last"), weights_only=True)
     assert killed["epoch"] == 0 and not killed["finished"]
-    assert pd.read_csv(run_b / "metrics.csv")["epoch"].tolist() == [0]
+    assert pd.read_csv(run_b.metrics)["epoch"].tolist() == [0]
 
     resumed_log = tmp_path / "b_resumed.log"
     resumed = _start(script, data, dir_b, resumed_log)
@@ -142,17 +143,17 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, make_csv_
     _finish(resumed, resumed_log)
 
     # the second process picked up at epoch 1 instead of starting over
-    assert (run_a / "trained.log").read_text().split() == ["0", "1", "2"]
-    assert (run_b / "trained.log").read_text().split() == ["0", "1", "2"]
+    assert (run_a.path / "trained.log").read_text().split() == ["0", "1", "2"]
+    assert (run_b.path / "trained.log").read_text().split() == ["0", "1", "2"]
 
-    metrics_a, metrics_b = pd.read_csv(run_a / "metrics.csv"), pd.read_csv(run_b / "metrics.csv")
+    metrics_a, metrics_b = pd.read_csv(run_a.metrics), pd.read_csv(run_b.metrics)
     assert metrics_a["epoch"].tolist() == metrics_b["epoch"].tolist() == list(range(EPOCHS))
     for column in ["lr", "train_loss", "val_loss", "val_acc", "ema_val_loss", "ema_val_acc"]:
         np.testing.assert_allclose(metrics_b[column], metrics_a[column], rtol=1e-6, err_msg=column)
 
     for kind in ["best_score", "best_loss", "last", "ema"]:
-        weights_a = _weights(checkpoint_path(run_a, 0, kind))
-        weights_b = _weights(checkpoint_path(run_b, 0, kind))
+        weights_a = _weights(run_a.checkpoint(0, kind))
+        weights_b = _weights(run_b.checkpoint(0, kind))
         assert weights_a.keys() == weights_b.keys()
         for name in weights_a:
             assert torch.allclose(weights_a[name].float(), weights_b[name].float(), atol=1e-6), (kind, name)
@@ -164,18 +165,18 @@ class Crash(Exception):
 
 def test_a_crash_between_checkpoint_and_metrics_row_loses_no_row(outputs, csv_dataset, monkeypatch):
     cfg = tiny_config(csv_dataset, epochs=3)
-    info, run_dir = prepare_dataset(cfg), run_dir_of(cfg)
-    record = train_mod._record_metrics
+    info, run = prepare_dataset(cfg), RunFolder.of(cfg)
+    record = RunFolder.record_metrics
 
     def dies_at_epoch_1(folder, row):
         if row["epoch"] == 1:
             raise Crash
         record(folder, row)
 
-    monkeypatch.setattr(train_mod, "_record_metrics", dies_at_epoch_1)
+    monkeypatch.setattr(RunFolder, "record_metrics", dies_at_epoch_1)
     with pytest.raises(Crash):
-        train_fold(cfg, info, 0, run_dir, torch.device("cpu"))
-    monkeypatch.setattr(train_mod, "_record_metrics", record)
+        train_fold(cfg, info, 0, run, torch.device("cpu"))
+    monkeypatch.setattr(RunFolder, "record_metrics", record)
 
-    metrics = train_fold(cfg, info, 0, run_dir, torch.device("cpu"))
+    metrics = train_fold(cfg, info, 0, run, torch.device("cpu"))
     assert metrics["epoch"].tolist() == [0, 1, 2]

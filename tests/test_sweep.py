@@ -25,10 +25,11 @@ from papermill.exceptions import PapermillExecutionError
 from helpers import leaderboard, sweep
 from helpers.atomic import atomic_torch_save
 from helpers.config import ConfigError
-from helpers.paths import NOTEBOOKS_DIR
-from helpers.runner import FINISHED, run_series
+from helpers.paths import notebooks_dir
+from helpers.run_folder import RunFolder
+from helpers.runner import run_series
 
-COMPARE = NOTEBOOKS_DIR / "06_compare.ipynb"
+COMPARE = notebooks_dir() / "06_compare.ipynb"
 TINY = ["-p", "img_size", "32", "-p", "epochs", "1", "-p", "batch_size", "32", "-p", "num_workers", "0"]
 
 
@@ -139,8 +140,8 @@ def test_interrupted_sweep_resumes(recorder, outputs):
     recorder.fail_once = ("test_efficientnet", "03_train")
     assert sweep.main(args) == 1
     assert recorder.calls[-1] == ("test_efficientnet", "03_train")
-    assert (outputs / "runs" / "test_resnet" / FINISHED).exists()
-    assert not (outputs / "runs" / "test_efficientnet" / FINISHED).exists()
+    assert RunFolder.named("test_resnet").finished.exists()
+    assert not RunFolder.named("test_efficientnet").finished.exists()
     assert (outputs / "leaderboard.csv").exists()
 
     recorder.calls.clear()
@@ -188,7 +189,7 @@ def test_finished_run_with_other_parameters(recorder, outputs, capsys):
 
 
 def test_only_the_whole_series_marks_a_run_finished(recorder, outputs):
-    marker = outputs / "runs" / "test_resnet" / FINISHED
+    marker = RunFolder.named("test_resnet").finished
     run_series({"backbone": "test_resnet"}, log=False)
     assert json.loads(marker.read_text())["parameters"] == {
         "backbone": "test_resnet",
@@ -217,7 +218,12 @@ def write_run(runs: Path, name: str, pieces: set[str], data_dir: Path | None = N
             }
         ).to_csv(run / "metrics.csv", index=False)
     if "evaluation" in pieces:
-        evaluation = {"no TTA": {"accuracy": 0.75, "log_loss": 0.5}, "TTA identity+hflip": {"accuracy": 0.8}}
+        evaluation = {
+            "tta_views": ["identity", "hflip"],
+            "val_acc": 0.75,
+            "val_log_loss": 0.5,
+            "val_acc_tta": 0.8,
+        }
         (run / "evaluation.json").write_text(json.dumps(evaluation))
     if "oof" in pieces:
         pd.DataFrame(
@@ -243,7 +249,7 @@ def test_leaderboard_rows(outputs, tmp_path):
     write_run(runs, "data_only", set())  # no metrics.csv: not a trained run
     broken = write_run(runs, "broken", {"metrics", "evaluation"})
     (broken / "evaluation.json").write_text("{not json")
-    (broken / FINISHED).write_text("{}")
+    RunFolder(broken).finished.write_text("{}")
 
     with pytest.warns(UserWarning, match="broken.*evaluation.json"):
         frame = leaderboard.write_leaderboard()
@@ -369,6 +375,7 @@ def mini_sweep(tmp_path_factory) -> Path:
     return root / "outputs"
 
 
+@pytest.mark.slow
 def test_mini_sweep_leaderboard(mini_sweep):
     board = pd.read_csv(mini_sweep / "leaderboard.csv")
     assert sorted(board["run"]) == ["test_efficientnet", "test_resnet"]
@@ -379,6 +386,7 @@ def test_mini_sweep_leaderboard(mini_sweep):
     assert (mini_sweep / "leaderboard.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_mini_sweep_again_runs_nothing(mini_sweep, monkeypatch):
     fake = Recorder()
     monkeypatch.setattr(papermill, "execute_notebook", fake)
@@ -390,6 +398,7 @@ def test_mini_sweep_again_runs_nothing(mini_sweep, monkeypatch):
     assert fake.calls == []
 
 
+@pytest.mark.slow
 def test_compare_notebook_under_papermill(mini_sweep, tmp_path, monkeypatch):
     monkeypatch.setenv("KIT_OUTPUTS", str(mini_sweep))
     papermill.execute_notebook(
@@ -405,6 +414,7 @@ def test_compare_notebook_under_papermill(mini_sweep, tmp_path, monkeypatch):
     assert "2 trained run(s)" in text and "test_efficientnet" in text and "image/png" in text
 
 
+@pytest.mark.slow
 def test_compare_notebook_under_nbval(mini_sweep, tmp_path):
     result = run_nbval(COMPARE, mini_sweep, tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

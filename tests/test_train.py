@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 
@@ -13,15 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim import lr_scheduler as sched
+from tqdm.std import tqdm as plain_tqdm
 from train_fixtures import fixed_samples, flat_params, hand_parts, linear_model, loader_of, tiny_config
 
 import helpers.train as train_mod
 from helpers.augment import InputPrep
-from helpers.checkpoints import checkpoint_path, load_model
-from helpers.dataset import prepare_dataset, run_dir_of
+from helpers.checkpoints import load_model
+from helpers.dataset import prepare_dataset
 from helpers.precision import Precision, resolve_precision
+from helpers.run_folder import RunFolder
 from helpers.schedules import build_schedule
-from helpers.train import NonFiniteLoss, evaluate, train_fold, train_one_epoch
+from helpers.train import NonFiniteLoss, best_epochs, evaluate, train_fold, train_folds, train_one_epoch
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 METRIC_COLUMNS = ["fold", "epoch", "lr", "train_loss", "val_loss", "val_acc", "seconds", "images_per_s"]
@@ -32,11 +35,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture
 def prepared(outputs, csv_dataset):
-    """A factory: (cfg, info, run_dir) of a tiny prepared dataset for a config with the given changes."""
+    """A factory: (cfg, info, run) of a tiny prepared dataset for a config with the given changes."""
 
     def make(**changes):
         cfg = tiny_config(csv_dataset, **changes)
-        return cfg, prepare_dataset(cfg), run_dir_of(cfg)
+        return cfg, prepare_dataset(cfg), RunFolder.of(cfg)
 
     return make
 
@@ -217,11 +220,11 @@ def test_plateau_steps_per_epoch_in_the_monitor_direction(monitor, mode, improvi
 
 
 def test_train_fold_steps_the_scheduler_once_per_optimizer_update(prepared):
-    cfg, info, run_dir = prepared(epochs=3, grad_accum=2, batch_size=4, scheduler="onecycle")
+    cfg, info, run = prepared(epochs=3, grad_accum=2, batch_size=4, scheduler="onecycle")
     batches = n_train_batches(info, cfg)
     assert batches % 2 == 1  # a leftover micro-batch in each epoch
-    train_fold(cfg, info, 0, run_dir, CPU)
-    last = torch.load(checkpoint_path(run_dir, 0, "last"), weights_only=True)
+    train_fold(cfg, info, 0, run, CPU)
+    last = torch.load(run.checkpoint(0, "last"), weights_only=True)
     expected = cfg.epochs * math.ceil(batches / cfg.grad_accum)
     assert last["updates"] == expected
     assert last["scheduler"]["last_epoch"] == expected
@@ -259,11 +262,11 @@ def test_evaluate_averages_over_the_whole_set():
 
 
 def test_checkpoints_round_trip_through_plain_timm(prepared):
-    cfg, info, run_dir = prepared(epochs=2)
-    train_fold(cfg, info, 0, run_dir, CPU)
-    folder = run_dir / "checkpoints"
+    cfg, info, run = prepared(epochs=2)
+    train_fold(cfg, info, 0, run, CPU)
+    folder = run.checkpoints
 
-    best_path = checkpoint_path(run_dir, 0, "best_score")
+    best_path = run.checkpoint(0, "best_score")
     ckpt = torch.load(best_path, weights_only=True)
     plain = timm.create_model(ckpt["backbone"], num_classes=ckpt["num_classes"])
     plain.load_state_dict(ckpt["model"])  # strict
@@ -277,7 +280,7 @@ def test_checkpoints_round_trip_through_plain_timm(prepared):
     assert ckpt["config"] == cfg.to_dict()
     assert {"val_acc", "val_loss", "epoch"} <= set(ckpt["metrics"])
 
-    last = torch.load(checkpoint_path(run_dir, 0, "last"), weights_only=True)
+    last = torch.load(run.checkpoint(0, "last"), weights_only=True)
     assert {"optimizer", "scheduler", "scaler", "epoch", "rng", "updates", "finished"} <= set(last)
     assert last["epoch"] == cfg.epochs - 1 and last["finished"]
 
@@ -287,7 +290,7 @@ def test_checkpoints_round_trip_through_plain_timm(prepared):
     for name in names:
         torch.load(folder / name, weights_only=True)
 
-    metrics = pd.read_csv(run_dir / "metrics.csv")
+    metrics = pd.read_csv(run.metrics)
     assert set(METRIC_COLUMNS) <= set(metrics.columns)
     assert metrics["fold"].tolist() == [0, 0]
     assert metrics["epoch"].tolist() == [0, 1]
@@ -325,46 +328,46 @@ def _nan_loss_after(monkeypatch, calls: int) -> None:
 
 
 def test_nan_loss_in_the_first_epoch_stops_before_any_checkpoint(prepared, monkeypatch):
-    cfg, info, run_dir = prepared(epochs=2)
+    cfg, info, run = prepared(epochs=2)
     _nan_loss_after(monkeypatch, 0)
     with pytest.raises(NonFiniteLoss):
-        train_fold(cfg, info, 0, run_dir, CPU)
-    folder = run_dir / "checkpoints"
+        train_fold(cfg, info, 0, run, CPU)
+    folder = run.checkpoints
     assert not (folder.exists() and os.listdir(folder))
-    assert not checkpoint_path(run_dir, 0, "last").exists()
-    assert not (run_dir / "metrics.csv").exists()
+    assert not run.checkpoint(0, "last").exists()
+    assert not run.metrics.exists()
 
 
 def test_nan_loss_in_a_later_epoch_keeps_only_the_good_epochs(prepared, monkeypatch):
-    cfg, info, run_dir = prepared(epochs=3)
+    cfg, info, run = prepared(epochs=3)
     _nan_loss_after(monkeypatch, n_train_batches(info, cfg))  # NaN from the first batch of epoch 1
     with pytest.raises(NonFiniteLoss):
-        train_fold(cfg, info, 0, run_dir, CPU)
-    last = torch.load(checkpoint_path(run_dir, 0, "last"), weights_only=True)
+        train_fold(cfg, info, 0, run, CPU)
+    last = torch.load(run.checkpoint(0, "last"), weights_only=True)
     assert last["epoch"] == 0 and not last["finished"]
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
-    assert pd.read_csv(run_dir / "metrics.csv")["epoch"].tolist() == [0]
+    assert pd.read_csv(run.metrics)["epoch"].tolist() == [0]
 
 
 # --- EMA and mixup -----------------------------------------------------------------------------------------
 
 
 def test_ema_writes_its_checkpoint_and_metrics(prepared):
-    cfg, info, run_dir = prepared(ema=True, ema_decay=0.9)
-    train_fold(cfg, info, 0, run_dir, CPU)
-    ema = torch.load(checkpoint_path(run_dir, 0, "ema"), weights_only=True)
-    last = torch.load(checkpoint_path(run_dir, 0, "last"), weights_only=True)
+    cfg, info, run = prepared(ema=True, ema_decay=0.9)
+    train_fold(cfg, info, 0, run, CPU)
+    ema = torch.load(run.checkpoint(0, "ema"), weights_only=True)
+    last = torch.load(run.checkpoint(0, "last"), weights_only=True)
     assert ema["model"].keys() == last["model"].keys()
     assert last["ema"] is not None
-    metrics = pd.read_csv(run_dir / "metrics.csv")
+    metrics = pd.read_csv(run.metrics)
     assert {"ema_val_acc", "ema_val_loss"} <= set(metrics.columns)
     assert metrics["ema_val_acc"].notna().all()
 
 
 def test_mixup_trains_an_epoch(prepared):
-    cfg, info, run_dir = prepared(mixup=0.2, batch_size=4)
+    cfg, info, run = prepared(mixup=0.2, batch_size=4)
     assert (info.table["fold"] != 0).sum() % 2 == 0  # even batches: timm's Mixup needs them
-    metrics = train_fold(cfg, info, 0, run_dir, CPU)
+    metrics = train_fold(cfg, info, 0, run, CPU)
     assert len(metrics) == 1 and np.isfinite(metrics["train_loss"]).all()
 
 
@@ -374,7 +377,7 @@ def test_mixup_survives_an_odd_sized_last_batch(outputs, make_csv_dataset):
     n_train = int((info.table["fold"] != 0).sum())
     if not (n_train % cfg.batch_size % 2 == 1 and n_train % cfg.batch_size > 1):  # e.g. 13 = 8 + 5
         pytest.fail(f"setup: {n_train} training images do not end in an odd batch (>1) of {cfg.batch_size}")
-    metrics = train_fold(cfg, info, 0, run_dir_of(cfg), CPU)
+    metrics = train_fold(cfg, info, 0, RunFolder.of(cfg), CPU)
     assert len(metrics) == 1
 
 
@@ -382,28 +385,124 @@ def test_mixup_survives_an_odd_sized_last_batch(outputs, make_csv_dataset):
 
 
 def test_resume_refuses_changed_settings_and_retrains_without_resume(prepared):
-    cfg, info, run_dir = prepared(epochs=1)
-    train_fold(cfg, info, 0, run_dir, CPU)
+    cfg, info, run = prepared(epochs=1)
+    train_fold(cfg, info, 0, run, CPU)
     changed = cfg.replace(lr=cfg.lr * 3)
     with pytest.raises(ValueError, match=r"\blr\b"):
-        train_fold(changed, info, 0, run_dir, CPU)
+        train_fold(changed, info, 0, run, CPU)
 
-    last_path = checkpoint_path(run_dir, 0, "last")
+    last_path = run.checkpoint(0, "last")
     before = torch.load(last_path, weights_only=True)
-    metrics = train_fold(changed.replace(resume=False), info, 0, run_dir, CPU)
+    metrics = train_fold(changed.replace(resume=False), info, 0, run, CPU)
     after = torch.load(last_path, weights_only=True)
     assert after["config"]["lr"] == changed.lr and before["config"]["lr"] == cfg.lr
     assert not all(torch.equal(after["model"][k], before["model"][k]) for k in before["model"])
     assert metrics["epoch"].tolist() == [0]
-    assert len(pd.read_csv(run_dir / "metrics.csv")) == 1
+    assert len(pd.read_csv(run.metrics)) == 1
 
 
 def test_resuming_a_finished_fold_trains_nothing(prepared):
-    cfg, info, run_dir = prepared(epochs=1)
-    train_fold(cfg, info, 0, run_dir, CPU)
-    last_path = checkpoint_path(run_dir, 0, "last")
+    cfg, info, run = prepared(epochs=1)
+    train_fold(cfg, info, 0, run, CPU)
+    last_path = run.checkpoint(0, "last")
     stamp = last_path.stat().st_mtime_ns
     # settings that do not change what is trained may differ
-    metrics = train_fold(cfg.replace(num_workers=1, cache_images=False), info, 0, run_dir, CPU)
+    metrics = train_fold(cfg.replace(num_workers=1, cache_images=False), info, 0, run, CPU)
     assert last_path.stat().st_mtime_ns == stamp
     assert metrics["epoch"].tolist() == [0]
+
+
+def test_resuming_a_finished_fold_says_where_it_is_and_how_to_train_again(prepared, capsys):
+    cfg, info, run = prepared(epochs=1, folds=[0, 1])
+    train_folds(cfg, info, run, CPU)
+    capsys.readouterr()
+    train_folds(cfg, info, run, CPU)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    for fold, line in zip((0, 1), lines, strict=True):
+        assert line.startswith(f"fold {fold} is already trained (1 of 1 epochs)")
+        assert f"{run.checkpoints}/fold{fold}_*.pt" in line
+        assert "resume=False" in line and "run_name" in line
+
+
+# --- progress bars -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    """Every progress bar helpers.train opens, enabled (whatever TQDM_DISABLE says) and drawn into a string."""
+    made = []
+
+    class Recorded(plain_tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": False, "file": io.StringIO()})
+            made.append(self)
+
+    monkeypatch.setattr(train_mod, "tqdm", Recorded)
+    return made
+
+
+def _epoch_bars(bars) -> list:
+    return [bar for bar in bars if bar.unit == "epoch"]
+
+
+def test_a_complete_fold_ends_every_bar_full(prepared, bars):
+    """tqdm.auto paints a bar closed short of its total red: a complete fold must leave none short."""
+    cfg, info, run = prepared(epochs=3)
+    train_fold(cfg, info, 0, run, CPU)
+    (epoch_bar,) = _epoch_bars(bars)
+    assert epoch_bar.n == epoch_bar.total == 3
+    assert "3/3" in str(epoch_bar)
+    assert len(bars) == 1 + 2 * 3  # the epoch bar, and each epoch's training and validation bars
+    assert all(bar.n == bar.total for bar in bars), [str(bar) for bar in bars]
+
+
+def test_a_failed_epoch_leaves_its_bar_short_and_the_resumed_one_ends_full(prepared, bars, monkeypatch):
+    cfg, info, run = prepared(epochs=3)
+    build_parts = train_mod.build_parts
+    _nan_loss_after(monkeypatch, n_train_batches(info, cfg))  # NaN from the first batch of epoch 1
+    with pytest.raises(NonFiniteLoss):
+        train_fold(cfg, info, 0, run, CPU)
+    monkeypatch.setattr(train_mod, "build_parts", build_parts)
+    train_fold(cfg, info, 0, run, CPU)
+    failed, resumed = _epoch_bars(bars)
+    assert (failed.n, failed.total) == (1, 3)
+    assert resumed.initial == 1 and resumed.n == resumed.total == 3
+
+
+def test_early_stopping_ends_the_bar_at_the_epochs_run_and_says_why(prepared, bars, monkeypatch):
+    """The same validation metrics every epoch: no gain after epoch 0, so patience 2 stops after 3 of 5."""
+    monkeypatch.setattr(train_mod, "evaluate", lambda *args: {"val_loss": 1.0, "val_acc": 0.5})
+    cfg, info, run = prepared(epochs=5, patience=2)
+    metrics = train_fold(cfg, info, 0, run, CPU)
+    assert metrics["epoch"].tolist() == [0, 1, 2]
+    assert torch.load(run.checkpoint(0, "last"), weights_only=True)["finished"]
+    (epoch_bar,) = _epoch_bars(bars)
+    assert epoch_bar.n == epoch_bar.total == 3
+    reason = "early stop after 3 of 5 epochs: no val_acc gain in the last 2"
+    assert epoch_bar.postfix == reason
+    assert "3/3" in str(epoch_bar) and reason in str(epoch_bar)
+
+
+# --- the best epoch per fold ------------------------------------------------------------------------------
+
+
+def test_best_epochs_follow_the_monitor_and_take_the_first_of_ties():
+    metrics = pd.DataFrame(
+        {
+            "fold": [0, 0, 0, 1, 1],
+            "epoch": [0, 1, 2, 0, 1],
+            "val_acc": [0.5, 0.8, 0.8, 0.9, 0.6],
+            "val_loss": [0.9, 0.4, 0.3, 0.2, 0.2],
+        }
+    )
+    assert best_epochs(metrics, "val_acc")[["fold", "epoch"]].values.tolist() == [[0, 1], [1, 0]]
+    assert best_epochs(metrics, "val_loss")[["fold", "epoch"]].values.tolist() == [[0, 2], [1, 0]]
+
+
+@pytest.mark.parametrize("monitor", ["val_acc", "val_loss"])
+def test_best_epochs_is_the_epoch_the_best_score_checkpoint_holds(prepared, monitor):
+    cfg, info, run = prepared(epochs=3, monitor=monitor)
+    metrics = train_fold(cfg, info, 0, run, CPU)
+    best = torch.load(run.checkpoint(0, "best_score"), weights_only=True)["metrics"]
+    assert best_epochs(metrics, monitor)["epoch"].tolist() == [best["epoch"]]

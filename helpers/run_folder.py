@@ -1,0 +1,200 @@
+"""The run folder: where each file of a run lives, and how each is written and read back.
+
+    outputs/runs/<run>/
+      config.json              every setting of the run (Config); 01 and 03 write it, the rest read it
+      metrics.csv              one row per fold and epoch (03)
+      checkpoints/fold<k>_<kind>.pt   best_score, best_loss, last (resumable), ema (03)
+      oof.csv                  out-of-fold predictions: id, fold, label, predicted, prob_<class> (04)
+      evaluation.json          04's summary, flat: see EVALUATION_KEYS
+      submission.csv           the sample submission filled in (05)
+      test_probabilities.csv   id and one probability column per class (05)
+      data_problems.csv        every problem of the data, when 01 stopped on them
+      dropped_rows.csv         the rows left out with drop_bad_rows=True
+      finished.json            written once the whole series has run (helpers.runner)
+      plots/<name>.png         every figure a notebook shows
+      notebooks/NN_*.ipynb     the executed notebooks (helpers.runner)
+
+Every other module asks this one for a path or a file's contents, so a name is spelled once. Every file
+is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from helpers.atomic import atomic_to_csv, atomic_write_text
+from helpers.config import Config
+from helpers.paths import runs_dir
+
+CHECKPOINT_KINDS = ("best_score", "best_loss", "last", "ema")
+# evaluation.json: what was evaluated, then each metric of helpers.evaluate.summary_metrics without TTA
+# as val_<metric> and with the run's TTA views as val_<metric>_tta ("accuracy" is shortened to "acc",
+# as in metrics.csv: val_acc, val_acc_tta, val_top3_accuracy, val_macro_f1_tta, val_log_loss, ...)
+EVALUATION_KEYS = ("checkpoint", "tta_views", "folds", "images")
+
+
+def metric_key(metric: str, tta: bool) -> str:
+    """The evaluation.json key of one of summary_metrics' metrics, without or with TTA."""
+    return f"val_{'acc' if metric == 'accuracy' else metric}" + ("_tta" if tta else "")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One run's folder under outputs/runs, and the files in it."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, cfg: Config) -> RunFolder:
+        """outputs/runs/<run_name>, with run_name defaulting to the backbone's name."""
+        return cls(runs_dir() / (cfg.run_name or cfg.backbone))
+
+    @classmethod
+    def named(cls, name: str) -> RunFolder:
+        return cls(runs_dir() / name)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # -- where each file lives ----------------------------------------------------------------------
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def oof(self) -> Path:
+        return self.path / "oof.csv"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.path / "evaluation.json"
+
+    @property
+    def submission(self) -> Path:
+        return self.path / "submission.csv"
+
+    @property
+    def test_probabilities(self) -> Path:
+        return self.path / "test_probabilities.csv"
+
+    @property
+    def data_problems(self) -> Path:
+        return self.path / "data_problems.csv"
+
+    @property
+    def dropped_rows(self) -> Path:
+        return self.path / "dropped_rows.csv"
+
+    @property
+    def finished(self) -> Path:
+        return self.path / "finished.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.path / "notebooks"
+
+    def checkpoint(self, fold: int, kind: str) -> Path:
+        if kind not in CHECKPOINT_KINDS:
+            raise ValueError(f"unknown checkpoint kind {kind!r}; choose one of {CHECKPOINT_KINDS}")
+        return self.checkpoints / f"fold{fold}_{kind}.pt"
+
+    def plot(self, name: str) -> Path:
+        return self.plots / f"{name}.png"
+
+    def create(self) -> RunFolder:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def trained(self) -> bool:
+        """Whether any fold has trained: from then on the run's training settings are fixed."""
+        return self.metrics.exists() or any(self.checkpoints.glob("fold*_*.pt"))
+
+    def trained_folds(self, kind: str, n_folds: int) -> dict[int, Path]:
+        """The folds that have a checkpoint of this kind, with its path."""
+        found = {k: self.checkpoint(k, kind) for k in range(n_folds)}
+        return {k: p for k, p in found.items() if p.exists()}
+
+    # -- config.json ----------------------------------------------------------------------------------
+    def read_config(self) -> Config:
+        return Config.load(self.config)
+
+    def write_config(self, cfg: Config) -> None:
+        cfg.save(self.config)
+
+    # -- metrics.csv ----------------------------------------------------------------------------------
+    def read_metrics(self, fold: int | None = None) -> pd.DataFrame:
+        """Every epoch's row (or one fold's); an empty frame before the first epoch."""
+        history = pd.read_csv(self.metrics) if self.metrics.exists() else pd.DataFrame()
+        return history if fold is None or history.empty else history[history["fold"] == fold]
+
+    def record_metrics(self, row: dict[str, Any]) -> None:
+        """Add an epoch's row, replacing that epoch and any later one of the fold (a replayed epoch)."""
+        history = self.read_metrics()
+        if not history.empty:
+            history = history[~((history["fold"] == row["fold"]) & (history["epoch"] >= row["epoch"]))]
+        atomic_to_csv(pd.concat([history, pd.DataFrame([row])], ignore_index=True), self.metrics)
+
+    # -- 04 and 05 ------------------------------------------------------------------------------------
+    def write_evaluation(self, evaluation: dict[str, Any]) -> None:
+        atomic_write_text(self.evaluation, json.dumps(evaluation, indent=2) + "\n")
+
+    def read_evaluation(self) -> dict[str, Any]:
+        return json.loads(self.evaluation.read_text())
+
+    def write_oof(self, frame: pd.DataFrame) -> None:
+        atomic_to_csv(frame, self.oof)
+
+    def read_oof(self) -> pd.DataFrame:
+        return pd.read_csv(self.oof, dtype={"id": str, "label": str, "predicted": str})
+
+    def write_submission(self, frame: pd.DataFrame) -> None:
+        atomic_to_csv(frame, self.submission)
+
+    def write_test_probabilities(self, frame: pd.DataFrame) -> None:
+        atomic_to_csv(frame, self.test_probabilities)
+
+    def read_test_probabilities(self) -> pd.DataFrame:
+        """The id-indexed probability columns 05 wrote."""
+        return pd.read_csv(self.test_probabilities, dtype={"id": str}).set_index("id").astype(float)
+
+    # -- data problems ----------------------------------------------------------------------------------
+    def write_data_problems(self, problems: pd.DataFrame) -> None:
+        atomic_to_csv(problems, self.data_problems)
+
+    def write_dropped_rows(self, problems: pd.DataFrame) -> None:
+        """The rows drop_bad_rows left out; no file when none were."""
+        if problems.empty:
+            self.dropped_rows.unlink(missing_ok=True)
+        else:
+            atomic_to_csv(problems, self.dropped_rows)
+
+    # -- finished.json ---------------------------------------------------------------------------------
+    def mark_finished(self, parameters: dict[str, Any]) -> None:
+        marker = {"parameters": parameters, "finished_at": datetime.now().isoformat(timespec="seconds")}
+        atomic_write_text(self.finished, json.dumps(marker, indent=2) + "\n")
+
+    def clear_finished(self) -> None:
+        self.finished.unlink(missing_ok=True)
+
+    def finished_parameters(self) -> dict[str, Any] | None:
+        """The parameters the whole series completed with, or None when it has not (yet) completed."""
+        return json.loads(self.finished.read_text())["parameters"] if self.finished.exists() else None
