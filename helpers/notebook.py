@@ -12,7 +12,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from helpers.allocator import retain_freed_memory
-from helpers.config import FIXED_STAGES, PARAMETER_MARKER, Config, Stage, passed_values, settle_run_config
+from helpers.config import PARAMETER_MARKER, Config, Stage, passed_values, settle_run_config
 from helpers.images import read_image
 from helpers.plots import save_figure, show_images
 from helpers.run_folder import RunFolder
@@ -71,12 +71,8 @@ def start(namespace: dict[str, Any], stage: NotebookStage) -> tuple[Config, RunF
                 f"run_name={run.name!r} first (or set run_name to a run in {run.path.parent})."
             )
         return Config.from_dict(passed), run.create()
-    trained = run.trained()
-    fixed = [
-        s
-        for s in FIXED_STAGES
-        if (s == "train" and trained) or (s == "data" and (trained or stage != "data"))
-    ]
+    # 01 may still change the data settings of a run that has not trained; nothing changes a trained run
+    fixed: list[Stage] = ["data", "train"] if run.trained() else ([] if stage == "data" else ["data"])
     return settle_run_config(passed, run.read_config(), fixed, run.path), run.create()
 
 
