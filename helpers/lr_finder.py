@@ -1,0 +1,171 @@
+"""A learning-rate range test (Smith 2015; fastai's `lr_find`): train a copy of the fold's fresh model for a
+few updates while the learning rate grows exponentially, and plot the loss against it.
+
+Each update is the kit's own training step: `helpers.train.train_one_epoch` over `grad_accum` batches of
+the fold's training loader, with the run's optimizer, loss, precision, mixup, clipping and accumulation
+(from `build_parts`), so what the test measures is what training will do. The real training is left
+untouched: the test trains a model of its own and restores the torch, numpy and Python random states it
+found, so the fold trains afterwards exactly as it would have without it. The suggested value is
+fastai's default, "valley": a point in the longest stretch over which the loss keeps falling.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch.optim import lr_scheduler
+from tqdm.auto import tqdm
+
+from helpers.config import Config
+from helpers.dataset import DataInfo
+from helpers.loaders import build_loader
+from helpers.model import create_model
+from helpers.precision import pick_device
+from helpers.schedules import Schedule
+from helpers.train import NonFiniteLoss, build_parts, fold_rows, seed_everything, train_one_epoch
+
+START_LR, END_LR = 1e-7, 10.0  # fastai's range
+UPDATES = 100  # fastai's num_it
+SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected (fastai's)
+DIVERGED = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum (fastai's)
+
+
+@dataclass
+class LrFinderResult:
+    """The learning rate of each update, its loss and the smoothed loss, and the suggested value."""
+
+    lrs: np.ndarray
+    losses: np.ndarray
+    smoothed: np.ndarray
+    suggested: float
+    stopped: str  # why the test ended before its last update; empty when it ran them all
+
+
+@contextmanager
+def preserved_random_state() -> Iterator[None]:
+    """Restore the torch (CPU and CUDA), numpy and Python random states on exit."""
+    torch_state, np_state, py_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def valley(lrs: np.ndarray, losses: np.ndarray) -> float:
+    """fastai's "valley" suggestion: the middle of the longest run over which the loss keeps falling (its
+    longest decreasing subsequence): well below the divergence, still where the loss drops fast."""
+    n = len(losses)
+    longest = [1] * n
+    start, end = 0, 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and longest[i] < longest[j] + 1:
+                longest[i] = longest[j] + 1
+        if longest[end] < longest[i]:
+            end = i
+            start = end - longest[end]
+    third = (end - start) / 3
+    return float(lrs[start + int(third) + int(third / 2)])
+
+
+def _batches(loader, per_update: int) -> Iterator[list]:
+    """Groups of `per_update` batches, epoch after epoch of the loader, for as long as they are asked for."""
+    epoch = 0
+    while True:
+        loader.sampler.set_epoch(epoch)
+        group: list = []
+        for batch in loader:
+            group.append(batch)
+            if len(group) == per_update:
+                yield group
+                group = []
+        epoch += 1
+
+
+def find_lr(
+    cfg: Config,
+    info: DataInfo,
+    fold: int | None = None,
+    device: torch.device | None = None,
+    updates: int = UPDATES,
+    start_lr: float = START_LR,
+    end_lr: float = END_LR,
+) -> LrFinderResult:
+    """Run the range test on a fresh copy of the fold's model (the first configured fold by default)."""
+    fold = (cfg.folds or [0])[0] if fold is None else fold
+    device = device or pick_device()
+    with preserved_random_state():
+        seed_everything(cfg.seed + fold)
+        model = create_model(cfg.backbone, info.num_classes, cfg.pretrained, cfg.weights_file).to(device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        loader = build_loader(cfg, fold_rows(info, fold)[0], True, fold, device)
+        parts = build_parts(
+            cfg.replace(lr=start_lr, scheduler="none", ema=False), model, info.num_classes, 1, device
+        )
+        growth = (end_lr / start_lr) ** (1 / max(1, updates - 1))
+        parts.schedule = Schedule(lr_scheduler.LambdaLR(parts.optimizer, lambda step: growth**step), True)
+        lrs, losses, smoothed = [], [], []
+        average, stopped = 0.0, ""
+        groups = _batches(loader, cfg.grad_accum)
+        with tqdm(total=updates, desc=f"lr finder (fold {fold})", unit="update") as bar:
+            for step in range(updates):
+                lr = parts.optimizer.param_groups[0]["lr"]
+                try:
+                    loss = train_one_epoch(model, next(groups), parts, device, desc=f"lr {lr:.1e}")[
+                        "train_loss"
+                    ]
+                except NonFiniteLoss:
+                    stopped = f"the loss became infinite or NaN at lr {lr:.2e}"
+                    break
+                average = SMOOTHING * average + (1 - SMOOTHING) * loss
+                lrs.append(lr)
+                losses.append(loss)
+                smoothed.append(average / (1 - SMOOTHING ** (step + 1)))
+                bar.update()
+                if smoothed[-1] > DIVERGED * min(smoothed):
+                    stopped = f"the loss diverged at lr {lr:.2e} (over {DIVERGED:g}x its minimum)"
+                    break
+            if stopped:
+                bar.set_postfix_str(stopped, refresh=False)
+                bar.total = bar.n  # a bar closed short of its total is painted red, as a failure
+                bar.refresh()
+    if len(lrs) < 2:
+        raise RuntimeError(f"the lr finder stopped after {len(lrs)} update(s): {stopped}; lower start_lr")
+    lrs_a, smoothed_a = np.array(lrs), np.array(smoothed)
+    # as fastai: the first tenth (the average still settling) and the last few (diverging) do not vote
+    vote = slice(len(lrs) // 10, -5) if len(lrs) > 20 else slice(None)
+    return LrFinderResult(lrs_a, np.array(losses), smoothed_a, valley(lrs_a[vote], smoothed_a[vote]), stopped)
+
+
+def show_lr_finder(result: LrFinderResult, current_lr: float | None = None) -> Figure:
+    """Loss (raw and smoothed) against the learning rate on a log axis, the suggested value marked (and
+    the run's configured lr, when given)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(result.lrs, result.losses, color="tab:blue", alpha=0.3, lw=1, label="loss")
+    ax.plot(result.lrs, result.smoothed, color="tab:blue", label="smoothed loss")
+    at = int(np.argmin(np.abs(np.log(result.lrs) - math.log(result.suggested))))
+    ax.plot(
+        result.suggested, result.smoothed[at], "o", color="tab:red", label=f"suggested {result.suggested:.1e}"
+    )
+    if current_lr is not None:
+        ax.axvline(current_lr, color="tab:gray", ls="--", lw=1, label=f"configured lr {current_lr:.1e}")
+    top = np.percentile(result.smoothed, 95) * 1.2
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="Learning-rate range test")
+    ax.set_ylim(min(result.smoothed.min(), result.losses.min()) * 0.95, top)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
