@@ -143,14 +143,16 @@ def show_reliability(labels: np.ndarray, probabilities: np.ndarray, calibration:
             edgecolor="white",
             label="accuracy",
         )
+        gap = (mean_conf - accuracy)[filled]
         top.bar(
             edges[:-1][filled],
-            (mean_conf - accuracy)[filled],
-            bottom=accuracy[filled],
+            np.abs(gap),
+            bottom=np.minimum(accuracy, mean_conf)[filled],
             width=width,
             align="edge",
-            color="tab:red",
-            alpha=0.35,
+            fill=False,
+            hatch="//",
+            edgecolor="tab:red",
             label="gap to confidence",
         )
         top.plot([0, 1], [0, 1], "k--", lw=1)
