@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from helpers.allocator import retain_freed_memory
 from helpers.atomic import atomic_write
@@ -163,7 +164,10 @@ def export_run(
     mean, std = (data_config_for(cfg.backbone)[k] for k in ("mean", "std"))
     pixels = parity_images(cfg, images)
     exported = []
-    for fold, checkpoint in trained_checkpoints(run, kind, cfg.n_folds).items():
+    checkpoints = trained_checkpoints(run, kind, cfg.n_folds)
+    for fold, checkpoint in tqdm(
+        checkpoints.items(), desc="export to ONNX", unit="fold", total=len(checkpoints)
+    ):
         model, ckpt = load_model(checkpoint)
         wrapped = PixelsToProbabilities(model, mean, std).eval()
         path = run.onnx_model(fold, kind)
@@ -172,6 +176,7 @@ def export_run(
             diff = check_parity(path, wrapped, pixels, atol)
         except ParityError:
             path.unlink(missing_ok=True)
+            run.onnx_description(fold, kind).unlink(missing_ok=True)  # an earlier export's, now stale
             raise
         info = description(cfg, list(ckpt["classes"]), mean, std)
         info["checkpoint"] = str(checkpoint.relative_to(run.path))

@@ -1,9 +1,10 @@
 """A learning-rate range test (Smith 2015; fastai's `lr_find`): train a copy of the fold's fresh model for a
 few updates while the learning rate grows exponentially, and plot the loss against it.
 
-Each update is the kit's own training step: `helpers.train.train_one_epoch` over `grad_accum` batches of
-the fold's training loader, with the run's optimizer, loss, precision, mixup, clipping and accumulation
-(from `build_parts`), so what the test measures is what training will do. The real training is left
+The test is one call of the kit's own training step, `helpers.train.train_one_epoch`, over `grad_accum`
+batches of the fold's training loader per update, with the run's optimizer, loss, precision, mixup,
+clipping and accumulation (from `build_parts`) and an exponential schedule, so what it measures is what
+training will do. The real training is left
 untouched: the test trains a model of its own and restores the torch, numpy and Python random states it
 found, so the fold trains afterwards exactly as it would have without it. The suggested value is
 fastai's default, "valley": a point in the longest stretch over which the loss keeps falling.
@@ -21,15 +22,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from torch import nn
 from torch.optim import lr_scheduler
-from tqdm.auto import tqdm
 
 from helpers.config import Config
 from helpers.dataset import DataInfo
 from helpers.loaders import build_loader
 from helpers.model import create_model
 from helpers.precision import pick_device
-from helpers.schedules import Schedule
+from helpers.schedules import Schedule, current_lr
 from helpers.train import NonFiniteLoss, build_parts, fold_rows, seed_everything, train_one_epoch
 
 START_LR, END_LR = 1e-7, 10.0  # fastai's range
@@ -81,18 +82,65 @@ def valley(lrs: np.ndarray, losses: np.ndarray) -> float:
     return float(lrs[start + int(third) + int(third / 2)])
 
 
-def _batches(loader, per_update: int) -> Iterator[list]:
-    """Groups of `per_update` batches, epoch after epoch of the loader, for as long as they are asked for."""
-    epoch = 0
-    while True:
-        loader.sampler.set_epoch(epoch)
-        group: list = []
-        for batch in loader:
-            group.append(batch)
-            if len(group) == per_update:
-                yield group
-                group = []
-        epoch += 1
+class _RecordedLoss(nn.Module):
+    """The run's loss function, keeping each micro-batch's value for the range test."""
+
+    def __init__(self, loss_fn: nn.Module):
+        super().__init__()
+        self.loss_fn = loss_fn
+        self.values: list[float] = []
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = self.loss_fn(output, target)
+        self.values.append(float(loss.detach()))
+        return loss
+
+
+class _RangeTest:
+    """The range test's batches as one epoch for `train_one_epoch`: `per_update` batches per update, epoch
+    after epoch of the fold's loader, ending early once the smoothed loss diverges. Between updates it
+    records the update's learning rate and loss (the mean over its micro-batches)."""
+
+    def __init__(
+        self, loader, optimizer: torch.optim.Optimizer, loss: _RecordedLoss, updates: int, per_update: int
+    ):
+        self.loader, self.optimizer, self.loss = loader, optimizer, loss
+        self.updates, self.per_update = updates, per_update
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+        self.stopped = ""
+        self._average = 0.0
+
+    def __len__(self) -> int:
+        return self.updates * self.per_update
+
+    def _batches(self) -> Iterator:
+        epoch = 0
+        while True:
+            self.loader.sampler.set_epoch(epoch)
+            yield from self.loader
+            epoch += 1
+
+    def _record(self) -> None:
+        loss = float(np.mean(self.loss.values[-self.per_update :]))
+        self._average = SMOOTHING * self._average + (1 - SMOOTHING) * loss
+        self.losses.append(loss)
+        self.smoothed.append(self._average / (1 - SMOOTHING ** len(self.losses)))
+        if not math.isfinite(loss) or self.smoothed[-1] > DIVERGED * min(self.smoothed):
+            self.stopped = f"the loss diverged at lr {self.lrs[-1]:.2e} (over {DIVERGED:g}x its minimum)"
+
+    def __iter__(self) -> Iterator:
+        batches = self._batches()
+        for step in range(self.updates):
+            if step:
+                self._record()
+                if self.stopped:
+                    return
+            self.lrs.append(current_lr(self.optimizer))
+            for _ in range(self.per_update):
+                yield next(batches)
+        self._record()
 
 
 def find_lr(
@@ -118,37 +166,23 @@ def find_lr(
         )
         growth = (end_lr / start_lr) ** (1 / max(1, updates - 1))
         parts.schedule = Schedule(lr_scheduler.LambdaLR(parts.optimizer, lambda step: growth**step), True)
-        lrs, losses, smoothed = [], [], []
-        average, stopped = 0.0, ""
-        groups = _batches(loader, cfg.grad_accum)
-        with tqdm(total=updates, desc=f"lr finder (fold {fold})", unit="update") as bar:
-            for step in range(updates):
-                lr = parts.optimizer.param_groups[0]["lr"]
-                try:
-                    loss = train_one_epoch(model, next(groups), parts, device, desc=f"lr {lr:.1e}")[
-                        "train_loss"
-                    ]
-                except NonFiniteLoss:
-                    stopped = f"the loss became infinite or NaN at lr {lr:.2e}"
-                    break
-                average = SMOOTHING * average + (1 - SMOOTHING) * loss
-                lrs.append(lr)
-                losses.append(loss)
-                smoothed.append(average / (1 - SMOOTHING ** (step + 1)))
-                bar.update()
-                if smoothed[-1] > DIVERGED * min(smoothed):
-                    stopped = f"the loss diverged at lr {lr:.2e} (over {DIVERGED:g}x its minimum)"
-                    break
-            if stopped:
-                bar.set_postfix_str(stopped, refresh=False)
-                bar.total = bar.n  # a bar closed short of its total is painted red, as a failure
-                bar.refresh()
+        parts.loss_fn = _RecordedLoss(parts.loss_fn)
+        test = _RangeTest(loader, parts.optimizer, parts.loss_fn, updates, cfg.grad_accum)
+        try:
+            train_one_epoch(model, test, parts, device, desc=f"lr finder (fold {fold})")
+        except NonFiniteLoss:
+            test.stopped = f"the loss became infinite or NaN by lr {test.lrs[-1]:.2e}"
+    # an update cut short by a non-finite loss has no loss of its own
+    lrs, losses, smoothed = (
+        np.array(v[: len(test.smoothed)]) for v in (test.lrs, test.losses, test.smoothed)
+    )
     if len(lrs) < 2:
-        raise RuntimeError(f"the lr finder stopped after {len(lrs)} update(s): {stopped}; lower start_lr")
-    lrs_a, smoothed_a = np.array(lrs), np.array(smoothed)
+        raise RuntimeError(
+            f"the lr finder stopped after {len(lrs)} update(s): {test.stopped}; lower start_lr"
+        )
     # as fastai: the first tenth (the average still settling) and the last few (diverging) do not vote
     vote = slice(len(lrs) // 10, -5) if len(lrs) > 20 else slice(None)
-    return LrFinderResult(lrs_a, np.array(losses), smoothed_a, valley(lrs_a[vote], smoothed_a[vote]), stopped)
+    return LrFinderResult(lrs, losses, smoothed, valley(lrs[vote], smoothed[vote]), test.stopped)
 
 
 def show_lr_finder(result: LrFinderResult, current_lr: float | None = None) -> Figure:

@@ -85,6 +85,7 @@ def test_a_model_that_does_not_match_torch_fails_loudly_and_leaves_no_file(train
             changed = PixelsToProbabilities(wrapped.model, [0.2, 0.2, 0.2], [0.3, 0.3, 0.3])
         real(changed.eval(), example, path)
 
+    export_run(trained, "best_score", images=10)  # a good export first: its description must not outlive it
     monkeypatch.setattr(export, "export_model", export_a_different_model)
     with pytest.raises(ParityError, match="differ from torch's by up to"):
         export_run(trained, "best_score", images=10)

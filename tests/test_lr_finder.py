@@ -62,22 +62,23 @@ def test_finder_runs_the_training_step_at_growing_rates(prepared, monkeypatch):
     calls = []
 
     def recorded(model, loader, parts, device, desc="train"):
-        calls.append((len(loader), parts.optimizer.param_groups[0]["lr"]))
-        return real(model, loader, parts, device, desc)
+        calls.append(len(loader))
+        metrics = real(model, loader, parts, device, desc)
+        calls.append(parts.updates)
+        return metrics
 
     real = lr_finder.train_one_epoch
     monkeypatch.setattr(lr_finder, "train_one_epoch", recorded)
     result = find_lr(cfg, info, 0, CPU, updates=12, start_lr=1e-5, end_lr=1e-1)
-    assert [n for n, _ in calls] == [2] * len(calls)  # each update: grad_accum batches of the real loop
-    lrs = np.array([lr for _, lr in calls])
-    np.testing.assert_allclose(lrs[1:] / lrs[:-1], (1e-1 / 1e-5) ** (1 / 11), rtol=1e-6)
-    np.testing.assert_allclose(result.lrs, lrs[: len(result.lrs)])
+    assert calls == [24, 12]  # one pass of the training step: 12 updates of grad_accum=2 batches
+    np.testing.assert_allclose(result.lrs[1:] / result.lrs[:-1], (1e-1 / 1e-5) ** (1 / 11), rtol=1e-6)
+    assert result.lrs[0] == pytest.approx(1e-5) and result.lrs[-1] == pytest.approx(1e-1)
+    assert len(result.losses) == len(result.smoothed) == 12 and not result.stopped
     assert result.lrs[0] <= result.suggested <= result.lrs[-1]
     fig = show_lr_finder(result, cfg.lr)
     assert fig.axes[0].get_xscale() == "log"
-    assert any(
-        f"suggested {result.suggested:.1e}" in t.get_text() for t in fig.axes[0].get_legend().get_texts()
-    )
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert f"suggested {result.suggested:.1e}" in legend
 
 
 def test_finder_stops_when_the_loss_diverges(prepared):
