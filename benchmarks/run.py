@@ -1,12 +1,13 @@
 """`make bench`: every benchmark of the kit, one after the other, into benchmarks/RESULTS.md.
 
-    python benchmarks/run.py [--quick] [--only datapath,accuracy,inference,scale,demo] [--out FILE]
+    python benchmarks/run.py [--quick] [--only datapath,accuracy,inference,scale,labels,demo] [--out FILE]
 
 Parts (each in its own process, in turn, so they never compete for the cores):
   datapath   training images/s through the real loader / on the same batches in memory (bench_datapath.py)
   accuracy   the default recipe's validation accuracy on fold 0 of the digits (bench_datapath.py --accuracy)
   inference  the fold ensemble against its forward passes and the original way (bench_inference.py)
   scale      01's image check at 10k/30k/100k images, the loader's memory over an epoch (bench_scale.py)
+  labels     label errors found among deliberately flipped labels of the digits (bench_label_issues.py)
   demo       the whole notebook series' wall time and where it goes (bench_demo.py; skipped with --quick)
 The report gives the machine, the date and the load average, and only medians over repeats and ratios
 measured within one run: a shared 2-core machine's absolute times move by 2x from one minute to the next.
@@ -31,10 +32,11 @@ sys.path.insert(0, str(HERE))
 
 import bench_datapath  # noqa: E402
 import bench_demo  # noqa: E402
+import bench_label_issues  # noqa: E402
 import bench_scale  # noqa: E402
 from machine import machine  # noqa: E402
 
-PARTS = ["datapath", "accuracy", "inference", "scale", "demo"]
+PARTS = ["datapath", "accuracy", "inference", "scale", "labels", "demo"]
 RESULTS = HERE / "RESULTS.md"
 PART_TIMEOUT_S = 1500
 
@@ -78,6 +80,10 @@ def part_scale(quick: bool, work: Path) -> list[str]:
     return bench_scale.markdown(_json_part("bench_scale.py", [], quick, work))
 
 
+def part_labels(quick: bool, work: Path) -> list[str]:
+    return bench_label_issues.markdown(_json_part("bench_label_issues.py", [], quick, work))
+
+
 def part_demo(quick: bool, work: Path) -> list[str]:
     if quick:
         return ["Skipped in --quick mode (the full series takes minutes); run `make bench` for it."]
@@ -91,7 +97,8 @@ TITLES = {
     "accuracy": "2. Accuracy at budget",
     "inference": "3. Inference",
     "scale": "4. Scale: validation and loader memory",
-    "demo": "5. The demo series",
+    "labels": "5. Label errors: flipped labels found by helpers.label_issues",
+    "demo": "6. The demo series",
 }
 
 

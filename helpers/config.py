@@ -114,10 +114,14 @@ class Config:
     cache_images: bool = setting(True, "machine")  # keep decoded images in RAM when they fit in cache_mb
     cache_mb: int = setting(1024, "machine")
     resume: bool = setting(True, "machine")  # continue from fold<k>_last when it exists
+    # "machine", not "train": the range test runs on a copy and leaves the training it precedes unchanged
+    lr_finder: bool = setting(False, "machine")  # 03: a learning-rate range test before training
     # --- evaluation and inference -----------------------------------------------------------------
     checkpoint: CheckpointKind = setting("best_score", "predict")  # which checkpoint 04 and 05 use
     tta_views: list[str] = setting(["identity"], "predict")  # see helpers.tta.VIEWS
     ensemble_runs: list[str] = setting([], "predict")  # more runs to ensemble in 05
+    calibrate: bool = setting(False, "predict")  # 05: scale test probabilities by the temperature 04 fitted
+    export_onnx: bool = setting(False, "predict")  # 05: export each fold model to ONNX and check it
 
     # ------------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:

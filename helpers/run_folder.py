@@ -6,11 +6,15 @@
       checkpoints/fold<k>_<kind>.pt   best_score, best_loss, last (resumable), ema (03)
       oof.csv                  out-of-fold predictions: id, fold, label, predicted, prob_<class> (04)
       evaluation.json          04's summary, flat: see EVALUATION_KEYS
+      label_issues.csv         likely label errors: id, given, suggested, score (lowest first) (04)
+      calibration.json         the temperature fitted on the OOF probabilities, ECE before and after (04)
       submission.csv           the sample submission filled in (05)
       test_probabilities.csv   id and one probability column per class (05)
       data_problems.csv        every problem of the data, when 01 stopped on them
       dropped_rows.csv         the rows left out with drop_bad_rows=True
       finished.json            written once the whole series has run (helpers.runner)
+      onnx/fold<k>_<kind>.onnx        a fold model exported to ONNX (helpers.export)
+      onnx/fold<k>_<kind>.json        its preprocessing, classes and the parity check against torch
       plots/<name>.png         every figure a notebook shows
       notebooks/NN_*.ipynb     the executed notebooks (helpers.runner)
 
@@ -83,6 +87,24 @@ class RunFolder:
     @property
     def evaluation(self) -> Path:
         return self.path / "evaluation.json"
+
+    @property
+    def label_issues(self) -> Path:
+        return self.path / "label_issues.csv"
+
+    @property
+    def calibration(self) -> Path:
+        return self.path / "calibration.json"
+
+    @property
+    def onnx(self) -> Path:
+        return self.path / "onnx"
+
+    def onnx_model(self, fold: int, kind: str) -> Path:
+        return self.onnx / f"fold{fold}_{kind}.onnx"
+
+    def onnx_description(self, fold: int, kind: str) -> Path:
+        return self.onnx / f"fold{fold}_{kind}.json"
 
     @property
     def submission(self) -> Path:
@@ -165,6 +187,21 @@ class RunFolder:
 
     def read_oof(self) -> pd.DataFrame:
         return pd.read_csv(self.oof, dtype={"id": str, "label": str, "predicted": str})
+
+    def write_label_issues(self, frame: pd.DataFrame) -> None:
+        atomic_to_csv(frame, self.label_issues)
+
+    def read_label_issues(self) -> pd.DataFrame:
+        return pd.read_csv(self.label_issues, dtype={"id": str, "given": str, "suggested": str})
+
+    def write_calibration(self, calibration: dict[str, Any]) -> None:
+        atomic_write_text(self.calibration, json.dumps(calibration, indent=2) + "\n")
+
+    def read_calibration(self) -> dict[str, Any]:
+        return json.loads(self.calibration.read_text())
+
+    def write_onnx_description(self, fold: int, kind: str, description: dict[str, Any]) -> None:
+        atomic_write_text(self.onnx_description(fold, kind), json.dumps(description, indent=2) + "\n")
 
     def write_submission(self, frame: pd.DataFrame) -> None:
         atomic_to_csv(frame, self.submission)

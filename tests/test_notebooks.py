@@ -18,6 +18,8 @@ from helpers.runner import SERIES
 
 ALL_NOTEBOOKS = sorted(p.stem for p in notebooks_dir().glob("*.ipynb"))
 TINY = {"backbone": "test_resnet", "img_size": 32, "epochs": 1, "batch_size": 32, "num_workers": 0}
+# the sections that are off by default, on in the nbval series: 03's range test, 05's calibration and export
+OPTIONAL_SECTIONS = {"lr_finder": True, "calibrate": True, "export_onnx": True}
 
 
 def notebook(name: str) -> Path:
@@ -71,7 +73,7 @@ def test_series_under_nbval(tmp_path):
     prepared.mkdir()
     for name in SERIES:
         declared = papermill.inspect_notebook(str(notebook(name)))
-        params = {k: v for k, v in TINY.items() if k in declared}
+        params = {k: v for k, v in {**TINY, **OPTIONAL_SECTIONS}.items() if k in declared}
         papermill.execute_notebook(
             str(notebook(name)),
             str(prepared / f"{name}.ipynb"),
@@ -94,9 +96,16 @@ def test_series_under_nbval(tmp_path):
         "learning_curves",
         "confusion_matrix",
         "grad_cam",
+        "label_issues",
+        "reliability",
+        "lr_finder",
         "test_predictions",
     ):
         assert (run / "plots" / f"{plot}.png").stat().st_size > 0, plot
+    temperature = json.loads((run / "calibration.json").read_text())["temperature"]
+    assert temperature > 0 and (run / "label_issues.csv").exists()
+    assert (run / "onnx" / "fold0_best_score.onnx").stat().st_size > 0
+    assert json.loads((run / "onnx" / "fold0_best_score.json").read_text())["parity"]["max_abs_diff"] <= 1e-4
 
 
 @pytest.mark.slow

@@ -1,0 +1,79 @@
+"""Likely label errors from the out-of-fold probabilities, by confident learning (cleanlab).
+
+Out-of-fold probabilities come from a model that never trained on the row, which is what confident
+learning needs: cleanlab's `find_label_issues` flags the rows whose given label the model's per-class
+thresholds contradict, and `get_label_quality_scores` (self-confidence: the probability of the given
+label) ranks them, lowest first. Covers the single-label task: one class index per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from cleanlab.filter import find_label_issues
+from cleanlab.rank import get_label_quality_scores
+from matplotlib.figure import Figure
+
+from helpers.images import read_image
+from helpers.plots import show_images
+from helpers.run_folder import RunFolder
+
+COLUMNS = ["id", "given", "suggested", "score"]
+
+
+def rank_label_issues(
+    ids: Sequence[str], labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]
+) -> pd.DataFrame:
+    """Every row with its given and suggested (most probable) class, its label-quality score (lower: more
+    likely mislabelled) and whether cleanlab flags it as an issue, lowest score first."""
+    missing = sorted(set(range(len(classes))) - set(np.unique(labels)))
+    if missing:
+        raise ValueError(
+            f"classes {[classes[i] for i in missing]} have no out-of-fold row: confident learning needs every "
+            "class among the rows; evaluate more folds (04 covers the folds 03 trained: set folds=[] in 03)"
+        )
+    names = np.asarray(classes, dtype=object)
+    flagged = find_label_issues(labels, probabilities, filter_by="prune_by_noise_rate", n_jobs=1)
+    table = pd.DataFrame(
+        {
+            "id": np.asarray(ids, dtype=object),
+            "given": names[labels],
+            "suggested": names[probabilities.argmax(1)],
+            "score": get_label_quality_scores(labels, probabilities, method="self_confidence"),
+            "issue": flagged,
+        }
+    )
+    return table.sort_values("score", kind="stable").reset_index(drop=True)
+
+
+def precision_at_k(ranked_ids: Sequence[str], truly_wrong: set[str], k: int) -> float:
+    """The share of the k top-ranked ids that are truly mislabelled."""
+    return len(set(list(ranked_ids)[:k]) & truly_wrong) / k
+
+
+def write_label_issues(run: RunFolder, ranked: pd.DataFrame) -> pd.DataFrame:
+    """label_issues.csv: the flagged rows (id, given, suggested, score), most likely wrong first, to review
+    and, e.g., drop; returns them."""
+    issues = ranked[ranked["issue"]][COLUMNS].reset_index(drop=True)
+    run.write_label_issues(issues)
+    return issues
+
+
+def show_label_issues(issues: pd.DataFrame, paths: pd.Series, n: int = 16) -> Figure:
+    """The n most likely mislabelled images (or a line saying there are none), titled 'given → suggested' with their score; `paths` maps
+    each id to its image file."""
+    top = issues.head(n)
+    if top.empty:
+        fig, ax = plt.subplots(figsize=(5, 1))
+        ax.text(0.5, 0.5, "no likely label errors among the out-of-fold rows", ha="center", va="center")
+        ax.axis("off")
+        return fig
+    images = [read_image(paths[i]) for i in top["id"]]
+    titles = [
+        f"{g} → {s}\nscore {v:.3f}"
+        for g, s, v in zip(top["given"], top["suggested"], top["score"], strict=True)
+    ]
+    return show_images(images, titles, colors=["tab:red"] * len(top))
