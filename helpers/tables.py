@@ -104,6 +104,7 @@ def read_labels(cfg: Config, data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame
         if folder is None:
             return frame.assign(given_fold=np.nan), problem_frame([])
         val = read_imagefolder(folder).assign(table=f"{folder.name}/", given_fold=0)
+        val["id"] = f"{folder.name}/" + val["id"]  # train/ and val/ often hold the same file names
         return pd.concat([frame.assign(given_fold=-1), val], ignore_index=True), problem_frame([])
     frame, problems = read_csv_layout(cfg, data_dir, cfg.csv_name)
     if cfg.val_csv:
@@ -126,7 +127,7 @@ def _given_folds(cfg: Config, frame: pd.DataFrame) -> tuple[np.ndarray, pd.DataF
     column = cfg.split_col
     if values.str.fullmatch(r"\d+").all():
         folds = values.astype(int).to_numpy()
-        found = sorted(set(folds))
+        found = sorted({int(f) for f in folds})
         if found != list(range(cfg.n_folds)):
             raise DataError(
                 f"{cfg.csv_name} column {column!r} holds the folds {found}, but n_folds={cfg.n_folds}: "
@@ -169,7 +170,15 @@ def read_imagefolder(train_dir: Path) -> pd.DataFrame:
 
 def read_table(cfg: Config, path: Path) -> pd.DataFrame:
     """A CSV of the user's with every value as text (ids keep their leading zeros)."""
-    return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], sep=cfg.csv_sep)
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], sep=cfg.csv_sep)
+    except UnicodeDecodeError as e:
+        cause = (
+            table_format_problem(path, [], cfg.csv_sep) or f"{path.name} is not UTF-8 text: save it as UTF-8"
+        )
+        raise DataError(
+            f"{path} cannot be read as text ({e.reason} at byte {e.start}).", causes=[cause]
+        ) from None
 
 
 def read_csv_layout(
