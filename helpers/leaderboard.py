@@ -196,7 +196,9 @@ def _test_columns(run: RunFolder, cfg: Config) -> dict[str, float]:
     data_dir = data_dir_of(cfg)
     probabilities = run.read_test_probabilities()
     rows = probabilities.index.to_frame(index=False)
-    listed = list_test_images(cfg, data_dir, detect_layout(cfg, data_dir))
+    # labels in the listing come from a test_csv or test/<class>/ folders; else from test_labels.csv
+    has_listing = cfg.test_csv or (data_dir / "test").is_dir()
+    listed = list_test_images(cfg, data_dir, detect_layout(cfg, data_dir)) if has_listing else None
     if listed is not None and "label" in listed.columns:
         rows = rows.merge(listed[["id", "label"]].astype(str), on="id", how="left")
     truth = test_labels(cfg, data_dir, rows, list(probabilities.columns))

@@ -427,3 +427,41 @@ def test_a_complete_sample_submission_warns_nothing(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert list(list_test_images(cfg_of(tmp_path), tmp_path, "csv")["id"]) == ["s1"]
+
+
+# -- the whole series on data shaped otherwise ---------------------------------------------------------------
+SERIES = {"backbone": "test_resnet", "epochs": 1, "img_size": 32, "batch_size": 8, "num_workers": 0}
+
+
+@pytest.mark.slow
+def test_series_on_imagefolder_with_val_and_labelled_test(outputs, tmp_path):
+    """train/ + val/ is one fixed split (one model); test/<class>/ is scored by 05 and the leaderboard."""
+    from helpers.runner import run_series
+
+    root = tmp_path / "d"
+    folder_of_classes(root / "train", per_class=4)
+    folder_of_classes(root / "val", per_class=2)
+    folder_of_classes(root / "test", per_class=2)
+    run = run_series({**SERIES, "data_dir": str(root), "run_name": "given", "folds": []}, log=False)
+    assert run.finished.exists()
+    assert run.read_split()["kind"] == "fixed"
+    assert sorted(run.read_metrics()["fold"].unique()) == [0]
+    assert run.read_evaluation()["folds"] == [0] and run.read_evaluation()["images"] == 6
+    submission = pd.read_csv(run.submission)
+    assert list(submission.columns) == ["id", "label", "ant", "bee", "wasp"] and len(submission) == 6
+    (row,) = [r for r in leaderboard.build_leaderboard().to_dict("records") if r["run"] == "given"]
+    assert row["finished"] and 0 <= row["test_acc"] <= 1 and row["test_log_loss"] > 0
+
+
+@pytest.mark.slow
+def test_series_on_csv_without_a_test_set(outputs, make_csv_dataset):
+    """No test set at all: 05 says so in one line and finishes; the run is finished, test columns empty."""
+    from helpers.runner import run_series
+
+    root = make_csv_dataset()
+    run = run_series({**SERIES, "data_dir": str(root), "run_name": "notest", "n_folds": 3}, log=False)
+    assert run.finished.exists() and not run.submission.exists()
+    executed = (run.notebooks / "05_inference.ipynb").read_text()
+    assert "no test set in" in executed
+    (row,) = leaderboard.build_leaderboard().to_dict("records")
+    assert row["finished"] and np.isnan(row["test_acc"]) and not np.isnan(row["val_acc"])
