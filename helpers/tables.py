@@ -99,6 +99,11 @@ def split_source(cfg: Config, data_dir: Path) -> str:
 def read_labels(cfg: Config, data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The label table of either layout and the problems found in its rows (before images are read)."""
     if detect_layout(cfg, data_dir) == "imagefolder":
+        if cfg.split_col or cfg.val_csv:
+            raise DataError(
+                f"{data_dir} is an ImageFolder tree, where split_col and val_csv mean nothing: its validation "
+                f"part is a folder beside train/ ({', '.join(f'{n}/' for n in VALIDATION_FOLDERS)}); unset them."
+            )
         frame = read_imagefolder(data_dir / "train")
         folder = validation_folder(data_dir)
         if folder is None:
@@ -132,7 +137,8 @@ def _given_folds(cfg: Config, frame: pd.DataFrame) -> tuple[np.ndarray, pd.DataF
             raise DataError(
                 f"{cfg.csv_name} column {column!r} holds the folds {found}, but n_folds={cfg.n_folds}: "
                 f"the folds must be 0..n_folds-1, so set n_folds={len(found)} if the folds are numbered "
-                f"0..{len(found) - 1}, or renumber the column."
+                f"0..{len(found) - 1}, or renumber the column (a train/valid column is written train/valid "
+                "or true/false)."
             )
         return folds, problem_frame([])
     folds = np.where(values.isin(VALID_WORDS), 0, -1)

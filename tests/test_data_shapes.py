@@ -465,3 +465,32 @@ def test_series_on_csv_without_a_test_set(outputs, make_csv_dataset):
     assert "no test set in" in executed
     (row,) = leaderboard.build_leaderboard().to_dict("records")
     assert row["finished"] and np.isnan(row["test_acc"]) and not np.isnan(row["val_acc"])
+
+
+def test_split_settings_on_an_imagefolder_are_refused(outputs, tmp_path):
+    folder_of_classes(tmp_path / "d" / "train")
+    with pytest.raises(DataError, match="split_col and val_csv mean nothing.*val/, valid/, validation/"):
+        prepare_dataset(cfg_of(tmp_path / "d", split_col="s"))
+
+
+@pytest.mark.slow
+def test_01_says_the_likely_cause_first_under_papermill(outputs, tmp_path):
+    """As a new user meets it: 01 on a Kaggle table whose ids end in .png stops with the cause and the fix."""
+    import papermill
+
+    from helpers.paths import notebooks_dir
+
+    ids = [f"sample_{k:03d}.png" for k in range(200)]
+    root = csv_data(tmp_path / "d", ids, ["a", "b"] * 100, ids)
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(
+            str(notebooks_dir() / "01_data.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            parameters={"data_dir": str(root), "run_name": "pngids"},
+            kernel_name="python3",
+            progress_bar=False,
+        )
+    message = err.value.evalue
+    assert message.index('set image_ext=""') < message.index("- line 2 ")
+    assert "... and 180 more" in message
+    assert len(pd.read_csv(outputs / "runs" / "pngids" / "data_problems.csv")) == 200
