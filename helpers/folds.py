@@ -38,7 +38,9 @@ class Split:
     def describe(self) -> str:
         if self.kind == "fixed":
             return f"one fixed train/validation split from {self.source}: one model, no fold ensemble"
-        return f"{self.n_folds} {self.kind} from {self.source}: one model per fold"
+        if self.kind == "k-fold":
+            return f"{self.n_folds} folds made by the kit ({self.source}): one model per fold"
+        return f"{self.n_folds} given folds from {self.source}: one model per fold"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -323,8 +323,7 @@ def list_test_images(cfg: Config, data_dir: Path, layout: str) -> pd.DataFrame |
     if cfg.test_csv:
         return _listed_test_images(cfg, data_dir / cfg.test_csv, test_dir, "test_csv")
     if layout == "csv" and (data_dir / cfg.sample_submission).is_file():
-        listed = _listed_test_images(cfg, data_dir / cfg.sample_submission, test_dir, "sample_submission")
-        return listed.drop(columns="label", errors="ignore")
+        return _listed_test_images(cfg, data_dir / cfg.sample_submission, test_dir, "sample_submission")
     if not test_dir.is_dir():
         return None
     files = _image_files(test_dir)
@@ -361,8 +360,15 @@ def _listed_test_images(cfg: Config, table: Path, test_dir: Path, setting: str) 
         )
     ids = listed[cfg.id_col].fillna("")
     test = pd.DataFrame({"id": ids, "path": [str(test_dir / f"{i}{cfg.image_ext}") for i in ids]})
-    if setting == "test_csv" and cfg.label_col in listed.columns and listed[cfg.label_col].notna().all():
-        test["label"] = listed[cfg.label_col].to_numpy()
+    if setting == "test_csv" and cfg.label_col in listed.columns:
+        blank = (listed.index[listed[cfg.label_col].isna()] + 2).tolist()
+        if blank and len(blank) < len(listed):
+            raise DataError(
+                f"{table} has labels on some lines but not on lines {blank[:10]}: label every test image "
+                f"(a labelled test set), or drop the {cfg.label_col!r} column (an unlabelled one)."
+            )
+        if not blank:
+            test["label"] = listed[cfg.label_col].to_numpy()
     if test_dir.is_dir():
         unlisted = sorted({str(f) for f in _image_files(test_dir)} - set(test["path"]))
         if unlisted:

@@ -195,6 +195,9 @@ def test_test_table_with_a_label_column(tmp_path):
     test = list_test_images(cfg, tmp_path, "csv")
     assert list(test["id"]) == ["q2", "q1"]
     np.testing.assert_array_equal(holdout.test_labels(cfg, tmp_path, test, ["a", "b"]), [1, 0])
+    pd.DataFrame({"id": ["q2", "q1"], "label": ["b", None]}).to_csv(tmp_path / "test.csv", index=False)
+    with pytest.raises(DataError, match=r"not on lines \[3\]"):
+        list_test_images(cfg, tmp_path, "csv")
 
 
 def test_no_test_set_is_none_and_said_in_one_line(tmp_path):
