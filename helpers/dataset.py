@@ -172,10 +172,8 @@ def _split_class_problems(clean: pd.DataFrame, source: str) -> pd.DataFrame:
             if label not in inside:
                 problem, fix = f"class {label!r} has no image in {name} of {source}", "add images of it there"
             elif label not in outside:
-                problem, fix = (
-                    f"class {label!r} has no training image outside {name} of {source}",
-                    ("add training images of it"),
-                )
+                problem = f"class {label!r} has no training image outside {name} of {source}"
+                fix = "add training images of it"
             else:
                 continue
             rows.append(
