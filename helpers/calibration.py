@@ -21,8 +21,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
 from helpers.config import Config
-from helpers.inference import probabilities_frame, submission_frame
-from helpers.reports import EnsemblePrediction
+from helpers.reports import EnsemblePrediction, write_test_predictions
 from helpers.run_folder import RunFolder
 
 ECE_BINS = (
@@ -202,8 +201,4 @@ def write_calibrated_predictions(
     probabilities scaled by the run's temperature (same argmax); returns the submission and the
     probabilities."""
     probabilities = apply_temperature(predicted.probabilities, run_temperature(run, cfg))
-    ids = predicted.rows["id"]
-    submission = submission_frame(sample, cfg.id_col, ids, probabilities, predicted.classes)
-    run.write_submission(submission)
-    run.write_test_probabilities(probabilities_frame(ids, probabilities, predicted.classes))
-    return submission, probabilities
+    return write_test_predictions(run, cfg, sample, predicted, probabilities), probabilities

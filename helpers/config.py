@@ -58,6 +58,7 @@ class Config:
         "auto", "data"
     )  # csv (table + image folder), imagefolder (train/<class>/*), or auto-detect
     csv_name: str = setting("train.csv", "data")  # the label table, relative to data_dir
+    csv_sep: str = setting(",", "data")  # the label table's column separator, e.g. ";" or a tab
     id_col: str = setting("id", "data")  # image id column; the file is <image_dir>/<id><image_ext>
     label_col: str = setting("label", "data")  # class column: ints or strings
     group_col: str = setting(
@@ -70,10 +71,17 @@ class Config:
     image_ext: str = setting(".jpg", "data")  # appended to the id to name its file
     test_dir: str = setting("test_image", "predict")  # test images, relative to data_dir
     sample_submission: str = setting("sample_submission.csv", "predict")  # test ids and submission columns
+    split_col: str = setting(
+        "", "data"
+    )  # optional: the given split, fold numbers 0..K-1 (K = n_folds) or train/valid (one fixed split)
+    val_csv: str = setting("", "data")  # optional: a validation table like csv_name: one fixed split
+    test_csv: str = setting(
+        "", "predict"
+    )  # optional: test ids (+ labels in label_col) in test_dir, instead of the sample submission
     drop_bad_rows: bool = setting(
         False, "data", resumable=True
     )  # False: stop on bad rows and list them; True: drop and record them
-    n_folds: int = setting(5, "data")  # K of stratified K-fold
+    n_folds: int = setting(5, "data")  # K of stratified K-fold (a given fixed split has one part)
     seed: int = setting(42, "data")  # folds, initialisation, augmentation and loader order
     # --- model ------------------------------------------------------------------------------------
     backbone: str = setting("resnet18", "train")  # any timm model name
@@ -219,6 +227,8 @@ class Config:
             "image_ext",
             "must start with a dot, e.g. .jpg",
         )
+        need(len(self.csv_sep) == 1, "csv_sep", "must be one character, e.g. ';'")
+        need(not (self.split_col and self.val_csv), "val_csv", "give the split once: split_col or val_csv")
         need(bool(self.tta_views), "tta_views", "name at least one view, e.g. ['identity']")
         if self.layout == "csv" or self.layout == "auto":
             need(bool(self.id_col or self.path_col), "id_col", "set id_col or path_col")

@@ -16,11 +16,20 @@ import pandas as pd
 from helpers.atomic import atomic_write_text
 from helpers.config import Config
 from helpers.demo import ensure_demo_data
-from helpers.folds import load_or_make_folds
+from helpers.diagnoses import diagnose
+from helpers.folds import TRAIN_ONLY, Split, given_split, kit_split, load_or_make_folds
 from helpers.health import FIXES, check_images
 from helpers.paths import datasets_dir, resolve_path
 from helpers.run_folder import RunFolder
-from helpers.tables import DataError, class_names, detect_layout, problem_frame, read_labels
+from helpers.tables import (
+    DataError,
+    class_names,
+    detect_layout,
+    problem_frame,
+    read_labels,
+    row_keys,
+    split_source,
+)
 
 
 @dataclass
@@ -35,6 +44,7 @@ class DataInfo:
     classes: list[str]
     problems: pd.DataFrame  # every problem found, dropped or not
     n_rows: int  # rows in the source table
+    split: Split  # the validation parts: the kit's K folds, or the split the data gives
 
     @property
     def num_classes(self) -> int:
@@ -53,7 +63,12 @@ def dataset_name_of(cfg: Config) -> str:
 
 
 def prepare_dataset(cfg: Config, run: RunFolder | None = None) -> DataInfo:
-    """Read, check and fold the training data; raise DataError listing every problem unless dropping."""
+    """Read, check and fold the training data; raise DataError listing every problem unless dropping.
+
+    A split the data gives (val/ folder, val_csv, split_col) is used as given and checked: every class on
+    both sides of each part. Otherwise the kit makes stratified K folds. With a run folder, the split used
+    is recorded in its split.json.
+    """
     data_dir = data_dir_of(cfg)
     if not data_dir.is_dir():
         raise DataError(
@@ -63,8 +78,10 @@ def prepare_dataset(cfg: Config, run: RunFolder | None = None) -> DataInfo:
     folder = datasets_dir() / name
     layout = detect_layout(cfg, data_dir)
     frame, problems = read_labels(cfg, data_dir)
+    source = split_source(cfg, data_dir)
 
-    checkable = ~frame["line"].isin(problems.loc[problems["problem"].str.contains("outside"), "line"])
+    outside = problems[problems["problem"].str.contains("outside")]
+    checkable = ~row_keys(frame).isin(row_keys(outside))
     checks = check_images(frame.loc[checkable, "path"].tolist(), folder / "image_check.csv")
     frame = frame.merge(
         checks[["path", "problem", "height", "width"]].drop_duplicates("path"), on="path", how="left"
@@ -76,6 +93,7 @@ def prepare_dataset(cfg: Config, run: RunFolder | None = None) -> DataInfo:
             problem_frame(
                 [
                     {
+                        "table": r.table,
                         "line": r.line,
                         "id": r.id,
                         "file": r.path,
@@ -89,9 +107,14 @@ def prepare_dataset(cfg: Config, run: RunFolder | None = None) -> DataInfo:
         ignore_index=True,
     )
 
-    clean = frame[~frame["line"].isin(problems["line"])]
-    problems = pd.concat([problems, _small_class_problems(clean, cfg.n_folds)], ignore_index=True)
-    problems = problems.sort_values("line", kind="stable", na_position="last").reset_index(drop=True)
+    clean = frame[~row_keys(frame).isin(_row_problem_keys(problems))]
+    class_problems = (
+        _split_class_problems(clean, source) if source else _small_class_problems(clean, cfg.n_folds)
+    )
+    problems = pd.concat([problems, class_problems], ignore_index=True)
+    problems = problems.sort_values(["table", "line"], kind="stable", na_position="last").reset_index(
+        drop=True
+    )
 
     if not problems.empty and not cfg.drop_bad_rows:
         listed = ""
@@ -102,8 +125,9 @@ def prepare_dataset(cfg: Config, run: RunFolder | None = None) -> DataInfo:
             f"{len(problems)} problem(s) in {data_dir}{listed}. Fix each one as it says, or set drop_bad_rows=True "
             "to train without these rows (they are then listed in the run's dropped_rows.csv):",
             problems,
+            diagnose(cfg, data_dir, problems),
         )
-    clean = frame[~frame["line"].isin(problems["line"].dropna())]
+    clean = frame[~row_keys(frame).isin(_row_problem_keys(problems))]
     small = problems.loc[problems["line"].isna(), "id"]
     clean = clean[~clean["label"].astype(str).isin(small)].drop(columns="problem").reset_index(drop=True)
     if run is not None:
@@ -117,8 +141,51 @@ def prepare_dataset(cfg: Config, run: RunFolder | None = None) -> DataInfo:
     clean["label"] = clean["label"].astype(str)
     clean["label_idx"] = clean["label"].map({c: i for i, c in enumerate(classes)})
     atomic_write_text(folder / "classes.json", json.dumps(classes, indent=2) + "\n")
-    clean["fold"] = load_or_make_folds(clean, cfg.n_folds, cfg.seed, bool(cfg.group_col), folder)
-    return DataInfo(name, data_dir, layout, folder, clean, classes, problems, len(frame))
+    if source:
+        clean["fold"] = clean["given_fold"].astype(int)
+        split = given_split(clean["fold"].to_numpy(), source)
+    else:
+        clean["fold"] = load_or_make_folds(clean, cfg.n_folds, cfg.seed, bool(cfg.group_col), folder)
+        split = kit_split(cfg.n_folds, cfg.seed, bool(cfg.group_col))
+    clean = clean.drop(columns=["given_fold", "split_value"], errors="ignore")
+    if run is not None:
+        run.write_split(split.to_dict())
+    return DataInfo(name, data_dir, layout, folder, clean, classes, problems, len(frame), split)
+
+
+def _row_problem_keys(problems: pd.DataFrame) -> pd.MultiIndex:
+    return row_keys(problems[problems["line"].notna()])
+
+
+def _split_class_problems(clean: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Every class must have images in each validation part of a given split, and outside it to train on."""
+    rows = []
+    labels = clean["label"].astype(str)
+    classes = sorted(labels.unique())
+    for part in sorted(int(f) for f in clean["given_fold"].unique() if f != TRAIN_ONLY):
+        inside = set(labels[clean["given_fold"] == part])
+        outside = set(labels[clean["given_fold"] != part])
+        name = (
+            "the validation part" if (clean["given_fold"] == TRAIN_ONLY).any() else f"validation fold {part}"
+        )
+        for label in classes:
+            if label not in inside:
+                problem, fix = f"class {label!r} has no image in {name} of {source}", "add images of it there"
+            elif label not in outside:
+                problem = f"class {label!r} has no training image outside {name} of {source}"
+                fix = "add training images of it"
+            else:
+                continue
+            rows.append(
+                {
+                    "line": None,
+                    "id": label,
+                    "file": "",
+                    "problem": problem,
+                    "fix": f"{fix}, or set drop_bad_rows=True to leave the class out",
+                }
+            )
+    return problem_frame(rows)
 
 
 def _small_class_problems(clean: pd.DataFrame, n_folds: int) -> pd.DataFrame:
@@ -130,7 +197,8 @@ def _small_class_problems(clean: pd.DataFrame, n_folds: int) -> pd.DataFrame:
                 "id": label,
                 "file": "",
                 "problem": f"class {label!r} has {n} image(s), fewer than n_folds={n_folds}",
-                "fix": "add images of this class, lower n_folds, or set drop_bad_rows=True to leave the class out",
+                "fix": "add images of this class, merge it into a related class in the label table, lower "
+                "n_folds, or set drop_bad_rows=True to leave the class out",
             }
             for label, n in counts.items()
             if n < n_folds
@@ -141,8 +209,11 @@ def _small_class_problems(clean: pd.DataFrame, n_folds: int) -> pd.DataFrame:
 def health_summary(info: DataInfo) -> pd.DataFrame:
     """The data-health table: counts of rows, classes and each kind of problem."""
     rows = [("rows in the table", info.n_rows), ("rows kept", len(info.table)), ("classes", info.num_classes)]
+    rows.append((f"validation: {info.split.describe()}", info.split.n_folds))
     kinds = info.problems["problem"].str.replace(
-        r" of line \d+|id '.*' has| '.*' has \d+ image\(s\),", "", regex=True
+        r" of (\S+ )?line \d+|id '.*' has| '.*' has \d+ image\(s\),|(?<=class) '[^']*'(?= has no)",
+        "",
+        regex=True,
     )
     rows += [(f"problem: {k}", n) for k, n in kinds.value_counts().items()]
     rows.append(("rows dropped", info.n_rows - len(info.table)))

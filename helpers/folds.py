@@ -1,20 +1,61 @@
 """Cross-validation folds, persisted with the dataset so every run and every backbone of a sweep shares them.
 
 The folds file is keyed by a hash of the source table (ids, labels, groups), K and the seed: an edited
-table gets new folds instead of stale ones.
+table gets new folds instead of stale ones. A split the data gives (a validation folder or table, a split
+column) is used as given: the `fold` column then holds its validation parts, and -1 for rows that are only
+ever trained on; `Split` says which kind a run used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from helpers.atomic import atomic_to_csv, atomic_write_text
+
+TRAIN_ONLY = -1  # the `fold` of a row no validation part holds (the training side of a fixed split)
+
+
+@dataclass(frozen=True)
+class Split:
+    """How a dataset is split for validation: `folds` are the validation parts (one model each)."""
+
+    kind: str  # "k-fold" (made by the kit), "given folds" (a split column's fold numbers), "fixed"
+    source: str  # where it comes from, in words
+    folds: list[int]
+
+    @property
+    def n_folds(self) -> int:
+        return len(self.folds)
+
+    def describe(self) -> str:
+        if self.kind == "fixed":
+            return f"one fixed train/validation split from {self.source}: one model, no fold ensemble"
+        if self.kind == "k-fold":
+            return f"{self.n_folds} folds made by the kit ({self.source}): one model per fold"
+        return f"{self.n_folds} given folds from {self.source}: one model per fold"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def kit_split(n_folds: int, seed: int, grouped: bool) -> Split:
+    """The split the kit makes when the data gives none."""
+    how = f"stratified{' group' if grouped else ''} K-fold, seed {seed}"
+    return Split("k-fold", how, list(range(n_folds)))
+
+
+def given_split(folds: np.ndarray, source: str) -> Split:
+    """The split the data gives: its validation parts, fixed when there is one."""
+    parts = sorted(int(f) for f in set(folds) if f != TRAIN_ONLY)
+    return Split("fixed" if (folds == TRAIN_ONLY).any() else "given folds", source, parts)
 
 
 def assign_folds(labels: pd.Series, groups: pd.Series | None, n_folds: int, seed: int) -> np.ndarray:

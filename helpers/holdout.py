@@ -1,4 +1,10 @@
-"""The test images 05 predicts: checked like the training images, with the sample submission and labels."""
+"""The test images 05 predicts: checked like the training images, with the sample submission and labels.
+
+Labels come from wherever the data has them: the test table's `label` column (ImageFolder `test/<class>/`,
+or a test_csv with a label column), else data_dir/test_labels.csv. Without a sample submission the
+submission has a documented default format: the id, the predicted label and one probability column per
+class.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ def checked_test_images(test: pd.DataFrame) -> pd.DataFrame:
     bad = checks[checks["problem"] != ""]
     if not bad.empty:
         raise DataError(
-            f"{len(bad)} test image(s) cannot be read; a submission needs every one:",
+            f"{len(bad)} test image(s) cannot be read (a missing one is listed in the test table, or the "
+            "sample submission, but has no image in the test folder); a submission needs every one:",
             problem_frame(
                 [
                     {
@@ -38,26 +45,47 @@ def checked_test_images(test: pd.DataFrame) -> pd.DataFrame:
     return test.assign(height=checks["height"].to_numpy(), width=checks["width"].to_numpy())
 
 
-def sample_submission(cfg: Config, data_dir: Path, layout: str, test: pd.DataFrame) -> pd.DataFrame:
-    """The sample submission (CSV layout), or an id + label frame in the test folder's order."""
-    if layout == "csv":
+def sample_submission(
+    cfg: Config, data_dir: Path, layout: str, test: pd.DataFrame, classes: Sequence[str] = ()
+) -> pd.DataFrame:
+    """The sample submission (CSV layout, when it exists), or the default format in the test order: id,
+    label and, when `classes` are given, one probability column per class."""
+    if layout == "csv" and (data_dir / cfg.sample_submission).is_file():
         return pd.read_csv(data_dir / cfg.sample_submission, dtype={cfg.id_col: str})
-    return pd.DataFrame({cfg.id_col: test["id"], cfg.label_col: ""})
+    default = pd.DataFrame({cfg.id_col: test["id"].to_numpy(), cfg.label_col: ""})
+    return default.assign(**{c: np.nan for c in classes})
 
 
 def test_labels(cfg: Config, data_dir: Path, test: pd.DataFrame, classes: Sequence[str]) -> np.ndarray | None:
-    """Class indices of the test images from data_dir/test_labels.csv, in test order; None without the file."""
+    """Class indices of the test images, in test order: the test table's `label` column, else
+    data_dir/test_labels.csv; None when neither exists (an unlabelled test set)."""
     path = data_dir / TEST_LABELS
-    if not path.exists():
+    if "label" in test.columns:
+        path, labels = Path(cfg.test_csv or "test/<class>/ folders"), test["label"].astype(str)
+    elif path.exists():
+        truth = pd.read_csv(path, dtype=str).set_index(cfg.id_col)[cfg.label_col]
+        missing = sorted(set(test["id"]) - set(truth.index))
+        if missing:
+            raise DataError(f"{path} has no label for {len(missing)} test id(s), e.g. {missing[:5]}")
+        labels = truth.loc[test["id"]]
+    else:
         return None
-    truth = pd.read_csv(path, dtype=str).set_index(cfg.id_col)[cfg.label_col]
-    missing = sorted(set(test["id"]) - set(truth.index))
-    if missing:
-        raise DataError(f"{path} has no label for {len(missing)} test id(s), e.g. {missing[:5]}")
-    labels = truth.loc[test["id"]]
     unknown = sorted(set(labels) - set(classes))
     if unknown:
         raise DataError(
             f"{path} has label(s) {unknown[:10]} that the model was not trained on; classes: {list(classes)}"
         )
     return labels.map({c: i for i, c in enumerate(classes)}).to_numpy()
+
+
+def no_test_set(cfg: Config, data_dir: Path, layout: str) -> str:
+    """05's one line for data without a test set: where it looked, and that the run is complete."""
+    where = (
+        f"{cfg.sample_submission}, {cfg.test_dir}/" + (f" or {cfg.test_csv}" if cfg.test_csv else "")
+        if layout == "csv"
+        else "test/"
+    )
+    return (
+        f"no test set in {data_dir} (looked for {where}): nothing to predict; the run is complete without "
+        "one (set test_dir, sample_submission or test_csv to predict a test set)"
+    )

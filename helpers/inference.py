@@ -120,7 +120,8 @@ def submission_frame(
     sample: pd.DataFrame, id_col: str, ids: Sequence[str], probabilities: np.ndarray, classes: Sequence[str]
 ) -> pd.DataFrame:
     """The sample submission's rows and columns, filled in: class probabilities when its columns are the class
-    names, else the predicted class name in its other column."""
+    names, the predicted class name when it has one other column, both when it has a label column followed
+    by the class names (the default format without a sample submission)."""
     by_id = pd.DataFrame(probabilities, columns=list(classes), index=pd.Index(list(ids), name=id_col))
     order = sample[id_col].astype(str)
     missing = sorted(set(order) - set(by_id.index))
@@ -133,6 +134,11 @@ def submission_frame(
         out[other] = probs[other].to_numpy()
     elif len(other) == 1:
         out[other[0]] = np.asarray(classes)[probs.to_numpy().argmax(1)]
+    elif (
+        set(other[1:]) == set(classes) and other[0] not in classes
+    ):  # holdout's default: label + probabilities
+        out[other[0]] = np.asarray(classes)[probs.to_numpy().argmax(1)]
+        out[other[1:]] = probs[other[1:]].to_numpy()
     else:
         raise ValueError(
             f"cannot fill sample submission columns {other}: expected one label column or the "

@@ -24,9 +24,11 @@ from helpers.atomic import atomic_savefig, atomic_to_csv
 from helpers.checkpoints import load_checkpoint
 from helpers.config import Config, ConfigError, parameter_names
 from helpers.dataset import data_dir_of
+from helpers.evaluate import summary_metrics
 from helpers.holdout import test_labels
 from helpers.paths import outputs_dir, runs_dir
 from helpers.run_folder import RunFolder, metric_key
+from helpers.tables import detect_layout, list_test_images
 
 COLUMNS = [
     "run",
@@ -39,14 +41,16 @@ COLUMNS = [
     "best_val_acc",  # mean over trained folds of each fold's best epoch (metrics.csv)
     "best_val_loss",  # mean over trained folds of each fold's lowest validation loss (metrics.csv)
     "oof_acc",  # label == predicted in oof.csv
-    "test_acc",  # 05's test predictions against data_dir/test_labels.csv, when the data has one
+    "test_acc",  # 05's test predictions against the test labels, when the test set has them (helpers.holdout)
+    "test_macro_f1",
+    "test_log_loss",
     "train_seconds",  # all epochs of all folds, validation included
     "seconds_per_epoch",
     "images_per_s",  # training images per second, mean over epochs
     "parameters",  # tensor elements in a fold's best_score state dict (buffers included)
 ]
 ACCURACIES = ["val_acc_tta", "val_acc", "best_val_acc", "oof_acc", "test_acc"]
-LOWER_IS_BETTER = {"best_val_loss", "train_seconds", "seconds_per_epoch", "parameters"}
+LOWER_IS_BETTER = {"best_val_loss", "test_log_loss", "train_seconds", "seconds_per_epoch", "parameters"}
 SORTABLE = [c for c in COLUMNS if c not in {"run", "backbone", "finished"}]
 
 
@@ -72,7 +76,7 @@ def run_row(run: RunFolder) -> dict[str, Any]:
     row |= _read(run.evaluation, lambda p: _evaluation_columns(run.read_evaluation()))
     row |= _read(run.oof, lambda p: {"oof_acc": _oof_accuracy(run.read_oof())})
     if config is not None:
-        row |= _read(run.test_probabilities, lambda p: {"test_acc": _test_accuracy(run, config)})
+        row |= _read(run.test_probabilities, lambda p: _test_columns(run, config))
     checkpoints = sorted(run.checkpoints.glob("fold*_best_score.pt"))
     if checkpoints:
         row |= _read(checkpoints[0], lambda p: {"parameters": _count(p)})
@@ -187,14 +191,25 @@ def _oof_accuracy(oof: pd.DataFrame) -> float:
     return float((oof["label"] == oof["predicted"]).mean()) if len(oof) else np.nan
 
 
-def _test_accuracy(run: RunFolder, cfg: Config) -> float:
-    """Share of test images whose most probable class is the one in the data's test_labels.csv."""
+def _test_columns(run: RunFolder, cfg: Config) -> dict[str, float]:
+    """05's test probabilities scored against the test set's labels (none: the columns stay empty)."""
     data_dir = data_dir_of(cfg)
     probabilities = run.read_test_probabilities()
-    truth = test_labels(cfg, data_dir, probabilities.index.to_frame(), list(probabilities.columns))
+    rows = probabilities.index.to_frame(index=False)
+    # labels in the listing come from a test_csv or test/<class>/ folders; else from test_labels.csv
+    has_listing = cfg.test_csv or (data_dir / "test").is_dir()
+    listed = list_test_images(cfg, data_dir, detect_layout(cfg, data_dir)) if has_listing else None
+    if listed is not None and "label" in listed.columns:
+        rows = rows.merge(listed[["id", "label"]].astype(str), on="id", how="left")
+    truth = test_labels(cfg, data_dir, rows, list(probabilities.columns))
     if truth is None or not len(truth):
-        return np.nan
-    return float((probabilities.to_numpy().argmax(1) == truth).mean())
+        return {}
+    metrics = summary_metrics(truth, probabilities.to_numpy())
+    return {
+        "test_acc": metrics["accuracy"],
+        "test_macro_f1": metrics["macro_f1"],
+        "test_log_loss": metrics["log_loss"],
+    }
 
 
 def _count(path: Path) -> int:

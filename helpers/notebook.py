@@ -83,6 +83,11 @@ def show_samples(table: pd.DataFrame, run: RunFolder, n: int = 24, seed: int = 0
     return save_figure(show_images(images, list(rows["label"].astype(str))), run, "samples")
 
 
-def fold_class_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Images per fold and class, with totals: every fold should hold every class."""
-    return pd.crosstab(table["fold"], table["label"], margins=True, margins_name="total")
+def fold_class_table(table: pd.DataFrame, shown: int = 20) -> pd.DataFrame:
+    """Images per fold and class, with totals: every fold should hold every class. Fold -1 is the training
+    side of a fixed split. With more than `shown` classes: one row per class, the smallest classes first."""
+    counts = pd.crosstab(table["fold"], table["label"], margins=True, margins_name="total")
+    if table["label"].nunique() <= shown:
+        return counts
+    per_class = counts.drop(index="total").T.drop(index="total")
+    return per_class.assign(total=per_class.sum(1)).sort_values("total", kind="stable").head(shown)

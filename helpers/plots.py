@@ -53,15 +53,40 @@ def show_images(
     return fig
 
 
-def show_class_counts(labels: pd.Series, classes: Sequence[str]) -> Figure:
-    """Bar chart of images per class, in class-map order."""
+MANY_CLASSES = 30  # above this, class plots switch to sorted counts and the most-confused classes
+
+
+def show_class_counts(labels: pd.Series, classes: Sequence[str], named: int = 10) -> Figure:
+    """Bar chart of images per class: in class-map order for a few classes; for many, sorted from the
+    largest, on a log scale, with the `named` largest and smallest classes named."""
     counts = labels.astype(str).value_counts().reindex(list(classes), fill_value=0)
-    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(classes) + 2), 3))
-    ax.bar(counts.index, counts.to_numpy(), color="tab:blue")
-    ax.set(xlabel="class", ylabel="images", title="Images per class")
-    ax.tick_params(axis="x", rotation=90 if len(classes) > 12 else 0)
+    if len(classes) <= MANY_CLASSES:
+        fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(classes) + 2), 3))
+        ax.bar(counts.index, counts.to_numpy(), color="tab:blue")
+        ax.set(xlabel="class", ylabel="images", title="Images per class")
+        ax.tick_params(axis="x", rotation=90 if len(classes) > 12 else 0)
+        fig.tight_layout()
+        return fig
+    ranked = counts.sort_values(ascending=False, kind="stable")
+    fig, ax = plt.subplots(figsize=(11, 4))
+    ax.bar(range(len(ranked)), ranked.to_numpy().clip(min=0.8), width=1.0, color="tab:blue")
+    ax.set_yscale("log")
+    shown = sorted({*range(min(named, len(ranked))), *range(max(0, len(ranked) - named), len(ranked))})
+    ax.set_xticks(shown, [f"{ranked.index[i]} ({ranked.iloc[i]})" for i in shown], rotation=90, fontsize=7)
+    ax.set(
+        xlabel=f"class, largest first (the {named} largest and smallest named)",
+        ylabel="images (log scale)",
+        title=f"Images per class: {len(classes)} classes, {ranked.iloc[0]} to {ranked.iloc[-1]} images each",
+    )
     fig.tight_layout()
     return fig
+
+
+def most_confused_classes(matrix: np.ndarray, n: int = MANY_CLASSES) -> np.ndarray:
+    """The indices of the n classes with the largest off-diagonal share in a row-normalised confusion
+    matrix (missed as true class plus taken for another), most confused first."""
+    off = matrix - np.diag(np.diag(matrix))
+    return np.argsort(-(off.sum(1) + off.sum(0)), kind="stable")[:n]
 
 
 def show_size_histogram(heights: pd.Series, widths: pd.Series) -> Figure:
@@ -98,7 +123,12 @@ def save_figure(fig: Figure, run: RunFolder, name: str) -> Figure:
 def show_confusion(
     matrix: np.ndarray, classes: Sequence[str], title: str = "Confusion matrix (rows sum to 1)"
 ) -> Figure:
-    """A row-normalised confusion matrix with class names and the share in each cell."""
+    """A row-normalised confusion matrix with class names and the share in each cell; with more than
+    MANY_CLASSES classes, the rows and columns of the most-confused classes only."""
+    if len(classes) > MANY_CLASSES:
+        keep = most_confused_classes(matrix)
+        title = f"{title}: the {len(keep)} most-confused of {len(classes)} classes"
+        matrix, classes = matrix[np.ix_(keep, keep)], [classes[i] for i in keep]
     n = len(classes)
     fig, ax = plt.subplots(figsize=(max(4, 0.5 * n + 2), max(3.5, 0.5 * n + 1.5)))
     im = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)

@@ -178,11 +178,17 @@ def predict_test(
 
 
 def write_test_predictions(
-    run: RunFolder, cfg: Config, sample: pd.DataFrame, predicted: EnsemblePrediction
+    run: RunFolder,
+    cfg: Config,
+    sample: pd.DataFrame,
+    predicted: EnsemblePrediction,
+    probabilities: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Write submission.csv (the sample submission filled in) and test_probabilities.csv (what the
-    leaderboard scores); returns the submission."""
-    ids, probabilities = predicted.rows["id"], predicted.probabilities
+    leaderboard scores) from the ensemble's probabilities, or from others of the same images (calibrated
+    ones); returns the submission."""
+    ids = predicted.rows["id"]
+    probabilities = predicted.probabilities if probabilities is None else probabilities
     submission = submission_frame(sample, cfg.id_col, ids, probabilities, predicted.classes)
     run.write_submission(submission)
     run.write_test_probabilities(probabilities_frame(ids, probabilities, predicted.classes))

@@ -2,6 +2,7 @@
 
     outputs/runs/<run>/
       config.json              every setting of the run (Config); 01 and 03 write it, the rest read it
+      split.json               the validation split the run used: kind, source, folds (helpers.folds.Split)
       metrics.csv              one row per fold and epoch (03)
       checkpoints/fold<k>_<kind>.pt   best_score, best_loss, last (resumable), ema (03)
       oof.csv                  out-of-fold predictions: id, fold, label, predicted, prob_<class> (04)
@@ -71,6 +72,10 @@ class RunFolder:
     @property
     def config(self) -> Path:
         return self.path / "config.json"
+
+    @property
+    def split(self) -> Path:
+        return self.path / "split.json"
 
     @property
     def metrics(self) -> Path:
@@ -161,6 +166,13 @@ class RunFolder:
 
     def write_config(self, cfg: Config) -> None:
         cfg.save(self.config)
+
+    # -- split.json -----------------------------------------------------------------------------------
+    def write_split(self, split: dict[str, Any]) -> None:
+        atomic_write_text(self.split, json.dumps(split, indent=2) + "\n")
+
+    def read_split(self) -> dict[str, Any]:
+        return json.loads(self.split.read_text())
 
     # -- metrics.csv ----------------------------------------------------------------------------------
     def read_metrics(self, fold: int | None = None) -> pd.DataFrame:

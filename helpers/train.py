@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from helpers.augment import InputPrep
 from helpers.checkpoints import load_checkpoint, save_checkpoint, unwrap
-from helpers.config import Config
+from helpers.config import Config, ConfigError
 from helpers.dataset import DataInfo
 from helpers.loaders import build_loader, sample_seed
 from helpers.model import create_model, default_img_size
@@ -504,7 +504,13 @@ def train_fold(
 def train_folds(
     cfg: Config, info: DataInfo, run: RunFolder, device: torch.device | None = None
 ) -> pd.DataFrame:
-    """Train the configured folds (all when `folds` is empty); returns metrics.csv."""
-    for fold in cfg.folds or range(cfg.n_folds):
+    """Train the configured folds (all of the data's split when `folds` is empty); returns metrics.csv."""
+    unknown = sorted(set(cfg.folds) - set(info.split.folds))
+    if unknown:
+        raise ConfigError(
+            f"folds={cfg.folds}: the data's split ({info.split.describe()}) has no fold {unknown}; "
+            f"choose among {info.split.folds}, or [] for all"
+        )
+    for fold in cfg.folds or info.split.folds:
         train_fold(cfg, info, fold, run, device)
     return run.read_metrics()
