@@ -1,16 +1,19 @@
 """`make bench`: every benchmark of the kit, one after the other, into benchmarks/RESULTS.md.
 
-    python benchmarks/run.py [--quick] [--only datapath,accuracy,inference,scale,demo] [--out FILE]
+    python benchmarks/run.py [--quick] [--only datapath,accuracy,transfer,inference,scale,demo] [--out FILE]
 
 Parts (each in its own process, in turn, so they never compete for the cores):
   datapath   training images/s through the real loader / on the same batches in memory (bench_datapath.py)
   accuracy   the default recipe's validation accuracy on fold 0 of the digits (bench_datapath.py --accuracy)
+  transfer   fine-tuning digits 5-9 from weights pretrained on 0-4: scratch / scratch recipe / transfer recipe
+             (bench_transfer.py)
   inference  the fold ensemble against its forward passes and the original way (bench_inference.py)
   scale      01's image check at 10k/30k/100k images, the loader's memory over an epoch (bench_scale.py)
   demo       the whole notebook series' wall time and where it goes (bench_demo.py; skipped with --quick)
 The report gives the machine, the date and the load average, and only medians over repeats and ratios
 measured within one run: a shared 2-core machine's absolute times move by 2x from one minute to the next.
---quick (about a minute): fewer and shorter repeats, small scale sizes, one training epoch, no demo.
+--quick (a few minutes): fewer and shorter repeats, small scale sizes, one training epoch, one transfer draw,
+no demo.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ sys.path.insert(0, str(HERE))
 import bench_datapath  # noqa: E402
 import bench_demo  # noqa: E402
 import bench_scale  # noqa: E402
+import bench_transfer  # noqa: E402
 from machine import machine  # noqa: E402
 
-PARTS = ["datapath", "accuracy", "inference", "scale", "demo"]
+PARTS = ["datapath", "accuracy", "transfer", "inference", "scale", "demo"]
 RESULTS = HERE / "RESULTS.md"
 PART_TIMEOUT_S = 1500
 
@@ -63,6 +67,10 @@ def part_accuracy(quick: bool, work: Path) -> list[str]:
     return bench_datapath.accuracy_markdown(_json_part("bench_datapath.py", ["--accuracy"], quick, work))
 
 
+def part_transfer(quick: bool, work: Path) -> list[str]:
+    return bench_transfer.markdown(_json_part("bench_transfer.py", [], quick, work))
+
+
 def part_inference(quick: bool, work: Path) -> list[str]:
     out = work / "inference.md"
     _python([str(HERE / "bench_inference.py"), *(["--quick"] if quick else []), "--results", str(out)])
@@ -89,9 +97,10 @@ def part_demo(quick: bool, work: Path) -> list[str]:
 TITLES = {
     "datapath": "1. Data-path efficiency (training)",
     "accuracy": "2. Accuracy at budget",
-    "inference": "3. Inference",
-    "scale": "4. Scale: validation and loader memory",
-    "demo": "5. The demo series",
+    "transfer": "3. Fine-tuning pretrained weights",
+    "inference": "4. Inference",
+    "scale": "5. Scale: validation and loader memory",
+    "demo": "6. The demo series",
 }
 
 

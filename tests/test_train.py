@@ -27,7 +27,18 @@ from helpers.schedules import build_schedule
 from helpers.train import NonFiniteLoss, best_epochs, evaluate, train_fold, train_folds, train_one_epoch
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
-METRIC_COLUMNS = ["fold", "epoch", "lr", "train_loss", "val_loss", "val_acc", "seconds", "images_per_s"]
+METRIC_COLUMNS = [
+    "fold",
+    "epoch",
+    "body_frozen",
+    "lr",
+    "lr_body",
+    "train_loss",
+    "val_loss",
+    "val_acc",
+    "seconds",
+    "images_per_s",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -277,7 +288,7 @@ def test_checkpoints_round_trip_through_plain_timm(prepared):
         assert torch.allclose(plain(images), kit_model(images), atol=1e-6)
     assert ckpt["backbone"] == "test_resnet" and ckpt["num_classes"] == info.num_classes
     assert ckpt["classes"] == info.classes == meta["classes"]
-    assert ckpt["config"] == cfg.to_dict()
+    assert ckpt["config"] == cfg.with_recipe().to_dict()  # the automatic settings as they were chosen
     assert {"val_acc", "val_loss", "epoch"} <= set(ckpt["metrics"])
 
     last = torch.load(run.checkpoint(0, "last"), weights_only=True)
