@@ -30,12 +30,7 @@ CheckpointKind = Literal["best_score", "best_loss", "last", "ema"]
 Stage = Literal["run", "data", "train", "predict", "machine"]
 FIXED_STAGES = ("data", "train")
 # a value that asks the kit to choose; the choice is saved, and asking again never contradicts it
-AUTOMATIC = {"img_size": 0, "freeze_epochs": -1, "layer_decay": -1.0}
-# what AUTOMATIC fine-tuning settings become (Config.with_recipe), from benchmarks/bench_transfer.py:
-# a pretrained body (pretrained=True or a weights_file) trains its head alone first, then every layer
-# with timm's layer-wise decay; a body from scratch trains every layer at one rate from the start
-TRANSFER_RECIPE = {"freeze_epochs": 1, "layer_decay": 0.75}
-SCRATCH_RECIPE = {"freeze_epochs": 0, "layer_decay": 1.0}
+AUTOMATIC = {"img_size": 0}
 
 
 class ConfigError(ValueError):
@@ -84,7 +79,7 @@ class Config:
     backbone: str = setting("resnet18", "train")  # any timm model name
     img_size: int = setting(
         0, "train"
-    )  # square input side; 0: the backbone's, capped at the data's median side
+    )  # square input side; 0: the backbone's (pretrained) size, or the data's median side if smaller
     pretrained: bool = setting(
         False, "train"
     )  # load pretrained weights (local file or Hugging Face cache, never a download)
@@ -96,12 +91,11 @@ class Config:
     batch_size: int = setting(64, "train")  # per optimizer step is batch_size * grad_accum
     lr: float = setting(3e-3, "train")  # peak learning rate
     weight_decay: float = setting(0.05, "train")
+    # fine-tuning: off by default, pretrained or not (benchmarks/RESULTS.md, "Fine-tuning pretrained weights")
     freeze_epochs: int = setting(
-        -1, "train"
-    )  # first epochs train the head alone (body frozen, its batch-norm statistics kept); -1: the recipe's
-    layer_decay: float = setting(
-        -1.0, "train"
-    )  # timm's layer-wise lr decay: each layer below the head gets this times the next one's lr; 1: off; -1: the recipe's
+        0, "train"
+    )  # first epochs train the head alone (body and its BN stats frozen)
+    layer_decay: float = setting(1.0, "train")  # timm's layer-wise lr decay per layer below the head; 1: off
     optimizer: Optimizer = setting("adamw", "train")
     scheduler: Scheduler = setting("onecycle", "train")
     warmup_epochs: float = setting(
@@ -173,11 +167,6 @@ class Config:
         """Whether the model starts from pretrained weights: `pretrained`, or a `weights_file` (always loaded)."""
         return self.pretrained or bool(self.weights_file)
 
-    def with_recipe(self) -> Config:
-        """A copy whose automatic fine-tuning settings (-1) hold the transfer or the scratch recipe's value."""
-        recipe = TRANSFER_RECIPE if self.uses_pretrained_weights() else SCRATCH_RECIPE
-        return self.replace(**{k: v for k, v in recipe.items() if getattr(self, k) == AUTOMATIC[k]})
-
     def replace(self, **changes: Any) -> Config:
         """A copy with some settings changed, validated like any other."""
         return Config.from_dict({**self.to_dict(), **changes})
@@ -214,12 +203,8 @@ class Config:
         need(self.img_size == 0 or self.img_size >= 8, "img_size", "must be 0 (automatic) or at least 8")
         need(self.lr > 0, "lr", "must be positive")
         need(self.weight_decay >= 0, "weight_decay", "must be 0 or more")
-        need(self.freeze_epochs >= -1, "freeze_epochs", "must be -1 (the recipe's), 0 (off) or more")
-        need(
-            self.layer_decay == -1 or 0 < self.layer_decay <= 1,
-            "layer_decay",
-            "must be -1 (the recipe's), 1 (off) or in (0, 1), e.g. 0.75",
-        )
+        need(self.freeze_epochs >= 0, "freeze_epochs", "must be 0 (off) or more")
+        need(0 < self.layer_decay <= 1, "layer_decay", "must be 1 (off) or in (0, 1), e.g. 0.75")
         need(self.warmup_epochs >= 0, "warmup_epochs", "must be 0 or more")
         need(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
         need(self.grad_accum >= 1, "grad_accum", "must be at least 1")

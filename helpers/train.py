@@ -239,25 +239,16 @@ def resolve_img_size(cfg: Config, info: DataInfo) -> int:
 
 
 def resolve_settings(cfg: Config, info: DataInfo) -> tuple[Config, list[str]]:
-    """The config with its automatic settings chosen (img_size, the fine-tuning recipe), and one line per
-    choice saying what was chosen and why: what 03 saves and shows before training."""
+    """The config with its automatic settings chosen (img_size), and a line per choice saying what was
+    chosen and why: what 03 saves and shows before training."""
     size, why = choose_img_size(cfg, info)
-    resolved = cfg.replace(img_size=size).with_recipe()
-    recipe = "transfer" if cfg.uses_pretrained_weights() else "scratch"
-    lines = [f"img_size {size}: {why}"]
-    lines += [
-        f"{name} {getattr(resolved, name)}: the {recipe} recipe's"
-        for name in ("freeze_epochs", "layer_decay")
-        if getattr(cfg, name) != getattr(resolved, name)
-    ]
-    return resolved, lines
+    return cfg.replace(img_size=size), [f"img_size {size}: {why}"]
 
 
 def build_parts(
     cfg: Config, model: nn.Module, num_classes: int, updates_per_epoch: int, device: torch.device
 ) -> TrainParts:
-    """Optimizer (with layer decay), loss, precision, scaler, schedule, EMA and mixup for a fresh fold; `cfg`
-    with its recipe resolved."""
+    """Optimizer (with layer decay), loss, precision, scaler, schedule, EMA and mixup for a fresh fold."""
     optimizer = build_optimizer(cfg, model)
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
@@ -482,7 +473,6 @@ def train_fold(
     """
     world_size, rank = world()
     device = device or pick_device()
-    cfg = cfg.with_recipe()  # automatic fine-tuning settings as the checkpoints record them
     # -- resume: a finished fold trains nothing; an unfinished one continues from its `last` checkpoint
     resumed = _resume_state(cfg, run.checkpoint(fold, "last"))
     if resumed is not None and resumed["finished"]:

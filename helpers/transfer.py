@@ -24,12 +24,7 @@ from helpers.config import Config
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """timm's optimizer for the model, with layer-wise lr decay when `layer_decay` < 1 (groups' lrs scaled).
-
-    `cfg` must have its recipe resolved (`Config.with_recipe`).
-    """
-    if cfg.layer_decay == -1:
-        raise ValueError("layer_decay=-1 is the recipe's choice: resolve it first with cfg.with_recipe()")
+    """timm's optimizer for the model, with layer-wise lr decay when `layer_decay` < 1 (groups' lrs scaled)."""
     optimizer = timm.optim.create_optimizer_v2(
         model,
         opt=cfg.optimizer,

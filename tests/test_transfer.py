@@ -12,7 +12,7 @@ from train_fixtures import tiny_config
 
 import helpers.train as train_mod
 from helpers.checkpoints import load_model
-from helpers.config import SCRATCH_RECIPE, TRANSFER_RECIPE, Config, ConfigError, settle_run_config
+from helpers.config import Config, ConfigError
 from helpers.dataset import prepare_dataset
 from helpers.model import create_model
 from helpers.run_folder import RunFolder
@@ -123,7 +123,7 @@ def test_optimizer_groups_and_lrs_follow_timms_layer_decay(prepared):
 def test_the_schedules_keep_the_layer_ratios(prepared, scheduler):
     cfg, info, _ = prepared(layer_decay=0.5, lr=0.01, scheduler=scheduler, warmup_epochs=1.0, epochs=3)
     model = create_model("test_resnet", info.num_classes)
-    parts = build_parts(cfg.with_recipe(), model, info.num_classes, updates_per_epoch=4, device=CPU)
+    parts = build_parts(cfg, model, info.num_classes, updates_per_epoch=4, device=CPU)
     peaks = {i: 0.0 for i in range(len(parts.optimizer.param_groups))}
     for _ in range(12):
         for i, group in enumerate(parts.optimizer.param_groups):
@@ -204,43 +204,15 @@ def test_freeze_body_thaws_again():
     assert all(p.requires_grad for p in model.parameters())
 
 
-# --- the recipe: automatic settings resolved by what the model starts from -------------------------------
-
-
-def test_automatic_settings_take_the_recipe_of_the_weights():
-    assert Config().freeze_epochs == -1 and Config().layer_decay == -1
-    scratch = Config().with_recipe()
-    assert (scratch.freeze_epochs, scratch.layer_decay) == (
-        SCRATCH_RECIPE["freeze_epochs"],
-        SCRATCH_RECIPE["layer_decay"],
-    )
-    for pretrained in (Config(pretrained=True), Config(weights_file="w.pth")):
-        chosen = pretrained.with_recipe()
-        assert chosen.freeze_epochs == TRANSFER_RECIPE["freeze_epochs"]
-        assert chosen.layer_decay == TRANSFER_RECIPE["layer_decay"]
-    explicit = Config(pretrained=True, freeze_epochs=0, layer_decay=1.0).with_recipe()
-    assert (explicit.freeze_epochs, explicit.layer_decay) == (0, 1.0)
+# --- settings and the input size ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("name", "value"), [("freeze_epochs", -2), ("layer_decay", 0.0), ("layer_decay", 1.5)]
+    ("name", "value"), [("freeze_epochs", -1), ("layer_decay", 0.0), ("layer_decay", 1.5)]
 )
 def test_impossible_fine_tuning_values_are_named(name, value):
     with pytest.raises(ConfigError, match=name):
         Config(**{name: value})
-
-
-def test_asking_again_for_the_recipe_keeps_the_saved_choice(tmp_path):
-    saved = Config(pretrained=True).with_recipe()
-    kept = settle_run_config({"freeze_epochs": -1, "layer_decay": -1.0}, saved, ["data", "train"], tmp_path)
-    assert kept.freeze_epochs == saved.freeze_epochs and kept.layer_decay == saved.layer_decay
-    with pytest.raises(ConfigError, match="freeze_epochs"):
-        settle_run_config({"freeze_epochs": 3}, saved, ["data", "train"], tmp_path)
-
-
-def test_building_the_optimizer_needs_the_recipe_resolved():
-    with pytest.raises(ValueError, match="with_recipe"):
-        build_optimizer(Config(), timm.create_model("test_resnet", num_classes=3))
 
 
 def _info_with_side(outputs, make_csv_dataset, side):
@@ -258,12 +230,13 @@ def test_pretrained_weights_get_their_own_input_size_unless_the_images_are_small
     )
     cfg = Config(backbone="resnet18", pretrained=True)
     resolved, lines = resolve_settings(cfg, big)
-    assert resolved.img_size == 224 and "pretrained input size" in lines[0]
-    assert (resolved.freeze_epochs, resolved.layer_decay) == tuple(TRANSFER_RECIPE.values())
-    assert any(line.startswith("freeze_epochs") and "transfer recipe" in line for line in lines)
+    assert resolved.img_size == 224 and lines == [
+        "img_size 224: resnet18's pretrained input size (timm's data config; the images' median side is 300 px)"
+    ]
     resolved, lines = resolve_settings(cfg, small)
     assert resolved.img_size == 64 and "median side 50 px" in lines[0]
     assert resolve_settings(cfg.replace(img_size=96), small)[0].img_size == 96
+    assert "default input size" in resolve_settings(cfg.replace(pretrained=False), big)[1][0]
 
 
 def test_the_curves_shade_the_frozen_epochs_and_draw_both_learning_rates():
