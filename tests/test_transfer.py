@@ -86,7 +86,7 @@ def test_frozen_epochs_train_the_head_alone_and_keep_the_bodys_batch_norm_statis
     assert metrics["body_frozen"].tolist() == [True, True, False]
     assert (metrics["lr_body"][:2] == 0).all() and (metrics["lr_body"][2:] > 0).all()
     assert (metrics["lr_body"][2:] < metrics["lr"][2:]).all()  # layer decay: the body's lowest lr is lower
-    # the model is thawed again after the run, as a caller would expect it
+    # the checkpoints record the fine-tuning settings the run trained with
     last = torch.load(run.checkpoint(0, "last"), weights_only=True)
     assert last["config"]["freeze_epochs"] == 2 and last["config"]["layer_decay"] == 0.8
 
