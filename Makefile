@@ -42,7 +42,7 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
 
-# benchmarks/RESULTS.md: data path, accuracy, inference, scale, demo (a few minutes; BENCH_ARGS=--quick: ~1)
+# benchmarks/RESULTS.md: data path, accuracy, transfer, inference, scale, demo (a few minutes; BENCH_ARGS=--quick: ~1)
 BENCH_ARGS ?=
 bench: setup
 	$(PY) benchmarks/run.py $(BENCH_ARGS)

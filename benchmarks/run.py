@@ -1,17 +1,20 @@
 """`make bench`: every benchmark of the kit, one after the other, into benchmarks/RESULTS.md.
 
-    python benchmarks/run.py [--quick] [--only datapath,accuracy,inference,scale,labels,demo] [--out FILE]
+    python benchmarks/run.py [--quick] [--only datapath,accuracy,transfer,inference,scale,labels,demo] [--out FILE]
 
 Parts (each in its own process, in turn, so they never compete for the cores):
   datapath   training images/s through the real loader / on the same batches in memory (bench_datapath.py)
   accuracy   the default recipe's validation accuracy on fold 0 of the digits (bench_datapath.py --accuracy)
+  transfer   fine-tuning digits 5-9 from weights pretrained on 0-4: scratch / scratch recipe / transfer recipe
+             (bench_transfer.py)
   inference  the fold ensemble against its forward passes and the original way (bench_inference.py)
   scale      01's image check at 10k/30k/100k images, the loader's memory over an epoch (bench_scale.py)
   labels     label errors found among deliberately flipped labels of the digits (bench_label_issues.py)
   demo       the whole notebook series' wall time and where it goes (bench_demo.py; skipped with --quick)
 The report gives the machine, the date and the load average, and only medians over repeats and ratios
 measured within one run: a shared 2-core machine's absolute times move by 2x from one minute to the next.
---quick (about a minute): fewer and shorter repeats, small scale sizes, one training epoch, no demo.
+--quick (a few minutes): fewer and shorter repeats, small scale sizes, one training epoch, one transfer draw,
+no demo.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ import bench_datapath  # noqa: E402
 import bench_demo  # noqa: E402
 import bench_label_issues  # noqa: E402
 import bench_scale  # noqa: E402
+import bench_transfer  # noqa: E402
 from machine import machine  # noqa: E402
 
-PARTS = ["datapath", "accuracy", "inference", "scale", "labels", "demo"]
+PARTS = ["datapath", "accuracy", "transfer", "inference", "scale", "labels", "demo"]
 RESULTS = HERE / "RESULTS.md"
 PART_TIMEOUT_S = 1500
 
@@ -63,6 +67,10 @@ def part_datapath(quick: bool, work: Path) -> list[str]:
 
 def part_accuracy(quick: bool, work: Path) -> list[str]:
     return bench_datapath.accuracy_markdown(_json_part("bench_datapath.py", ["--accuracy"], quick, work))
+
+
+def part_transfer(quick: bool, work: Path) -> list[str]:
+    return bench_transfer.markdown(_json_part("bench_transfer.py", [], quick, work))
 
 
 def part_inference(quick: bool, work: Path) -> list[str]:
@@ -95,10 +103,11 @@ def part_demo(quick: bool, work: Path) -> list[str]:
 TITLES = {
     "datapath": "1. Data-path efficiency (training)",
     "accuracy": "2. Accuracy at budget",
-    "inference": "3. Inference",
-    "scale": "4. Scale: validation and loader memory",
-    "labels": "5. Label errors: flipped labels found by helpers.label_issues",
-    "demo": "6. The demo series",
+    "transfer": "3. Fine-tuning pretrained weights",
+    "inference": "4. Inference",
+    "scale": "5. Scale: validation and loader memory",
+    "labels": "6. Label errors: flipped labels found by helpers.label_issues",
+    "demo": "7. The demo series",
 }
 
 
@@ -216,6 +225,7 @@ FINDINGS = [
     "imports torch, timm and albumentations: ~6 s for the import cell, ~2-3 s outside cells). If it ever "
     "needs to be faster: lighter imports in 01/02 (no torch or timm for data checks and previews), and "
     "fewer epochs or a smaller slice for the demo's training, which is the biggest single cell.",
+    "- **Fine-tuning defaults stay off, pretrained or not** (section 3, 2026-12-02). Over 4 draws of 20 images per class, the medians of scratch, the scratch recipe on the pretrained weights, the transfer recipe (1 frozen epoch, layer decay 0.75), frozen epochs alone and layer decay 0.9 alone lie within 0.92-0.95, while one variant's draws spread by up to 0.09; paired by draw, the scratch recipe beat the transfer recipe in 3 of 4 (also in an earlier single-draw run: 0.968 vs 0.938, and a 2-draw run: 0.962 vs 0.945). Nothing here shows a gain worth a pretrained-only default, so `freeze_epochs` 0 and `layer_decay` 1.0 stay the defaults for every run. The caveat: weights pretrained on 576 digits are a weak stand-in for ImageNet weights, and pretraining itself did not beat scratch on this target (0.932 vs 0.938). Torch ran on one thread in this part: at a load average of 9-15 on 2 cores, two spinning threads made a fine-tuning epoch 4-10x slower.",
     "- **OMP_WAIT_POLICY=PASSIVE** (torch's idle OpenMP threads sleep instead of spinning) lifted the "
     "1-worker ratio to ~0.93, but only by slowing the model (in-memory mobilenetv3_small_100 at 32 px: "
     "~230 img/s against ~580 spinning on a quiet machine): not a win. Under heavy outside load, though, the "

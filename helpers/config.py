@@ -87,7 +87,7 @@ class Config:
     backbone: str = setting("resnet18", "train")  # any timm model name
     img_size: int = setting(
         0, "train"
-    )  # square input side; 0: the backbone's, capped at the data's median side
+    )  # square input side; 0: the backbone's (pretrained) size, or the data's median side if smaller
     pretrained: bool = setting(
         False, "train"
     )  # load pretrained weights (local file or Hugging Face cache, never a download)
@@ -99,6 +99,11 @@ class Config:
     batch_size: int = setting(64, "train")  # per optimizer step is batch_size * grad_accum
     lr: float = setting(3e-3, "train")  # peak learning rate
     weight_decay: float = setting(0.05, "train")
+    # fine-tuning: off by default, pretrained or not (benchmarks/RESULTS.md, "Fine-tuning pretrained weights")
+    freeze_epochs: int = setting(
+        0, "train"
+    )  # first epochs train the head alone (body and its BN stats frozen)
+    layer_decay: float = setting(1.0, "train")  # timm's layer-wise lr decay per layer below the head; 1: off
     optimizer: Optimizer = setting("adamw", "train")
     scheduler: Scheduler = setting("onecycle", "train")
     warmup_epochs: float = setting(
@@ -170,6 +175,10 @@ class Config:
             )
         return cls(**values)
 
+    def uses_pretrained_weights(self) -> bool:
+        """Whether the model starts from pretrained weights: `pretrained`, or a `weights_file` (always loaded)."""
+        return self.pretrained or bool(self.weights_file)
+
     def replace(self, **changes: Any) -> Config:
         """A copy with some settings changed, validated like any other."""
         return Config.from_dict({**self.to_dict(), **changes})
@@ -206,6 +215,8 @@ class Config:
         need(self.img_size == 0 or self.img_size >= 8, "img_size", "must be 0 (automatic) or at least 8")
         need(self.lr > 0, "lr", "must be positive")
         need(self.weight_decay >= 0, "weight_decay", "must be 0 or more")
+        need(self.freeze_epochs >= 0, "freeze_epochs", "must be 0 (off) or more")
+        need(0 < self.layer_decay <= 1, "layer_decay", "must be 1 (off) or in (0, 1), e.g. 0.75")
         need(self.warmup_epochs >= 0, "warmup_epochs", "must be 0 or more")
         need(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
         need(self.grad_accum >= 1, "grad_accum", "must be at least 1")

@@ -28,7 +28,7 @@ from helpers.config import Config
 from helpers.dataset import DataInfo, prepare_dataset
 from helpers.precision import pick_device
 from helpers.run_folder import RunFolder
-from helpers.train import resolve_img_size, train_folds
+from helpers.train import resolve_settings, train_folds
 
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 REFUSED = 2  # exit status of a refused launch
@@ -145,8 +145,9 @@ def train_run(run: str, launch: Launch) -> pd.DataFrame:
     if launch.world_size > 1:
         check_shared_outputs(folder, launch)
     info = prepare(cfg, folder, launch)
-    if not cfg.img_size:  # notebook 03 saves the resolved size; a hand-written config may leave it to us
-        cfg = cfg.replace(img_size=resolve_img_size(cfg, info))
+    resolved = resolve_settings(cfg, info)[0]
+    if resolved != cfg:  # notebook 03 saves its choices; a hand-written config may leave them to us
+        cfg = resolved
         if launch.rank == 0:
             folder.write_config(cfg)
     return train_folds(cfg, info, folder, launch.device)

@@ -30,8 +30,9 @@ from helpers.dataset import DataInfo
 from helpers.loaders import build_loader
 from helpers.model import create_model
 from helpers.precision import pick_device
-from helpers.schedules import Schedule, current_lr
+from helpers.schedules import Schedule
 from helpers.train import NonFiniteLoss, build_parts, fold_rows, seed_everything, train_one_epoch
+from helpers.transfer import lr_range
 
 START_LR, END_LR = 1e-7, 10.0  # fastai's range
 UPDATES = 100  # fastai's num_it
@@ -137,7 +138,7 @@ class _RangeTest:
                 self._record()
                 if self.stopped:
                     return
-            self.lrs.append(current_lr(self.optimizer))
+            self.lrs.append(lr_range(self.optimizer)[1])  # the head's: the configured lr
             for _ in range(self.per_update):
                 yield next(batches)
         self._record()

@@ -100,14 +100,23 @@ def show_size_histogram(heights: pd.Series, widths: pd.Series) -> Figure:
 
 
 def show_curves(history: pd.DataFrame) -> Figure:
-    """Learning curves per fold: train/val loss, val accuracy and learning rate against epoch."""
+    """Learning curves per fold: train/val loss, val accuracy and the learning rates of head and body against
+    epoch, with the epochs that trained the head alone (body frozen) shaded."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
     for fold, rows in history.groupby("fold"):
         axes[0].plot(rows["epoch"], rows["train_loss"], "--", label=f"fold {fold} train")
         axes[0].plot(rows["epoch"], rows["val_loss"], label=f"fold {fold} val")
         axes[1].plot(rows["epoch"], rows["val_acc"], marker="o", label=f"fold {fold}")
-        axes[2].plot(rows["epoch"], rows["lr"], label=f"fold {fold}")
-    for ax, title in zip(axes, ("loss", "validation accuracy", "learning rate (end of epoch)"), strict=True):
+        axes[2].plot(rows["epoch"], rows["lr"], marker=".", label=f"fold {fold} head")
+        if "lr_body" in rows:  # runs from before fine-tuning settings have one lr for every layer
+            axes[2].plot(rows["epoch"], rows["lr_body"], ":", marker=".", label=f"fold {fold} body (lowest)")
+    frozen = history.loc[history["body_frozen"].astype(bool), "epoch"] if "body_frozen" in history else []
+    titles = ("loss", "validation accuracy", "learning rate (end of epoch)")
+    for ax, title in zip(axes, titles, strict=True):
+        if len(frozen):
+            ax.axvspan(
+                frozen.min() - 0.5, frozen.max() + 0.5, color="tab:gray", alpha=0.15, label="body frozen"
+            )
         ax.set(xlabel="epoch", title=title)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -3,7 +3,7 @@
     outputs/runs/<run>/
       config.json              every setting of the run (Config); 01 and 03 write it, the rest read it
       split.json               the validation split the run used: kind, source, folds (helpers.folds.Split)
-      metrics.csv              one row per fold and epoch (03)
+      metrics.csv              one row per fold and epoch (03): body_frozen, lr (head), lr_body (lowest), losses...
       checkpoints/fold<k>_<kind>.pt   best_score, best_loss, last (resumable), ema (03)
       oof.csv                  out-of-fold predictions: id, fold, label, predicted, prob_<class> (04)
       evaluation.json          04's summary, flat: see EVALUATION_KEYS

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as sched
 
@@ -37,12 +36,20 @@ def build_schedule(
     warmup_epochs: float = 0.0,
     monitor: str = "val_acc",
 ) -> Schedule:
-    """The named scheduler over `epochs * updates_per_epoch` optimizer updates."""
+    """The named scheduler over `epochs * updates_per_epoch` optimizer updates.
+
+    Every schedule moves each parameter group from its own starting lr: with layer decay (helpers.transfer)
+    the groups keep their ratios, and one-cycle peaks each group at the lr it starts with. `cosine` and
+    `cosine_restarts` (torch's, with one absolute floor) bring every group down to the same `lr * 1e-3`.
+    """
     total = max(1, epochs * updates_per_epoch)
     if name == "onecycle":
         # OneCycleLR divides by the warm-up's length in steps: keep it at least one step long.
         pct_start = 0.25 if total < 4 else max(0.25, 2 / total)
-        return Schedule(sched.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=pct_start), True)
+        peaks = [group["lr"] for group in optimizer.param_groups]
+        return Schedule(
+            sched.OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=pct_start), True
+        )
     if name == "cosine":
         return Schedule(sched.CosineAnnealingLR(optimizer, T_max=total, eta_min=lr * 1e-3), True)
     if name == "cosine_restarts":
@@ -64,7 +71,3 @@ def build_schedule(
     if name == "none":
         return Schedule(sched.LambdaLR(optimizer, lambda _: 1.0), False)
     raise ValueError(f"unknown scheduler {name!r}")
-
-
-def current_lr(optimizer: torch.optim.Optimizer) -> float:
-    return float(optimizer.param_groups[0]["lr"])

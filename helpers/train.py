@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import timm.optim
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -43,7 +42,8 @@ from helpers.loaders import build_loader, sample_seed
 from helpers.model import create_model, default_img_size
 from helpers.precision import Precision, pick_device, resolve_precision
 from helpers.run_folder import RunFolder
-from helpers.schedules import Schedule, build_schedule, current_lr
+from helpers.schedules import Schedule, build_schedule
+from helpers.transfer import build_optimizer, freeze_body, keep_frozen_statistics, lr_range
 
 NAN_CHECK_EVERY = 10  # optimizer-loop steps between loss checks (each check waits for the device)
 
@@ -95,9 +95,10 @@ def train_one_epoch(
     """One pass over the loader; returns the mean training loss and the number of images.
 
     With a DistributedDataParallel model, these are over the images of all processes (the sampler's padded
-    repeats included: they were trained on too).
+    repeats included: they were trained on too). Batch-norm layers of a frozen body keep their statistics.
     """
     model.train()
+    keep_frozen_statistics(model)
     n_batches, accum = len(loader), parts.grad_accum
     ddp = isinstance(model, DistributedDataParallel)
     loss_sum = torch.zeros((), device=device)
@@ -123,7 +124,7 @@ def train_one_epoch(
             _update(model, parts)
         if i % NAN_CHECK_EVERY == 0 or i == n_batches - 1:
             _check_finite(loss_sum, desc, i)
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", lr=f"{current_lr(parts.optimizer):.2e}")
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", lr=f"{lr_range(parts.optimizer)[1]:.2e}")
     if ddp:
         loss_sum, seen = _end_distributed_epoch(model, parts, loss_sum, seen)
     return {"train_loss": loss_sum.item() / max(1, seen), "train_images": seen}
@@ -218,21 +219,37 @@ def gather_predictions(
     return logits[first], labels[first], indices
 
 
-def resolve_img_size(cfg: Config, info: DataInfo) -> int:
-    """The configured size, or the backbone's own capped at the data's median side (rounded up to 32)."""
+def choose_img_size(cfg: Config, info: DataInfo) -> tuple[int, str]:
+    """The configured size, or the backbone's own (for pretrained weights, the size they were trained at),
+    capped at the data's median side (rounded up to 32) only when the images are smaller; with the reason."""
     if cfg.img_size:
-        return cfg.img_size
+        return cfg.img_size, "as configured"
+    own = default_img_size(cfg.backbone)
+    whose = "pretrained input size" if cfg.uses_pretrained_weights() else "default input size"
     median = int(np.median(np.maximum(info.table["height"], info.table["width"])))
-    return min(default_img_size(cfg.backbone), max(32, math.ceil(median / 32) * 32))
+    if median >= own:
+        return own, f"{cfg.backbone}'s {whose} (timm's data config; the images' median side is {median} px)"
+    size = min(own, max(32, math.ceil(median / 32) * 32))
+    return size, f"the images' median side {median} px rounded up to 32, below {cfg.backbone}'s {whose} {own}"
+
+
+def resolve_img_size(cfg: Config, info: DataInfo) -> int:
+    """The configured size, or the one `choose_img_size` picks."""
+    return choose_img_size(cfg, info)[0]
+
+
+def resolve_settings(cfg: Config, info: DataInfo) -> tuple[Config, list[str]]:
+    """The config with its automatic settings chosen (img_size), and a line per choice saying what was
+    chosen and why: what 03 saves and shows before training."""
+    size, why = choose_img_size(cfg, info)
+    return cfg.replace(img_size=size), [f"img_size {size}: {why}"]
 
 
 def build_parts(
     cfg: Config, model: nn.Module, num_classes: int, updates_per_epoch: int, device: torch.device
 ) -> TrainParts:
-    """Optimizer, loss, precision, scaler, schedule, EMA and mixup for a fresh fold."""
-    optimizer = timm.optim.create_optimizer_v2(
-        model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.9
-    )
+    """Optimizer (with layer decay), loss, precision, scaler, schedule, EMA and mixup for a fresh fold."""
+    optimizer = build_optimizer(cfg, model)
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
         mixup = Mixup(
@@ -451,7 +468,8 @@ def train_fold(
 
     Writes fold<k>_{best_score,best_loss,last[,ema]}.pt and one metrics.csv row per epoch; returns the fold's
     rows of metrics.csv. In a multi-process run (see the module docstring) every process calls this with its
-    own device; each reads the `last` checkpoint to resume, and rank 0 alone writes.
+    own device; each reads the `last` checkpoint to resume, and rank 0 alone writes. The first
+    `freeze_epochs` epochs train the head alone (helpers.transfer); one schedule covers the whole run.
     """
     world_size, rank = world()
     device = device or pick_device()
@@ -470,18 +488,25 @@ def train_fold(
     parts = build_parts(cfg, model, info.num_classes, math.ceil(len(train_loader) / cfg.grad_accum), device)
     # -- restore: an unfinished fold's weights, optimizer, schedule, scaler, EMA and counters
     state = _restore(resumed, model, parts)
-    stepped = _data_parallel(model, device)  # after restoring: DDP broadcasts rank 0's weights
 
     # -- the loop: train, validate, then save; the bar advances once per epoch and ends full
     with _progress(desc=f"fold {fold}", unit="epoch", initial=state.epoch, total=cfg.epochs) as bar:
         for epoch in range(state.epoch, cfg.epochs):
+            body_frozen = epoch < cfg.freeze_epochs
+            if epoch in (state.epoch, cfg.freeze_epochs):  # a phase starts: head alone, or every layer
+                freeze_body(model, body_frozen)
+                # after restoring, and anew per phase: DDP broadcasts rank 0's weights and reduces the
+                # gradients of the parameters that train now (a frozen one would wait for a gradient)
+                stepped = _data_parallel(model, device)
             # each process its own dropout and mixup draws; augmentation is seeded per image by the sampler
             seed_everything(sample_seed(cfg.seed, fold * 100_000 + epoch) + rank)
             train_loader.sampler.set_epoch(epoch)
             started = time.perf_counter()
             trained = train_one_epoch(stepped, train_loader, parts, device, desc=f"fold {fold} epoch {epoch}")
             train_seconds = time.perf_counter() - started
-            row = {"fold": fold, "epoch": epoch, "lr": current_lr(parts.optimizer), **trained}
+            lr_body, lr_head = lr_range(parts.optimizer)
+            row = {"fold": fold, "epoch": epoch, "body_frozen": body_frozen, "lr": lr_head}
+            row.update(lr_body=0.0 if body_frozen else lr_body, **trained)
             row.update(_validate(model, val_loader, parts, device))
             row.update(
                 seconds=time.perf_counter() - started, images_per_s=trained["train_images"] / train_seconds

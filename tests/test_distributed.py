@@ -100,9 +100,13 @@ PROBE = textwrap.dedent(
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 PER_CLASS = 11  # 3 classes x 11 in 3 folds: 11 validation images, an odd count, so the sampler pads
-BN_RUN = dict(backbone="test_resnet", ema=True, ema_decay=0.9, grad_accum=2, epochs=2, batch_size=4)
+# epoch 0 trains the head alone, epoch 1 every layer (with layer decay): DDP is wrapped anew at the thaw
+FINE_TUNE = dict(freeze_epochs=1, layer_decay=0.8)
+BN_RUN = dict(
+    backbone="test_resnet", ema=True, ema_decay=0.9, grad_accum=2, epochs=2, batch_size=4, **FINE_TUNE
+)
 # no batch norm: per-sample normalisation makes the two halves of a batch add up to the whole batch
-FREE_RUN = dict(backbone="test_convnext", grad_accum=2, epochs=2)
+FREE_RUN = dict(backbone="test_convnext", grad_accum=2, epochs=2, **FINE_TUNE)
 
 
 @dataclass

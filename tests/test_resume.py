@@ -70,6 +70,8 @@ SCRIPT = (
         ema=True,
         ema_decay=0.9,
         mixup=0.2,
+        freeze_epochs=1,  # killed after the frozen epoch, resumed into the thawed ones
+        layer_decay=0.8,
     )
     info = prepare_dataset(cfg)
     train.train_folds(cfg, info, RunFolder.of(cfg))

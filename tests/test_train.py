@@ -27,7 +27,18 @@ from helpers.schedules import build_schedule
 from helpers.train import NonFiniteLoss, best_epochs, evaluate, train_fold, train_folds, train_one_epoch
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
-METRIC_COLUMNS = ["fold", "epoch", "lr", "train_loss", "val_loss", "val_acc", "seconds", "images_per_s"]
+METRIC_COLUMNS = [
+    "fold",
+    "epoch",
+    "body_frozen",
+    "lr",
+    "lr_body",
+    "train_loss",
+    "val_loss",
+    "val_acc",
+    "seconds",
+    "images_per_s",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
