@@ -239,14 +239,14 @@ def run_accuracy(quick: bool) -> dict:
     from helpers.config import Config
     from helpers.dataset import prepare_dataset
     from helpers.run_folder import RunFolder
-    from helpers.train import resolve_img_size, train_fold
+    from helpers.train import resolve_settings, train_fold
 
     started = time.perf_counter()
     cfg = Config(run_name="bench_accuracy")
     if quick:
         cfg = cfg.replace(epochs=1)
     info = prepare_dataset(cfg)
-    cfg = cfg.replace(img_size=resolve_img_size(cfg, info))
+    cfg, _ = resolve_settings(cfg, info)
     metrics: pd.DataFrame = train_fold(cfg, info, 0, RunFolder.of(cfg).create())
     last = metrics.iloc[-1]
     return {

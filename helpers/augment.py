@@ -14,6 +14,7 @@ change meaning when flipped (a mirrored 2 is no 2); `medium` and `heavy` flip, f
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -101,9 +102,18 @@ def build_train_transform(preset: str, img_size: Size) -> A.Compose:
     return _pipeline(preset_transforms(preset), img_size)
 
 
-def build_eval_transform(img_size: Size) -> A.Compose:
-    """Resize, then a uint8 CHW tensor: the same input geometry as training, without randomness."""
-    return _pipeline([], img_size)
+def build_eval_transform(img_size: Size, crop_pct: float = 0.0) -> A.Compose:
+    """Resize, then a uint8 CHW tensor: the same input geometry as training, without randomness.
+
+    With a crop_pct below 1 (timm's eval crop, what pretrained weights were validated with) the image is
+    resized to img_size / crop_pct first and its centre img_size kept; 0 or 1 means no crop.
+    """
+    if not 0 < crop_pct < 1:
+        return _pipeline([], img_size)
+    height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
+    scaled = A.Resize(math.floor(height / crop_pct), math.floor(width / crop_pct), strict=True)
+    crop = A.CenterCrop(height, width, strict=True)
+    return A.Compose([scaled, crop, ToTensorV2()], strict=True)
 
 
 def _pipeline(augmentations: Augmentations, img_size: Size) -> A.Compose:

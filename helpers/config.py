@@ -30,7 +30,7 @@ CheckpointKind = Literal["best_score", "best_loss", "last", "ema"]
 Stage = Literal["run", "data", "train", "predict", "machine"]
 FIXED_STAGES = ("data", "train")
 # a value that asks the kit to choose; the choice is saved, and asking again never contradicts it
-AUTOMATIC = {"img_size": 0}
+AUTOMATIC = {"img_size": 0, "crop_pct": 0.0}
 
 
 class ConfigError(ValueError):
@@ -54,43 +54,38 @@ class Config:
     run_name: str = setting("", "run")  # folder under outputs/runs; empty: the backbone's name
     data_dir: str = setting("", "data")  # empty: the embedded digits demo set
     dataset_name: str = setting("", "data")  # folder under outputs/datasets; empty: data_dir's folder name
-    layout: Layout = setting(
-        "auto", "data"
-    )  # csv (table + image folder), imagefolder (train/<class>/*), or auto-detect
+    # csv (table + image folder), imagefolder (train/<class>/*), or auto-detect
+    layout: Layout = setting("auto", "data")
     csv_name: str = setting("train.csv", "data")  # the label table, relative to data_dir
     csv_sep: str = setting(",", "data")  # the label table's column separator, e.g. ";" or a tab
     id_col: str = setting("id", "data")  # image id column; the file is <image_dir>/<id><image_ext>
     label_col: str = setting("label", "data")  # class column: ints or strings
-    group_col: str = setting(
-        "", "data"
-    )  # optional: rows sharing a group stay in one fold (StratifiedGroupKFold)
-    path_col: str = setting(
-        "", "data"
-    )  # optional: a column of image paths relative to image_dir, instead of id + ext
+    # optional: rows sharing a group stay in one fold (StratifiedGroupKFold)
+    group_col: str = setting("", "data")
+    # optional: a column of image paths relative to image_dir, instead of id + ext
+    path_col: str = setting("", "data")
     image_dir: str = setting("train_image", "data")  # image folder, relative to data_dir
     image_ext: str = setting(".jpg", "data")  # appended to the id to name its file
     test_dir: str = setting("test_image", "predict")  # test images, relative to data_dir
     sample_submission: str = setting("sample_submission.csv", "predict")  # test ids and submission columns
-    split_col: str = setting(
-        "", "data"
-    )  # optional: the given split, fold numbers 0..K-1 (K = n_folds) or train/valid (one fixed split)
+    # optional: the given split, fold numbers 0..K-1 (K = n_folds) or train/valid (one fixed split)
+    split_col: str = setting("", "data")
     val_csv: str = setting("", "data")  # optional: a validation table like csv_name: one fixed split
-    test_csv: str = setting(
-        "", "predict"
-    )  # optional: test ids (+ labels in label_col) in test_dir, instead of the sample submission
-    drop_bad_rows: bool = setting(
-        False, "data", resumable=True
-    )  # False: stop on bad rows and list them; True: drop and record them
+    # optional: test ids (+ labels in label_col) in test_dir, instead of the sample submission
+    test_csv: str = setting("", "predict")
+    # False: stop on bad rows and list them; True: drop and record them
+    drop_bad_rows: bool = setting(False, "data", resumable=True)
     n_folds: int = setting(5, "data")  # K of stratified K-fold (a given fixed split has one part)
     seed: int = setting(42, "data")  # folds, initialisation, augmentation and loader order
     # --- model ------------------------------------------------------------------------------------
     backbone: str = setting("resnet18", "train")  # any timm model name
-    img_size: int = setting(
-        0, "train"
-    )  # square input side; 0: the backbone's (pretrained) size, or the data's median side if smaller
-    pretrained: bool = setting(
-        False, "train"
-    )  # load pretrained weights (local file or Hugging Face cache, never a download)
+    # square input side; 0: the backbone's (pretrained) size, or the data's median side if smaller
+    img_size: int = setting(0, "train")
+    # validation and prediction: resize to img_size / crop_pct, centre crop img_size (timm's eval crop);
+    # 0: the backbone's pretrained crop when starting from pretrained weights, else 1 (no crop)
+    crop_pct: float = setting(0.0, "train")
+    # load pretrained weights (local file or Hugging Face cache, never a download)
+    pretrained: bool = setting(False, "train")
     weights_file: str = setting("", "train")  # local .pth / .safetensors of pretrained weights
     channels_last: bool = setting(True, "train")  # memory format for conv nets
     # --- training ---------------------------------------------------------------------------------
@@ -100,23 +95,20 @@ class Config:
     lr: float = setting(3e-3, "train")  # peak learning rate
     weight_decay: float = setting(0.05, "train")
     # fine-tuning: off by default, pretrained or not (benchmarks/RESULTS.md, "Fine-tuning pretrained weights")
-    freeze_epochs: int = setting(
-        0, "train"
-    )  # first epochs train the head alone (body and its BN stats frozen)
+    # first epochs train the head alone (body and its BN stats frozen)
+    freeze_epochs: int = setting(0, "train")
     layer_decay: float = setting(1.0, "train")  # timm's layer-wise lr decay per layer below the head; 1: off
     optimizer: Optimizer = setting("adamw", "train")
     scheduler: Scheduler = setting("onecycle", "train")
-    warmup_epochs: float = setting(
-        0.0, "train"
-    )  # linear warmup for warmup_cosine (onecycle has its own ramp)
+    # linear warmup for warmup_cosine (onecycle has its own ramp)
+    warmup_epochs: float = setting(0.0, "train")
     label_smoothing: float = setting(0.1, "train")
     augment: Preset = setting("light", "train")  # training augmentation preset
     precision: Precision = setting("auto", "train")  # auto: bf16 (or fp16) on CUDA, fp32 on CPU
     grad_accum: int = setting(1, "train")  # micro-batches per optimizer step
     clip_grad: float = setting(0.0, "train")  # max gradient norm; 0 disables clipping
-    sync_bn: bool = setting(
-        False, "train"
-    )  # several GPUs (helpers.distributed): batch-norm statistics over all GPUs' batches
+    # several GPUs (helpers.distributed): batch-norm statistics over all GPUs' batches
+    sync_bn: bool = setting(False, "train")
     ema: bool = setting(False, "train")  # keep an exponential moving average of the weights
     ema_decay: float = setting(0.998, "train")
     mixup: float = setting(0.0, "train")  # mixup alpha; 0 disables
@@ -213,6 +205,7 @@ class Config:
         need(self.epochs >= 1, "epochs", "must be at least 1")
         need(self.batch_size >= 1, "batch_size", "must be at least 1")
         need(self.img_size == 0 or self.img_size >= 8, "img_size", "must be 0 (automatic) or at least 8")
+        need(0 <= self.crop_pct <= 1, "crop_pct", "must be 0 (automatic) or in (0, 1], e.g. 0.875")
         need(self.lr > 0, "lr", "must be positive")
         need(self.weight_decay >= 0, "weight_decay", "must be 0 or more")
         need(self.freeze_epochs >= 0, "freeze_epochs", "must be 0 (off) or more")

@@ -171,7 +171,9 @@ def build_loader(
     `num_replicas` > 1 gives process `rank` its share (data-parallel training). cfg.img_size must be set.
     """
     size = cfg.img_size
-    transform = build_train_transform(cfg.augment, size) if train else build_eval_transform(size)
+    transform = (
+        build_train_transform(cfg.augment, size) if train else build_eval_transform(size, cfg.crop_pct)
+    )
     labels = rows["label_idx"] if "label_idx" in rows else np.zeros(len(rows), dtype=np.int64)
     sized = {"height", "width"} <= set(rows.columns)
     cache = (

@@ -39,7 +39,7 @@ from helpers.checkpoints import load_checkpoint, save_checkpoint, unwrap
 from helpers.config import Config, ConfigError
 from helpers.dataset import DataInfo
 from helpers.loaders import build_loader, sample_seed
-from helpers.model import create_model, default_img_size
+from helpers.model import create_model, data_config_for, default_img_size
 from helpers.precision import Precision, pick_device, resolve_precision
 from helpers.run_folder import RunFolder
 from helpers.schedules import Schedule, build_schedule
@@ -233,16 +233,29 @@ def choose_img_size(cfg: Config, info: DataInfo) -> tuple[int, str]:
     return size, f"the images' median side {median} px rounded up to 32, below {cfg.backbone}'s {whose} {own}"
 
 
-def resolve_img_size(cfg: Config, info: DataInfo) -> int:
-    """The configured size, or the one `choose_img_size` picks."""
-    return choose_img_size(cfg, info)[0]
+def choose_crop(cfg: Config) -> tuple[float, str]:
+    """The configured eval crop, or the one the pretrained weights were validated with (timm's data config);
+    from scratch, no crop: the model is validated on the whole image, as it trains."""
+    if cfg.crop_pct:
+        return cfg.crop_pct, "as configured"
+    if cfg.uses_pretrained_weights():
+        crop = float(data_config_for(cfg.backbone)["crop_pct"])
+        return (
+            crop,
+            f"{cfg.backbone}'s pretrained eval crop (timm's data config): resize to img_size / {crop:g}, centre crop",
+        )
+    return 1.0, "no crop: training from scratch sees the whole image"
 
 
 def resolve_settings(cfg: Config, info: DataInfo) -> tuple[Config, list[str]]:
-    """The config with its automatic settings chosen (img_size), and a line per choice saying what was
-    chosen and why: what 03 saves and shows before training."""
-    size, why = choose_img_size(cfg, info)
-    return cfg.replace(img_size=size), [f"img_size {size}: {why}"]
+    """The config with its automatic settings chosen (img_size, crop_pct), and a line per choice saying what
+    was chosen and why: what 03 saves and shows before training."""
+    size, why_size = choose_img_size(cfg, info)
+    crop, why_crop = choose_crop(cfg)
+    return cfg.replace(img_size=size, crop_pct=crop), [
+        f"img_size {size}: {why_size}",
+        f"crop_pct {crop:g}: {why_crop}",
+    ]
 
 
 def build_parts(

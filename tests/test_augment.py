@@ -10,6 +10,7 @@ import warnings
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A
+import cv2
 import numpy as np
 import pytest
 import timm
@@ -136,3 +137,27 @@ def test_to_hwc_gives_the_pipelines_images_back_for_display():
     tensor = build_eval_transform(32)(image=image)["image"]
     assert np.array_equal(to_hwc(tensor), image)
     assert to_hwc(torch.stack([tensor] * 2)).shape == (2, 32, 32, 3)
+
+
+def test_eval_crop_resizes_to_size_over_crop_then_keeps_the_centre():
+    """timm's eval crop: resize to floor(size / crop_pct), centre crop size; 0 or 1 is no crop."""
+    image = _image(50, 70)
+    out = build_eval_transform(32, 0.8)(image=image)["image"].permute(1, 2, 0).numpy()
+    expected = cv2.resize(image, (40, 40), interpolation=cv2.INTER_LINEAR)[4:36, 4:36]
+    assert out.shape == (32, 32, 3)
+    assert np.array_equal(out, expected)
+    plain = build_eval_transform(32)(image=image)["image"]
+    assert torch.equal(build_eval_transform(32, 1.0)(image=image)["image"], plain)
+    assert not torch.equal(torch.from_numpy(out).permute(2, 0, 1), plain)
+
+
+def test_the_eval_crop_follows_the_pretrained_weights_only():
+    from helpers.config import Config
+    from helpers.model import data_config_for
+    from helpers.train import choose_crop
+
+    assert choose_crop(Config(backbone="resnet18"))[0] == 1.0
+    pretrained = Config(backbone="resnet18", weights_file="/weights/resnet18.safetensors")
+    crop, why = choose_crop(pretrained)
+    assert crop == data_config_for("resnet18")["crop_pct"] != 1.0 and "pretrained" in why
+    assert choose_crop(pretrained.replace(crop_pct=0.5)) == (0.5, "as configured")

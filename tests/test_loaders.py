@@ -41,3 +41,18 @@ def test_the_previewed_first_batch_is_the_one_training_starts_with(outputs, csv_
     # the check can tell a different seed apart: fold 0's seed orders and augments otherwise
     other_x, _, other_indices = next(iter(build_loader(cfg, rows, train=True, fold=0, device=CPU)))
     assert not (torch.equal(other_indices, indices) and torch.equal(other_x, x))
+
+
+def test_evaluation_loaders_apply_the_runs_eval_crop(outputs, csv_dataset):
+    """Validation, OOF and test predictions see the crop the run chose; training always the whole image."""
+    from helpers.augment import build_eval_transform
+    from helpers.images import read_image
+
+    cfg = tiny_config(csv_dataset, crop_pct=0.5)
+    info = prepare_dataset(cfg)
+    _, rows = fold_rows(info, 0)
+    x, _, _ = next(iter(build_loader(cfg, rows, train=False, fold=0, device=CPU)))
+    first = build_eval_transform(cfg.img_size, 0.5)(image=read_image(rows["path"].iloc[0]))["image"]
+    assert torch.equal(x[0], first)
+    uncropped = next(iter(build_loader(cfg.replace(crop_pct=0.0), rows, train=False, fold=0, device=CPU)))[0]
+    assert not torch.equal(uncropped[0], first)

@@ -231,8 +231,10 @@ def test_pretrained_weights_get_their_own_input_size_unless_the_images_are_small
     cfg = Config(backbone="resnet18", pretrained=True)
     resolved, lines = resolve_settings(cfg, big)
     assert resolved.img_size == 224 and lines == [
-        "img_size 224: resnet18's pretrained input size (timm's data config; the images' median side is 300 px)"
+        "img_size 224: resnet18's pretrained input size (timm's data config; the images' median side is 300 px)",
+        "crop_pct 0.95: resnet18's pretrained eval crop (timm's data config): resize to img_size / 0.95, centre crop",
     ]
+    assert resolved.crop_pct == 0.95
     resolved, lines = resolve_settings(cfg, small)
     assert resolved.img_size == 64 and "median side 50 px" in lines[0]
     assert resolve_settings(cfg.replace(img_size=96), small)[0].img_size == 96
