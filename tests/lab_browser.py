@@ -280,10 +280,10 @@ def log_in(page, server: LabServer) -> None:
     page.wait_for_selector(".jp-DirListing-item", timeout=60_000)
 
 
-def run_notebook(page, server: LabServer, name: str, shots: Path, timeout: float = 300) -> NotebookView:
-    """Open `name` by its URL, wait for the kit's kernel, Run > Run All Cells, wait for the kernel to go
-    idle, read the page and take a screenshot."""
-    page.goto(f"{server.url}/lab/tree/{name}")
+def run_notebook(page, name: str, shots: Path, timeout: float = 300) -> NotebookView:
+    """Open `name` from the file browser, wait for the kit's kernel, Run > Run All Cells, wait for the
+    kernel to go idle, read the page and take a screenshot."""
+    page.locator(".jp-DirListing-itemText", has_text=re.compile(f"^{re.escape(name)}$")).dblclick()
     page.wait_for_selector(f".lm-TabBar-tab.lm-mod-current >> text={name}", timeout=60_000)
     panel = page.locator(CURRENT)
     wait_for_kernel(page, panel)
@@ -352,7 +352,9 @@ def screenshot_whole_notebook(page, path: Path) -> None:
     """A screenshot as tall as the notebook, so every cell is in it, then the window as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     size = page.viewport_size
-    height = page.locator(f"{CURRENT} .jp-WindowedPanel-outer").evaluate("(e) => e.scrollHeight")
+    height = page.locator(f"{CURRENT} .jp-WindowedPanel-outer").evaluate(
+        "(e) => { e.scrollTop = 0; return e.scrollHeight; }"
+    )
     page.set_viewport_size({"width": size["width"], "height": min(height + 200, 16_000)})
     page.wait_for_timeout(500)
     page.screenshot(path=str(path))

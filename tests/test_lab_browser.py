@@ -2,7 +2,7 @@
 to fail on notebooks that raise, leave a bar red or write to stderr.
 
 The series' copies get their small parameters (a test model, one epoch) from papermill's prepare-only
-mode, the cell a person would otherwise type; then each is opened by its URL and run with
+mode, the cell a person would otherwise type; then each is opened from the file browser and run with
 Run > Run All Cells. Screenshots of every notebook land in the test's temp folder (`lab*/screenshots/`).
 """
 
@@ -60,7 +60,7 @@ class Lab:
     shots: Path
 
     def run(self, name: str) -> NotebookView:
-        view = run_notebook(self.page, self.server, name, self.shots)
+        view = run_notebook(self.page, name, self.shots)
         close_notebook(self.page)
         return view
 

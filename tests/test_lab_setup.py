@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from lab_browser import chromium_or_skip
 
 from helpers.paths import notebooks_dir, project_root
 
@@ -36,3 +37,11 @@ def test_make_lab_turns_off_the_news_prompt():
         "fetchNews": "false",
         "checkForUpdates": False,
     }
+
+
+def test_a_machine_without_chromium_skips_the_browser_test_saying_how(monkeypatch, tmp_path):
+    """Never a silent pass: the skip's reason (in pytest's -ra summary) names the missing browser and the fix."""
+    monkeypatch.delenv("KIT_CHROMIUM", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(pytest.skip.Exception, match=r"no Chromium .*apt-get install chromium"):
+        chromium_or_skip()
