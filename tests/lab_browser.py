@@ -305,9 +305,9 @@ def run_notebook(page, name: str, shots: Path, timeout: float = 300) -> Notebook
 
 
 def wait_for_kernel(page, panel, timeout: float = 120) -> None:
-    """Until the notebook's kernel is the kit's and idle. JupyterLab sometimes asks which kernel to start
-    when a notebook opens right after the page loads (before it has the kernel list), with the notebook's
-    own kernel preselected: that is accepted, as a person would; any other choice is an error."""
+    """Until the notebook's kernel is the kit's and idle. JupyterLab 4.6 now and then asks which kernel to
+    start for a notebook whose kernel it has (why was not pinned down), with the notebook's own kernel
+    preselected: that is accepted, as a person would; any other choice is an error."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         dialog = page.locator(".jp-Dialog")
