@@ -47,8 +47,11 @@ BENCH_ARGS ?=
 bench: setup
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
+# JupyterLab on notebooks/ with the kit's settings (jupyter-config/: no news prompt); it prints the URL
+# with its token. As root (a container) it needs --allow-root.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	JUPYTER_CONFIG_PATH=$(CURDIR)/jupyter-config$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH} \
+		$(PY) -m jupyterlab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean-outputs:
 	rm -rf outputs/runs outputs/datasets outputs/leaderboard.csv

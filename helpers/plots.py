@@ -90,11 +90,22 @@ def most_confused_classes(matrix: np.ndarray, n: int = MANY_CLASSES) -> np.ndarr
 
 
 def show_size_histogram(heights: pd.Series, widths: pd.Series) -> Figure:
-    """Histograms of image heights and widths in pixels."""
+    """Histograms of image heights and widths in pixels; a side every image shares is said in words
+    (a histogram of one value is a single bar with meaningless ticks)."""
+    if heights.nunique() == 1 and widths.nunique() == 1:
+        fig, ax = plt.subplots(figsize=(8, 0.6))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"all images are {heights.iloc[0]}×{widths.iloc[0]} px", ha="center", va="center")
+        return fig
     fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
     for ax, values, name in zip(axes, (heights, widths), ("height", "width"), strict=True):
-        ax.hist(values, bins=min(30, max(1, values.nunique())), color="tab:green")
-        ax.set(xlabel=f"{name} (px)", ylabel="images", title=f"Image {name}")
+        ax.set_title(f"Image {name}")
+        if values.nunique() == 1:
+            ax.axis("off")
+            ax.text(0.5, 0.5, f"all images are {values.iloc[0]} px in {name}", ha="center", va="center")
+            continue
+        ax.hist(values, bins=min(30, values.nunique()), color="tab:green")
+        ax.set(xlabel=f"{name} (px)", ylabel="images")
     fig.tight_layout()
     return fig
 

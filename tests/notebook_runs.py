@@ -1,4 +1,5 @@
-"""Running notebooks under nbval from a test: a fresh pytest process, with its own outputs folder."""
+"""Running notebooks from a test: the series' copies with tiny parameters, and nbval in a fresh pytest
+process with its own outputs folder."""
 
 from __future__ import annotations
 
@@ -6,6 +7,32 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import papermill
+
+from helpers.paths import notebooks_dir
+from helpers.runner import SERIES
+
+# a test model, one epoch, on the demo data: the series in a minute or so on two cores
+TINY = {"backbone": "test_resnet", "img_size": 32, "epochs": 1, "batch_size": 32, "num_workers": 0}
+
+
+def prepare_series(folder: Path, params: dict = TINY) -> list[Path]:
+    """Copies of 01-05 in `folder`, each with the parameters it declares injected by papermill (not run)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for name in SERIES:
+        source = notebooks_dir() / f"{name}.ipynb"
+        declared = papermill.inspect_notebook(str(source))
+        copies.append(folder / source.name)
+        papermill.execute_notebook(
+            str(source),
+            str(copies[-1]),
+            parameters={k: v for k, v in params.items() if k in declared},
+            prepare_only=True,
+            kernel_name="python3",
+        )
+    return copies
 
 
 def run_nbval(target: Path, outputs: Path, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -10,14 +10,13 @@ import nbformat
 import pandas as pd
 import papermill
 import pytest
-from notebook_runs import run_nbval
+from notebook_runs import TINY, prepare_series, run_nbval
 
 from helpers.config import INJECTED_MARKER, Config
 from helpers.paths import demo_data_dir, notebooks_dir
 from helpers.runner import SERIES
 
 ALL_NOTEBOOKS = sorted(p.stem for p in notebooks_dir().glob("*.ipynb"))
-TINY = {"backbone": "test_resnet", "img_size": 32, "epochs": 1, "batch_size": 32, "num_workers": 0}
 # the sections that are off by default, on in the nbval series: 03's range test, 05's calibration and export
 OPTIONAL_SECTIONS = {"lr_finder": True, "calibrate": True, "export_onnx": True}
 
@@ -70,17 +69,7 @@ def test_parameter_defaults_are_the_config_defaults(name):
 def test_series_under_nbval(tmp_path):
     """Each notebook, with tiny parameters injected by papermill, passes nbval in order, sharing one run."""
     prepared = tmp_path / "notebooks"
-    prepared.mkdir()
-    for name in SERIES:
-        declared = papermill.inspect_notebook(str(notebook(name)))
-        params = {k: v for k, v in {**TINY, **OPTIONAL_SECTIONS}.items() if k in declared}
-        papermill.execute_notebook(
-            str(notebook(name)),
-            str(prepared / f"{name}.ipynb"),
-            parameters=params,
-            prepare_only=True,
-            kernel_name="python3",
-        )
+    prepare_series(prepared, {**TINY, **OPTIONAL_SECTIONS})
     result = run_nbval(prepared, tmp_path / "outputs", tmp_path)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     run = tmp_path / "outputs" / "runs" / "test_resnet"

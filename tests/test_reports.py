@@ -81,6 +81,14 @@ def titles_of(fig) -> list[tuple[str, str]]:
 # --- 04: the OOF evaluation ---------------------------------------------------------------------------------
 
 
+def test_per_class_table_shows_the_class_once(evaluated):
+    """04's per-class table: the class names as its index, not also as a column."""
+    _, _, oof = evaluated
+    table = oof.per_class()
+    assert list(table.index) == oof.classes and table.index.name == "class"
+    assert list(table.columns) == ["precision", "recall", "f1", "support"]
+
+
 def test_evaluate_oof_writes_exactly_the_documented_evaluation_keys(evaluated):
     cfg, run, oof = evaluated
     evaluation = run.read_evaluation()
