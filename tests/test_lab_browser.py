@@ -25,7 +25,7 @@ from lab_browser import (
     log_in,
     run_notebook,
 )
-from notebook_runs import prepare_series
+from notebook_runs import OPTIONAL_SECTIONS, TINY, prepare_series
 
 from helpers.runner import SERIES
 
@@ -72,7 +72,7 @@ def lab(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("lab")
     notebooks = home / "notebooks"
-    prepare_series(notebooks)
+    prepare_series(notebooks, {**TINY, **OPTIONAL_SECTIONS})
     for name, sources in FIXTURES.items():
         write_fixture(notebooks, name, sources)
     server = LabServer(notebooks, home, home / "outputs").start()

@@ -10,15 +10,13 @@ import nbformat
 import pandas as pd
 import papermill
 import pytest
-from notebook_runs import TINY, prepare_series, run_nbval
+from notebook_runs import OPTIONAL_SECTIONS, TINY, prepare_series, run_nbval
 
 from helpers.config import INJECTED_MARKER, Config
 from helpers.paths import demo_data_dir, notebooks_dir
 from helpers.runner import SERIES
 
 ALL_NOTEBOOKS = sorted(p.stem for p in notebooks_dir().glob("*.ipynb"))
-# the sections that are off by default, on in the nbval series: 03's range test, 05's calibration and export
-OPTIONAL_SECTIONS = {"lr_finder": True, "calibrate": True, "export_onnx": True}
 
 
 def notebook(name: str) -> Path:
