@@ -24,6 +24,10 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Preset = Literal["none", "light", "medium", "heavy"]
 Monitor = Literal["val_acc", "val_loss"]
 CheckpointKind = Literal["best_score", "best_loss", "last", "ema"]
+TaskSetting = Literal["auto", "multiclass", "multilabel"]
+Loss = Literal["default", "focal", "asl"]
+ClassWeights = Literal["none", "balanced"]
+Sampler = Literal["shuffle", "balanced"]
 # Which step of the series owns a setting. "data" settings are fixed by 01_data and "train" settings by
 # 03_train (once a fold has trained): they define what a run trained on and how. The others never change
 # what was trained: "run" names the run, "predict" chooses how 04 and 05 predict, "machine" how fast.
@@ -60,6 +64,13 @@ class Config:
     csv_sep: str = setting(",", "data")  # the label table's column separator, e.g. ";" or a tab
     id_col: str = setting("id", "data")  # image id column; the file is <image_dir>/<id><image_ext>
     label_col: str = setting("label", "data")  # class column: ints or strings
+    # multiclass: one label per image; multilabel: a set per image; auto: multiclass, and a stop naming
+    # task and label_sep when the labels look like sets. The run's config.json holds the resolved task.
+    task: TaskSetting = setting("auto", "data")
+    label_sep: str = setting(" ", "data")  # multilabel: what separates the labels within label_col
+    # one 0/1 column per class instead of label_col (exactly one 1 per row: a multiclass task in wide form)
+    label_cols: list[str] = setting([], "data")
+    allow_empty_labels: bool = setting(False, "data")  # multilabel: a row with no label is a valid example
     # optional: rows sharing a group stay in one fold (StratifiedGroupKFold)
     group_col: str = setting("", "data")
     # optional: a column of image paths relative to image_dir, instead of id + ext
@@ -103,6 +114,13 @@ class Config:
     # linear warmup for warmup_cosine (onecycle has its own ramp)
     warmup_epochs: float = setting(0.0, "train")
     label_smoothing: float = setting(0.1, "train")
+    # default: cross-entropy (multiclass) or BCE with logits (multilabel); focal: multiclass focal loss;
+    # asl: timm's asymmetric loss (multilabel)
+    loss: Loss = setting("default", "train")
+    focal_gamma: float = setting(2.0, "train")  # focusing exponent of the focal loss
+    # balanced: class weights inverse to frequency (cross-entropy), or pos_weight negatives/positives (BCE)
+    class_weights: ClassWeights = setting("none", "train")
+    sampler: Sampler = setting("shuffle", "train")  # balanced: draw rows inversely to their class frequency
     augment: Preset = setting("light", "train")  # training augmentation preset
     precision: Precision = setting("auto", "train")  # auto: bf16 (or fp16) on CUDA, fp32 on CPU
     grad_accum: int = setting(1, "train")  # micro-batches per optimizer step
@@ -234,6 +252,19 @@ class Config:
         need(len(self.csv_sep) == 1, "csv_sep", "must be one character, e.g. ';'")
         need(not (self.split_col and self.val_csv), "val_csv", "give the split once: split_col or val_csv")
         need(bool(self.tta_views), "tta_views", "name at least one view, e.g. ['identity']")
+        need(len(self.label_sep) >= 1, "label_sep", "must be the text between labels, e.g. ' ', ',' or '|'")
+        need(len(set(self.label_cols)) == len(self.label_cols), "label_cols", "a column is listed twice")
+        need(self.focal_gamma >= 0, "focal_gamma", "must be 0 or more (0: plain cross-entropy)")
+        need(
+            not (self.loss == "focal" and self.task == "multilabel"),
+            "loss",
+            "focal is for multiclass tasks; a multilabel task takes 'default' (BCE) or 'asl'",
+        )
+        need(
+            not (self.loss == "asl" and self.task == "multiclass"),
+            "loss",
+            "asl is for multilabel tasks; a multiclass task takes 'default' (cross-entropy) or 'focal'",
+        )
         if self.layout == "csv" or self.layout == "auto":
             need(bool(self.id_col or self.path_col), "id_col", "set id_col or path_col")
             need(bool(self.label_col), "label_col", "must name the label column")

@@ -28,7 +28,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from timm.data import Mixup
-from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -39,6 +38,7 @@ from helpers.checkpoints import load_checkpoint, save_checkpoint, unwrap
 from helpers.config import Config, ConfigError
 from helpers.dataset import DataInfo
 from helpers.loaders import build_loader, sample_seed
+from helpers.losses import build_loss
 from helpers.model import create_model, data_config_for, default_img_size
 from helpers.precision import Precision, pick_device, resolve_precision
 from helpers.run_folder import RunFolder
@@ -271,7 +271,7 @@ def build_parts(
             label_smoothing=cfg.label_smoothing,
             num_classes=num_classes,
         )
-    loss_fn = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    loss_fn = build_loss(cfg, "multiclass", mixed_targets=mixup is not None)
     precision = resolve_precision(cfg.precision, device)
     schedule = build_schedule(
         cfg.scheduler, optimizer, cfg.lr, cfg.epochs, updates_per_epoch, cfg.warmup_epochs, cfg.monitor
