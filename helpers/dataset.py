@@ -239,7 +239,7 @@ def health_summary(info: DataInfo) -> pd.DataFrame:
     rows = [("rows in the table", info.n_rows), ("rows kept", len(info.table)), ("classes", info.num_classes)]
     rows.append((f"validation: {info.split.describe()}", info.split.n_folds))
     kinds = info.problems["problem"].str.replace(
-        r" of (\S+ )?line \d+|id '.*' has| '.*' has \d+ image\(s\),|(?<=class) '[^']*'(?= has no)",
+        r" of (\S+ )?line \d+|id '.*' has| '.*' has \d+ image\(s\),|(?<=class) '[^']*'(?= has no)| \([^)]*\)$",
         "",
         regex=True,
     )

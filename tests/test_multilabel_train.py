@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
+import torch.distributed as dist
 from sklearn.metrics import average_precision_score
 from train_fixtures import tiny_config
 
@@ -22,6 +23,7 @@ from helpers.train import (
     best_epochs,
     build_parts,
     fold_rows,
+    gather_predictions,
     multilabel_metrics,
     resolve_settings,
     train_fold,
@@ -133,3 +135,20 @@ def test_target_titles_name_classes_or_label_sets():
     assert target_titles(torch.tensor([2, 0]), classes) == ["cat", "ant"]
     hot = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
     assert target_titles(hot, classes, "|") == ["ant|cat", "(none)"]
+
+
+def test_gathered_predictions_keep_multi_hot_labels(tmp_path):
+    """gather_predictions (DDP validation) on 2-D labels: rows in index order, the sampler's repeat once."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        rng = np.random.default_rng(0)
+        logits = rng.random((5, 3)).astype(np.float32)
+        labels = (rng.random((5, 3)) > 0.5).astype(np.float32)
+        indices = np.array([3, 4, 0, 1, 3])  # index 3 repeated, as the sampler pads a share
+        got_logits, got_labels, got_indices = gather_predictions(logits, labels, indices)
+    finally:
+        dist.destroy_process_group()
+    assert got_indices.tolist() == [0, 1, 3, 4]
+    assert got_labels.shape == (4, 3)
+    np.testing.assert_array_equal(got_labels, labels[[2, 3, 0, 1]])
+    np.testing.assert_array_equal(got_logits, logits[[2, 3, 0, 1]])
