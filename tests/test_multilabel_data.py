@@ -331,3 +331,10 @@ def test_multilabel_demo_through_prepare_dataset(outputs, tmp_path):
     info = prepare_dataset(Config(data_dir=str(root), label_col="labels", task="multilabel"))
     assert info.task == "multilabel" and info.classes == [str(i) for i in range(10)]
     assert (info.table["height"] == 64).all() and info.problems.empty
+
+
+def test_the_runner_keeps_a_separator_as_written():
+    from helpers.runner import parse_value
+
+    assert [parse_value(v, "label_sep") for v in ("|", ",", " ", ";")] == ["|", ",", " ", ";"]
+    assert parse_value("3", "epochs") == 3 and parse_value("[0, 1]", "folds") == [0, 1]
