@@ -165,13 +165,19 @@ def label_source(cfg: Config) -> str:
     return f"{cfg.csv_name} column {cfg.label_col!r}"
 
 
-def read_label_sets(cfg: Config, frame: pd.DataFrame) -> tuple[pd.DataFrame, Task, str, pd.DataFrame]:
+def read_label_sets(
+    cfg: Config, frame: pd.DataFrame, layout: str = "csv"
+) -> tuple[pd.DataFrame, Task, str, pd.DataFrame]:
     """The rows with their `tokens` (a list of labels each), the resolved task, why it is that task (one
-    line), and a problem per row whose labels are wrong for it (named by table and line)."""
+    line), and a problem per row whose labels are wrong for it (named by table and line). An ImageFolder
+    tree is multiclass whatever its folder names (the reader refuses a multilabel task there)."""
     where = label_source(cfg)
     frame = frame.copy()
     value_problems: list[list[str]] = [[] for _ in range(len(frame))]
-    if cfg.label_cols:
+    if layout == "imagefolder":
+        task: Task = "multiclass"
+        reason = "multiclass: the ImageFolder layout gives each image the class of its folder"
+    elif cfg.label_cols:
         frame["tokens"], value_problems = wide_tokens(frame, cfg.label_cols)
         frame = frame.drop(columns=[WIDE_PREFIX + c for c in cfg.label_cols])
         task, reason = resolve_task(cfg, frame[[not p for p in value_problems]], where)

@@ -338,3 +338,10 @@ def test_the_runner_keeps_a_separator_as_written():
 
     assert [parse_value(v, "label_sep") for v in ("|", ",", " ", ";")] == ["|", ",", " ", ";"]
     assert parse_value("3", "epochs") == 3 and parse_value("[0, 1]", "folds") == [0, 1]
+
+
+def test_imagefolder_class_names_never_look_like_sets(outputs, make_imagefolder_dataset):
+    root = make_imagefolder_dataset(labels=("a", "b", "a b"))
+    info = prepare_dataset(config(root))
+    assert info.task == "multiclass" and info.classes == ["a", "a b", "b"]
+    assert "ImageFolder" in info.task_reason

@@ -152,3 +152,12 @@ def test_gathered_predictions_keep_multi_hot_labels(tmp_path):
     assert got_labels.shape == (4, 3)
     np.testing.assert_array_equal(got_labels, labels[[2, 3, 0, 1]])
     np.testing.assert_array_equal(got_logits, logits[[2, 3, 0, 1]])
+
+
+def test_the_lr_finder_runs_the_multilabel_step(prepared):
+    from helpers.lr_finder import find_lr
+
+    cfg, info, _ = prepared(batch_size=4)
+    found = find_lr(cfg, info, device=CPU, updates=12)
+    assert len(found.lrs) >= 2 and np.isfinite(found.losses).all()
+    assert found.losses[0] == pytest.approx(np.log(2), abs=0.2)  # BCE of a fresh model, not cross-entropy
