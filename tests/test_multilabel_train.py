@@ -3,6 +3,9 @@ monitor, a trained fold's metrics and checkpoints (loadable by plain timm), and 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,18 +13,22 @@ import timm
 import torch
 import torch.distributed as dist
 from sklearn.metrics import average_precision_score
-from train_fixtures import tiny_config
+from train_fixtures import child_env, tiny_config
 
+from helpers.augment import InputPrep
+from helpers.checkpoints import load_model
 from helpers.config import ConfigError
 from helpers.dataset import prepare_dataset
 from helpers.loaders import build_loader
 from helpers.plots import show_curves
+from helpers.precision import Precision
 from helpers.preview import target_titles
 from helpers.run_folder import RunFolder
 from helpers.targets import decode_label_set
 from helpers.train import (
     best_epochs,
     build_parts,
+    evaluate,
     fold_rows,
     gather_predictions,
     multilabel_metrics,
@@ -161,3 +168,36 @@ def test_the_lr_finder_runs_the_multilabel_step(prepared):
     found = find_lr(cfg, info, device=CPU, updates=12)
     assert len(found.lrs) >= 2 and np.isfinite(found.losses).all()
     assert found.losses[0] == pytest.approx(np.log(2), abs=0.2)  # BCE of a fresh model, not cross-entropy
+
+
+@pytest.mark.slow
+def test_two_processes_validate_a_multilabel_run_like_one(tmp_path, monkeypatch, make_multilabel_dataset):
+    """helpers.distributed under torchrun (2 CPU processes on gloo): the gathered multi-hot labels give the
+    metrics one process computes from the saved checkpoint."""
+    data = make_multilabel_dataset(n=33)  # 11 validation images in fold 0: the sampler pads one share
+    outputs = tmp_path / "outputs"
+    cfg = tiny_config(data, run_name="mlddp", task="multilabel", epochs=1, batch_size=4)
+    run = RunFolder(outputs / "runs" / "mlddp")
+    run.write_config(cfg)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = child_env(outputs, drop=("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"))
+    done = subprocess.run(
+        [*launch, "-m", "helpers.distributed", "--run-name", "mlddp", "--expect-world-size", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    row = pd.read_csv(run.metrics).iloc[-1]
+
+    monkeypatch.setenv("KIT_OUTPUTS", str(outputs))
+    info = prepare_dataset(cfg)
+    rows = fold_rows(info, 0)[1]
+    loader = build_loader(cfg, rows, False, 0, CPU, num_classes=info.num_classes)
+    model, meta = load_model(run.checkpoint(0, "last"))
+    assert meta["config"]["task"] == "multilabel"
+    prep = InputPrep.for_backbone("test_resnet", channels_last=True)
+    alone = evaluate(model, loader, CPU, Precision("cpu", torch.float32), prep, "multilabel")
+    for name in ("val_loss", "val_map", "val_f1_micro", "val_f1_macro"):
+        assert row[name] == pytest.approx(alone[name], rel=1e-5), name
