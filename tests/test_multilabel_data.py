@@ -345,3 +345,29 @@ def test_imagefolder_class_names_never_look_like_sets(outputs, make_imagefolder_
     info = prepare_dataset(config(root))
     assert info.task == "multiclass" and info.classes == ["a", "a b", "b"]
     assert "ImageFolder" in info.task_reason
+
+
+def test_health_summary_counts_multilabel_problem_kinds(outputs, make_table):
+    from helpers.dataset import health_summary
+
+    written = [" ".join(s) for s in label_sets()]
+    written[0], written[1], written[2] = "ant ant", "bee bee cat", ""
+    root = make_table({"label": written})
+    info = prepare_dataset(config(root, task="multilabel", drop_bad_rows=True))
+    counts = health_summary(info).set_index("check")["count"]
+    assert counts["problem: label repeated within the row"] == 2
+    assert counts["problem: empty label in train.csv column 'label'"] == 1
+    assert counts["rows dropped"] == 3
+
+
+def test_label_sets_figure_keeps_the_most_frequent_classes():
+    from helpers.plots import MANY_CLASSES, show_label_sets
+
+    classes = [f"c{i}" for i in range(40)]
+    sets = [[i % 40, (i * 7 + 1) % 40] for i in range(200)] + [[0, 1, 2]] * 50 + [[5]] * 10
+    fig = show_label_sets(sets, classes)
+    cardinality, heat = fig.axes[:2]
+    assert [t.get_text() for t in cardinality.get_xticklabels()] == ["1", "2", "3"]
+    assert len(heat.get_xticklabels()) == MANY_CLASSES
+    assert "c0" in [t.get_text() for t in heat.get_xticklabels()]
+    assert f"the {MANY_CLASSES} most frequent of 40 classes" in heat.get_title()
