@@ -201,3 +201,11 @@ def test_two_processes_validate_a_multilabel_run_like_one(tmp_path, monkeypatch,
     alone = evaluate(model, loader, CPU, Precision("cpu", torch.float32), prep, "multilabel")
     for name in ("val_loss", "val_map", "val_f1_micro", "val_f1_macro"):
         assert row[name] == pytest.approx(alone[name], rel=1e-5), name
+
+
+def test_a_nan_score_is_beaten_by_any_number():
+    from helpers.train import _improved
+
+    assert _improved("val_map", 0.1, float("nan"))
+    assert not _improved("val_map", float("nan"), 0.1)
+    assert _improved("val_loss", 0.5, 0.6) and not _improved("val_map", 0.5, 0.6)
