@@ -209,3 +209,10 @@ def test_a_nan_score_is_beaten_by_any_number():
     assert _improved("val_map", 0.1, float("nan"))
     assert not _improved("val_map", float("nan"), 0.1)
     assert _improved("val_loss", 0.5, 0.6) and not _improved("val_map", 0.5, 0.6)
+
+
+def test_a_multilabel_fold_trains_under_bf16_autocast(prepared):
+    """Mixed precision: the BCE and the metrics take float32 logits whatever the autocast dtype."""
+    cfg, info, run = prepared(precision="bf16")
+    metrics = train_fold(cfg, info, 0, run, CPU)
+    assert np.isfinite(metrics[["train_loss", "val_loss", "val_map"]].to_numpy()).all()
