@@ -182,6 +182,17 @@ def test_every_label_set_problem_named_by_line(outputs, make_table):
     assert problems["line"].notna().all() and len(problems) == 3
 
 
+def test_a_label_with_a_space_in_a_pipe_separated_table_is_one_label(outputs, make_table):
+    written = ["|".join(s) for s in label_sets()]
+    written[0] = "No Finding"  # NIH chest X-rays: "No" and "Finding" are no labels of their own
+    written[3] = "No Finding"
+    written[6] = "No Finding"
+    written[1] = "ant bee|cat"  # two known labels joined by a space: mis-separated
+    root = make_table({"label": written})
+    problems = problems_of(config(root, task="multilabel", label_sep="|"))
+    assert list(problems["line"]) == [3] and "(ant bee)" in problems["problem"].iloc[0]
+
+
 def test_empty_label_sets_allowed_when_asked(outputs, make_table):
     written = [" ".join(s) for s in label_sets()]
     written[1] = ""
