@@ -31,7 +31,14 @@ from helpers.loaders import build_loader
 from helpers.model import create_model
 from helpers.precision import pick_device
 from helpers.schedules import Schedule
-from helpers.train import NonFiniteLoss, build_parts, fold_rows, seed_everything, train_one_epoch
+from helpers.train import (
+    NonFiniteLoss,
+    build_parts,
+    fold_rows,
+    fold_targets,
+    seed_everything,
+    train_one_epoch,
+)
 from helpers.transfer import lr_range
 
 START_LR, END_LR = 1e-7, 10.0  # fastai's range
@@ -163,7 +170,12 @@ def find_lr(
             model = model.to(memory_format=torch.channels_last)
         loader = build_loader(cfg, fold_rows(info, fold)[0], True, fold, device)
         parts = build_parts(
-            cfg.replace(lr=start_lr, scheduler="none", ema=False), model, info.num_classes, 1, device
+            cfg.replace(lr=start_lr, scheduler="none", ema=False),
+            model,
+            info.num_classes,
+            1,
+            device,
+            fold_targets(info, fold),
         )
         growth = (end_lr / start_lr) ** (1 / max(1, updates - 1))
         parts.schedule = Schedule(lr_scheduler.LambdaLR(parts.optimizer, lambda step: growth**step), True)
