@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 from timm.loss import AsymmetricLossMultiLabel
 from torch import nn
+from train_fixtures import tiny_config
 
 from helpers.config import Config, ConfigError
+from helpers.dataset import prepare_dataset
 from helpers.losses import FocalLoss, SmoothedBCEWithLogits, build_loss
+from helpers.model import create_model
+from helpers.run_folder import RunFolder
+from helpers.train import build_parts, fold_targets, train_fold
+
+CPU = torch.device("cpu")
 
 CLASSES = 4
 # an imbalanced fold: 12, 6, 3 and 1 rows
@@ -207,3 +215,22 @@ def test_a_loss_of_the_other_task_is_an_error():
         loss_of(task="multilabel", targets=MULTI_HOT, loss="focal")
     with pytest.raises(ValueError, match="loss='asl' is for multilabel"):
         loss_of(loss="asl")
+
+
+# --- wired into training -----------------------------------------------------------------------------------
+
+
+def test_training_weights_its_loss_by_the_folds_own_training_rows(outputs, make_csv_dataset):
+    data = make_csv_dataset(per_class=9)
+    table = pd.read_csv(data / "train.csv")
+    table.drop(table.index[table["label"] == "fox"][3:]).to_csv(data / "train.csv", index=False)  # 9, 9, 3
+    cfg = tiny_config(data, class_weights="balanced", loss="focal", sampler="balanced")
+    info = prepare_dataset(cfg)
+    for fold in (0, 1):
+        parts = build_parts(cfg, create_model("test_resnet", 3), 3, 1, CPU, fold_targets(info, fold))
+        trained_on = info.table.loc[info.table["fold"] != fold, "label_idx"].to_numpy()
+        expected = compute_class_weight("balanced", classes=np.arange(3), y=trained_on)
+        assert isinstance(parts.loss_fn, FocalLoss)
+        np.testing.assert_allclose(parts.loss_fn.weight.numpy(), expected, rtol=1e-6)
+    metrics = train_fold(cfg, info, 0, RunFolder.of(cfg).create(), CPU)
+    assert np.isfinite(metrics["train_loss"]).all() and len(metrics) == cfg.epochs
