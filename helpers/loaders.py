@@ -2,8 +2,9 @@
 
 `build_loader` is the one place a loader is assembled from a config (dataset, cache, transform, seed,
 workers, batch size), for training, validation, 02's preview and prediction alike. Augmentation randomness
-is seeded per sample from (seed, epoch, index), handed over by the sampler, so the images of an epoch are
-the same whatever the worker count and whether the run was resumed.
+is seeded per sample from (seed, epoch, index), handed over by the sampler (the balanced sampler adds the
+draw's position), so the images of an epoch are the same whatever the worker count and whether the run
+was resumed.
 """
 
 from __future__ import annotations
