@@ -3,15 +3,20 @@ shuffle, so a draw is reproducible, resumable and shared out to data-parallel pr
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from train_fixtures import tiny_config
 
 from helpers.dataset import prepare_dataset
+from helpers.demo import ensure_demo_data
+from helpers.evaluate import rare_classes
 from helpers.loaders import EpochSampler, balanced_weights, build_loader
+from helpers.paths import project_root
 
 CPU = torch.device("cpu")
 # 900 rows of class 0, 90 of class 1, 10 of class 2
@@ -108,3 +113,20 @@ def test_the_augmentation_of_a_key_does_not_depend_on_the_worker_count(outputs, 
         loader.sampler.set_epoch(epoch)
         batches[workers] = torch.cat([x for x, _, _ in loader])
     assert torch.equal(batches[0], batches[1])
+
+
+def test_the_benchmarks_imbalanced_digits_keep_a_tenth_of_digits_5_to_9(tmp_path):
+    sys.path.insert(0, str(project_root() / "benchmarks"))
+    from bench_imbalance import imbalanced_digits
+
+    demo = ensure_demo_data()
+    given = pd.read_csv(demo / "train.csv")["label"].value_counts()
+    counts = imbalanced_digits(demo, tmp_path / "digits")
+    assert (
+        counts == pd.read_csv(tmp_path / "digits" / "train.csv")["label"].astype(str).value_counts().to_dict()
+    )
+    for digit in range(10):
+        expected = round(given[digit] * 0.1) if digit >= 5 else given[digit]
+        assert counts[str(digit)] == expected, digit
+    assert rare_classes(np.array([counts[str(d)] for d in range(10)])).tolist() == [5, 6, 7, 8, 9]
+    assert (tmp_path / "digits" / "train_image" / "d0000.jpg").exists()
