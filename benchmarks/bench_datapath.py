@@ -84,7 +84,7 @@ def measure_combo(
     from helpers.dataset import prepare_dataset
     from helpers.loaders import build_loader
     from helpers.model import create_model
-    from helpers.train import build_parts, fold_rows, train_one_epoch
+    from helpers.train import build_parts, fold_rows, fold_targets, train_one_epoch
 
     # make_loader sets one OpenCV thread when it starts workers; setting it from the start gives every
     # variant, with or without workers, the same OpenCV thread count (160 vs 163 us per image with 1 or 2
@@ -121,7 +121,9 @@ def measure_combo(
         model = create_model(backbone, info.num_classes)
         if cl:
             model = model.to(memory_format=torch.channels_last)
-        parts = build_parts(cfg.replace(channels_last=cl), model, info.num_classes, 100_000, device)
+        parts = build_parts(
+            cfg.replace(channels_last=cl), model, info.num_classes, 100_000, device, fold_targets(info, 0)
+        )
         models[cl] = (model, parts)
 
     default_threads = torch.get_num_threads()

@@ -66,7 +66,7 @@ def main() -> None:
     from helpers.loaders import build_loader
     from helpers.model import create_model
     from helpers.precision import pick_device
-    from helpers.train import build_parts
+    from helpers.train import build_parts, fold_targets
 
     device = pick_device()
     torch.backends.cudnn.benchmark = True
@@ -88,7 +88,7 @@ def main() -> None:
     def fresh(compiled: bool):
         torch.manual_seed(0)
         model = create_model(cfg.backbone, info.num_classes).to(device).to(memory_format=torch.channels_last)
-        parts = build_parts(cfg, model, info.num_classes, 10_000, device)
+        parts = build_parts(cfg, model, info.num_classes, 10_000, device, fold_targets(info, 0))
         return (torch.compile(model) if compiled else model), parts
 
     staged = []

@@ -118,9 +118,13 @@ class Config:
     # asl: timm's asymmetric loss (multilabel)
     loss: Loss = setting("default", "train")
     focal_gamma: float = setting(2.0, "train")  # focusing exponent of the focal loss
-    # balanced: class weights inverse to frequency (cross-entropy), or pos_weight negatives/positives (BCE)
+    # balanced, counted on each fold's training rows; its meaning follows the task. multiclass: a weight
+    # n / (C * count) per class in the cross-entropy or focal loss (scikit-learn's compute_class_weight);
+    # multilabel: pos_weight = negatives / positives per class in the BCE or asl
     class_weights: ClassWeights = setting("none", "train")
-    sampler: Sampler = setting("shuffle", "train")  # balanced: draw rows inversely to their class frequency
+    # balanced: each epoch draws as many rows as the fold has, with replacement, with probability inverse
+    # to the row's class frequency (multilabel: its rarest class); seeded per epoch, so resumable
+    sampler: Sampler = setting("shuffle", "train")
     augment: Preset = setting("light", "train")  # training augmentation preset
     precision: Precision = setting("auto", "train")  # auto: bf16 (or fp16) on CUDA, fp32 on CPU
     grad_accum: int = setting(1, "train")  # micro-batches per optimizer step

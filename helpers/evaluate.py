@@ -16,6 +16,7 @@ from sklearn.metrics import (
     confusion_matrix,
     f1_score,
     precision_recall_fscore_support,
+    recall_score,
     top_k_accuracy_score,
 )
 from torch import nn
@@ -23,9 +24,25 @@ from torch import nn
 from helpers.augment import InputPrep, to_hwc
 from helpers.inference import Prediction
 
+# classes are imbalanced when the largest has at least this many times the rows of the smallest; the rare
+# ones are then those with at most 1 / IMBALANCE_RATIO of the largest's rows
+IMBALANCE_RATIO = 3.0
+
+
+def rare_classes(support: np.ndarray, ratio: float = IMBALANCE_RATIO) -> np.ndarray:
+    """The indices of the rare classes when the classes are imbalanced (see IMBALANCE_RATIO), from each
+    class's count of rows; none when they are balanced. Classes without a row are left out: they have no
+    recall to show."""
+    present = support[support > 0]
+    if len(present) < 2 or present.max() < ratio * present.min():
+        return np.array([], dtype=np.int64)
+    return np.flatnonzero((support > 0) & (support * ratio <= support.max()))
+
 
 def summary_metrics(labels: np.ndarray, probabilities: np.ndarray, k: int = 3) -> dict[str, float]:
-    """Accuracy, top-k accuracy, macro-F1 and mean log-loss of probabilities against true class indices."""
+    """Accuracy, top-k accuracy, macro-F1 and mean log-loss of probabilities against true class indices;
+    when the labels' classes are imbalanced, also `rare_class_recall`: the mean recall of the rare classes
+    (`rare_classes`), the figure accuracy hides when the common classes dominate."""
     n_classes = probabilities.shape[1]
     predicted = probabilities.argmax(1)
     true_p = np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1.0)
@@ -39,15 +56,27 @@ def summary_metrics(labels: np.ndarray, probabilities: np.ndarray, k: int = 3) -
         f1_score(labels, predicted, average="macro", labels=np.arange(n_classes), zero_division=0)
     )
     metrics["log_loss"] = float(-np.log(true_p).mean())
+    rare = rare_classes(np.bincount(labels, minlength=n_classes))
+    if rare.size:
+        recall = recall_score(labels, predicted, labels=rare, average=None, zero_division=0)
+        metrics["rare_class_recall"] = float(recall.mean())
     return metrics
 
 
 def per_class_table(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
-    """Precision, recall, F1 and support per class."""
+    """Precision, recall, F1 and support per class, in class order. When the classes are imbalanced
+    (`rare_classes`), recall comes first, the lowest first, with a column marking the rare classes: the
+    classes a model trained on imbalanced data misses are then at the top."""
     p, r, f, s = precision_recall_fscore_support(
         labels, probabilities.argmax(1), labels=np.arange(len(classes)), zero_division=0
     )
-    return pd.DataFrame({"class": list(classes), "precision": p, "recall": r, "f1": f, "support": s})
+    table = pd.DataFrame({"class": list(classes), "precision": p, "recall": r, "f1": f, "support": s})
+    rare = rare_classes(s)
+    if not rare.size:
+        return table
+    table["rare"] = np.isin(np.arange(len(classes)), rare)
+    table = table[["class", "recall", "precision", "f1", "support", "rare"]]
+    return table.sort_values("recall", kind="stable").reset_index(drop=True)
 
 
 def tta_table(labels: np.ndarray, prediction: Prediction, chosen: Sequence[str]) -> pd.DataFrame:

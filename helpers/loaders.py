@@ -2,14 +2,16 @@
 
 `build_loader` is the one place a loader is assembled from a config (dataset, cache, transform, seed,
 workers, batch size), for training, validation, 02's preview and prediction alike. Augmentation randomness
-is seeded per sample from (seed, epoch, index), handed over by the sampler, so the images of an epoch are
-the same whatever the worker count and whether the run was resumed.
+is seeded per sample from (seed, epoch, index), handed over by the sampler (the balanced sampler adds the
+draw's position), so the images of an epoch are the same whatever the worker count and whether the run
+was resumed.
 """
 
 from __future__ import annotations
 
 import os
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 
 import cv2
@@ -23,7 +25,7 @@ from helpers.augment import build_eval_transform, build_train_transform
 from helpers.config import Config
 from helpers.images import read_image
 from helpers.precision import pick_device
-from helpers.targets import Task, target_array
+from helpers.targets import Task, decode_label_set, target_array
 
 SEED_STRIDE = 1_000_003
 
@@ -35,32 +37,66 @@ def sample_seed(base_seed: int, key: int) -> int:
 class EpochSampler(Sampler[int]):
     """Yields keys `epoch * n + i`: the index i plus the epoch, so each sample's augmentation seed is known.
 
-    With `num_replicas > 1` each process takes every num_replicas-th index of the same permutation, padded
-    to equal length (the padded repeats are flagged by `is_padding`).
+    With `weights` (one per row; the balanced sampler) a shuffled epoch is instead n rows drawn with
+    replacement, each with probability proportional to its weight, seeded by (seed, epoch) like the shuffle;
+    the keys then also carry the draw's position, `(epoch * n + position) * n + i`, so a row drawn twice in
+    an epoch is augmented twice differently. Either way an epoch's keys depend on (seed, epoch) alone, so
+    a resumed run replays them. With `num_replicas > 1` each process takes every num_replicas-th key of
+    the same epoch, padded to equal length by repeating keys from the start.
     """
 
-    def __init__(self, n: int, shuffle: bool, seed: int, num_replicas: int = 1, rank: int = 0):
+    def __init__(
+        self,
+        n: int,
+        shuffle: bool,
+        seed: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        weights: np.ndarray | None = None,
+    ):
         self.n, self.shuffle, self.seed = n, shuffle, seed
         self.num_replicas, self.rank = num_replicas, rank
+        self.p = None if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def order(self) -> list[int]:
+        """The row indices of this epoch, in order (rows repeat when drawn by weight)."""
         if not self.shuffle:
             return list(range(self.n))
+        if self.p is not None:
+            rng = np.random.default_rng(sample_seed(self.seed, self.epoch))
+            return rng.choice(self.n, size=self.n, p=self.p).tolist()
         g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch))
         return torch.randperm(self.n, generator=g).tolist()
 
+    def keys(self) -> list[int]:
+        """This epoch's keys (each one's row is `key % n`), before they are dealt to the processes."""
+        if self.shuffle and self.p is not None:
+            return [(self.epoch * self.n + pos) * self.n + i for pos, i in enumerate(self.order())]
+        return [self.epoch * self.n + i for i in self.order()]
+
     def __iter__(self) -> Iterator[int]:
-        order = self.order()
+        keys = self.keys()
         per_rank = -(-self.n // self.num_replicas)
-        padded = (order * self.num_replicas)[: per_rank * self.num_replicas]
-        return iter(self.epoch * self.n + i for i in padded[self.rank :: self.num_replicas])
+        padded = (keys * self.num_replicas)[: per_rank * self.num_replicas]
+        return iter(padded[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
         return -(-self.n // self.num_replicas)
+
+
+def balanced_weights(label_idx: Sequence) -> np.ndarray:
+    """Each row's draw weight for the balanced sampler: 1 / the number of rows of its class, so every class
+    is drawn equally often. A multilabel row counts under its rarest class (the one with the fewest rows),
+    so rows of rare classes come up as often as rows of common ones; rows with no label form one more
+    group. `label_idx` as a prepared table holds it: a class index, or a multilabel row's set."""
+    sets = [decode_label_set(value) for value in label_idx]
+    counts = Counter(c for classes in sets for c in classes)
+    empty = sum(1 for classes in sets if not classes)
+    return np.array([1.0 / min(counts[c] for c in classes) if classes else 1.0 / empty for classes in sets])
 
 
 class ImageDataset(Dataset):
@@ -141,13 +177,15 @@ def make_loader(
     num_replicas: int = 1,
     rank: int = 0,
     drop_last: bool = False,
+    weights: np.ndarray | None = None,
 ) -> DataLoader:
-    """A loader over the dataset; training shuffles per epoch. `drop_last` drops a last partial batch."""
+    """A loader over the dataset; training shuffles per epoch, or draws rows by `weights` (EpochSampler).
+    `drop_last` drops a last partial batch."""
     if num_workers > 0:
         # one OpenCV thread per process: workers each running a full pool thrash the cores. Set here, before
         # the workers fork; setting it inside a worker hangs once the parent has used OpenCV's pool.
         cv2.setNumThreads(1)
-    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, num_replicas=num_replicas, rank=rank)
+    sampler = EpochSampler(len(dataset), train, seed, num_replicas, rank, weights)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -174,7 +212,8 @@ def build_loader(
     Its targets are helpers.targets.target_array's for the run's task (cfg.task): class indices, or
     multi-hot float rows `num_classes` wide (multilabel rows with labels need num_classes).
 
-    Training's loader shuffles and augments with the fold's seed, in batches of batch_size (full batches
+    Training's loader shuffles (or with sampler="balanced" draws rows inversely to their class's
+    frequency, `balanced_weights`) and augments with the fold's seed, in batches of batch_size (full batches
     only with mixup or cutmix, which pair images); the others keep the rows' order, resize only, in batches
     of twice that. Images are decoded into RAM first when cache_images is on and their sizes are known.
     `num_replicas` > 1 gives process `rank` its share (data-parallel training). cfg.img_size must be set.
@@ -217,4 +256,5 @@ def build_loader(
         num_replicas=num_replicas,
         rank=rank,
         drop_last=mixing,
+        weights=balanced_weights(rows["label_idx"]) if train and cfg.sampler == "balanced" else None,
     )

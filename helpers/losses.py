@@ -4,13 +4,22 @@ class-imbalance settings.
 Every loss takes the model's logits and the batch's targets as the loop hands them over: class indices, or
 a float (N, C) array of soft targets once mixup/cutmix has mixed them (multiclass: smoothed one-hot rows;
 multilabel: mixed multi-hot rows).
+
+`class_weights="balanced"` is counted on the fold's training rows and means what the task's loss can take:
+multiclass, a weight per class n / (C * count) in the cross-entropy (scikit-learn's
+`compute_class_weight("balanced")`), so every class weighs as much in total; multilabel, a `pos_weight`
+per class of negatives / positives in the binary cross-entropy (timm's `compute_class_weights`, "neg_pos"),
+so each class's positive and negative terms weigh alike. Weights are buffers of the loss module, so they
+move with `.to(device)`.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.loss import SoftTargetCrossEntropy
+from sklearn.utils.class_weight import compute_class_weight
+from timm.loss import AsymmetricLossMultiLabel, compute_class_weights
 from torch import nn
 
 from helpers.config import Config
@@ -18,22 +27,110 @@ from helpers.targets import Task
 
 
 class SmoothedBCEWithLogits(nn.Module):
-    """Binary cross-entropy on logits with each 0/1 target pulled towards 0.5 by `smoothing / 2`."""
+    """Binary cross-entropy on logits with each 0/1 target pulled towards 0.5 by `smoothing / 2`, and an
+    optional weight per class on the positive term (`pos_weight`, as torch's BCEWithLogitsLoss)."""
 
-    def __init__(self, smoothing: float = 0.0) -> None:
+    def __init__(self, smoothing: float = 0.0, pos_weight: torch.Tensor | None = None) -> None:
         super().__init__()
         self.smoothing = smoothing
+        self.register_buffer("pos_weight", pos_weight)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.float() * (1.0 - self.smoothing) + 0.5 * self.smoothing
-        return F.binary_cross_entropy_with_logits(logits.float(), target)
+        return F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=self.pos_weight)
 
 
-def build_loss(cfg: Config, task: Task, mixed_targets: bool) -> nn.Module:
+class FocalLoss(nn.Module):
+    """Multiclass focal loss (Lin et al., 2017): the softmax cross-entropy with each class's term scaled by
+    (1 - p_class) ** gamma, so confidently right images count less and hard ones more.
+
+    Targets are class indices (smoothed by `label_smoothing` as torch's cross-entropy does) or soft (N, C)
+    rows from mixup/cutmix. `weight` scales each class's term. The mean follows torch's `cross_entropy`:
+    over the weights of the rows' classes for class indices, over the rows for soft targets; so with
+    gamma 0 this is exactly `F.cross_entropy` with the same weight and smoothing. (timm's single-label
+    asymmetric loss takes neither soft targets nor class weights, hence this one.)
+    """
+
+    def __init__(
+        self, gamma: float, label_smoothing: float = 0.0, weight: torch.Tensor | None = None
+    ) -> None:
+        super().__init__()
+        self.gamma, self.label_smoothing = gamma, label_smoothing
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        log_p = logits.float().log_softmax(dim=1)
+        n, classes = log_p.shape
+        if target.dim() == 1:
+            soft = F.one_hot(target, classes).float() * (1.0 - self.label_smoothing)
+            soft = soft + self.label_smoothing / classes
+            total = self.weight[target].sum() if self.weight is not None else n
+        else:
+            soft, total = target.float(), n
+        terms = soft * log_p
+        if self.gamma:
+            # clamped above 0: (1 - p) ** gamma has an infinite slope at p = 1 when gamma < 1
+            terms = terms * (1.0 - log_p.exp()).clamp_min(1e-12).pow(self.gamma)
+        if self.weight is not None:
+            terms = terms * self.weight
+        return -terms.sum() / total
+
+
+def balanced_class_weights(train_targets: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Multiclass: n / (num_classes * count) per class from the training rows' class indices (scikit-learn's
+    `compute_class_weight("balanced")`)."""
+    counts = np.bincount(train_targets, minlength=num_classes)
+    _require_every_class(np.flatnonzero(counts == 0), "has no training row")
+    weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=train_targets)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def balanced_pos_weight(train_targets: np.ndarray) -> torch.Tensor:
+    """Multilabel: negatives / positives per class from the training rows' multi-hot targets (timm's
+    `compute_class_weights(..., "neg_pos")`)."""
+    positives = train_targets.sum(axis=0)
+    _require_every_class(np.flatnonzero(positives == 0), "is positive in no training row")
+    _require_every_class(
+        np.flatnonzero(positives == len(train_targets)), "is positive in every training row (pos_weight 0)"
+    )
+    _, weights = compute_class_weights(torch.from_numpy(positives), len(train_targets), method="neg_pos")
+    return weights
+
+
+def _require_every_class(bad: np.ndarray, what: str) -> None:
+    if bad.size:
+        raise ValueError(
+            f"class_weights='balanced': class index(es) {bad.tolist()} (in the order of the dataset's "
+            f"classes.json) {what} in this fold, so its weight is undefined. Set class_weights='none', "
+            "or merge or drop that class."
+        )
+
+
+def build_loss(
+    cfg: Config, task: Task, mixed_targets: bool, train_targets: np.ndarray, num_classes: int
+) -> nn.Module:
     """The loss the run's settings ask for. `mixed_targets`: mixup/cutmix hands over soft targets (their
-    label smoothing is applied by the mixing, not here)."""
+    label smoothing is applied by the mixing, not here). `train_targets`: the fold's training rows' targets
+    as helpers.targets.target_array gives them, which `class_weights="balanced"` counts."""
+    smoothing = 0.0 if mixed_targets else cfg.label_smoothing
+    balanced = cfg.class_weights == "balanced"
     if task == "multilabel":
-        return SmoothedBCEWithLogits(0.0 if mixed_targets else cfg.label_smoothing)
-    if mixed_targets:
-        return SoftTargetCrossEntropy()
-    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        if cfg.loss == "focal":
+            raise ValueError(
+                "loss='focal' is for multiclass tasks and this run's task is multilabel: "
+                "use loss='default' (BCE) or 'asl'"
+            )
+        pos_weight = balanced_pos_weight(train_targets) if balanced else None
+        if cfg.loss == "asl":
+            return AsymmetricLossMultiLabel(smoothing=smoothing, reduction="mean", pos_weight=pos_weight)
+        return SmoothedBCEWithLogits(smoothing, pos_weight)
+    if cfg.loss == "asl":
+        raise ValueError(
+            "loss='asl' is for multilabel tasks and this run's task is multiclass: "
+            "use loss='default' (cross-entropy) or 'focal'"
+        )
+    weight = balanced_class_weights(train_targets, num_classes) if balanced else None
+    if cfg.loss == "focal":
+        return FocalLoss(cfg.focal_gamma, smoothing, weight)
+    # torch's cross-entropy takes class indices and soft targets alike
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=smoothing)

@@ -35,6 +35,7 @@ from helpers.train import (
     NonFiniteLoss,
     build_parts,
     fold_rows,
+    fold_targets,
     resolve_task,
     seed_everything,
     train_one_epoch,
@@ -171,7 +172,12 @@ def find_lr(
             model = model.to(memory_format=torch.channels_last)
         loader = build_loader(cfg, fold_rows(info, fold)[0], True, fold, device, num_classes=info.num_classes)
         parts = build_parts(
-            cfg.replace(lr=start_lr, scheduler="none", ema=False), model, info.num_classes, 1, device
+            cfg.replace(lr=start_lr, scheduler="none", ema=False),
+            model,
+            info.num_classes,
+            1,
+            device,
+            fold_targets(info, fold),
         )
         growth = (end_lr / start_lr) ** (1 / max(1, updates - 1))
         parts.schedule = Schedule(lr_scheduler.LambdaLR(parts.optimizer, lambda step: growth**step), True)

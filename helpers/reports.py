@@ -67,7 +67,8 @@ class OofEvaluation:
         return self.tta.argmax(1)
 
     def per_class(self) -> pd.DataFrame:
-        """Precision, recall, F1 and support with TTA, indexed by class name (shown once)."""
+        """Precision, recall, F1 and support with TTA, indexed by class name (shown once); recall first and
+        the lowest first when the classes are imbalanced (helpers.evaluate.per_class_table)."""
         return per_class_table(self.labels, self.tta, self.classes).set_index("class")
 
 

@@ -41,7 +41,8 @@ from helpers.paths import runs_dir
 CHECKPOINT_KINDS = ("best_score", "best_loss", "last", "ema")
 # evaluation.json: what was evaluated, then each metric of helpers.evaluate.summary_metrics without TTA
 # as val_<metric> and with the run's TTA views as val_<metric>_tta ("accuracy" is shortened to "acc",
-# as in metrics.csv: val_acc, val_acc_tta, val_top3_accuracy, val_macro_f1_tta, val_log_loss, ...)
+# as in metrics.csv: val_acc, val_acc_tta, val_top3_accuracy, val_macro_f1_tta, val_log_loss, ...;
+# val_rare_class_recall(_tta) when the evaluated classes are imbalanced)
 EVALUATION_KEYS = ("checkpoint", "tta_views", "folds", "images")
 
 

@@ -44,7 +44,7 @@ from helpers.model import create_model, data_config_for, default_img_size
 from helpers.precision import Precision, pick_device, resolve_precision
 from helpers.run_folder import RunFolder
 from helpers.schedules import Schedule, build_schedule
-from helpers.targets import Task, to_probabilities
+from helpers.targets import Task, target_array, to_probabilities
 from helpers.transfer import build_optimizer, freeze_body, keep_frozen_statistics, lr_range
 
 NAN_CHECK_EVERY = 10  # optimizer-loop steps between loss checks (each check waits for the device)
@@ -331,9 +331,15 @@ def resolve_settings(cfg: Config, info: DataInfo) -> tuple[Config, list[str]]:
 
 
 def build_parts(
-    cfg: Config, model: nn.Module, num_classes: int, updates_per_epoch: int, device: torch.device
+    cfg: Config,
+    model: nn.Module,
+    num_classes: int,
+    updates_per_epoch: int,
+    device: torch.device,
+    train_targets: np.ndarray,
 ) -> TrainParts:
-    """Optimizer (with layer decay), loss, precision, scaler, schedule, EMA and mixup for a fresh fold."""
+    """Optimizer (with layer decay), loss, precision, scaler, schedule, EMA and mixup for a fresh fold.
+    `train_targets`: the fold's training targets (`fold_targets`), which balanced class weights count."""
     optimizer = build_optimizer(cfg, model)
     task: Task = "multilabel" if cfg.task == "multilabel" else "multiclass"  # resolve_task settled it
     mixup = None
@@ -346,7 +352,7 @@ def build_parts(
             num_classes=num_classes,
             multi_label=task == "multilabel",
         )
-    loss_fn = build_loss(cfg, task, mixed_targets=mixup is not None)
+    loss_fn = build_loss(cfg, task, mixup is not None, train_targets, num_classes).to(device)
     precision = resolve_precision(cfg.precision, device)
     schedule = build_schedule(
         cfg.scheduler, optimizer, cfg.lr, cfg.epochs, updates_per_epoch, cfg.warmup_epochs, cfg.monitor
@@ -423,6 +429,11 @@ def fold_rows(info: DataInfo, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fold k's training rows (every other fold's) and its validation rows."""
     table = info.table
     return table[table["fold"] != fold], table[table["fold"] == fold]
+
+
+def fold_targets(info: DataInfo, fold: int) -> np.ndarray:
+    """Fold k's training targets (helpers.targets.target_array), what the loss's class weights count."""
+    return target_array(fold_rows(info, fold)[0], info.num_classes, info.task)
 
 
 def _resume_state(cfg: Config, path: Path) -> dict[str, Any] | None:
@@ -579,7 +590,8 @@ def train_fold(
     train_rows, val_rows = fold_rows(info, fold)
     train_loader = build_loader(cfg, train_rows, True, fold, device, world_size, rank, info.num_classes)
     val_loader = build_loader(cfg, val_rows, False, fold, device, world_size, rank, info.num_classes)
-    parts = build_parts(cfg, model, info.num_classes, math.ceil(len(train_loader) / cfg.grad_accum), device)
+    updates_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
+    parts = build_parts(cfg, model, info.num_classes, updates_per_epoch, device, fold_targets(info, fold))
     # -- restore: an unfinished fold's weights, optimizer, schedule, scaler, EMA and counters
     state = _restore(resumed, model, parts)
 

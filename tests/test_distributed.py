@@ -107,6 +107,9 @@ BN_RUN = dict(
 )
 # no batch norm: per-sample normalisation makes the two halves of a batch add up to the whole batch
 FREE_RUN = dict(backbone="test_convnext", grad_accum=2, epochs=2, **FINE_TUNE)
+# the same with the balanced sampler: each process takes its half of the one draw of each epoch (no class
+# weights: their mean is over each process's own batch, which two halves do not add up to exactly)
+BALANCED_RUN = dict(FREE_RUN, sampler="balanced", loss="focal")
 
 
 @dataclass
@@ -171,12 +174,19 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     _configure(data, outputs, "bn", **BN_RUN)
     _configure(data, outputs, "free", **FREE_RUN, batch_size=4)  # per process: 8 per step in all
     _configure(data, single, "free", **FREE_RUN, batch_size=8)
+    _configure(data, outputs, "balanced", **BALANCED_RUN, batch_size=4)
+    _configure(data, single, "balanced", **BALANCED_RUN, batch_size=8)
 
-    two = _probe(root, outputs, ["bn", "free"], "probe")
-    one_log = root / "single.log"
-    one = _start([sys.executable, "-m", "helpers.distributed", "--run-name", "free"], _env(single), one_log)
+    two = _probe(root, outputs, ["bn", "free", "balanced"], "probe")
+    ones = {
+        run: _start(
+            [sys.executable, "-m", "helpers.distributed", "--run-name", run], _env(single), root / run
+        )
+        for run in ("free", "balanced")
+    }
     _finish(two, root / "probe" / "log.txt")
-    _finish(one, one_log)
+    for run, one in ones.items():
+        _finish(one, root / run)
     return Trained(data, outputs, root / "probe", single)
 
 
@@ -237,15 +247,16 @@ def test_distributed_validation_equals_one_process_on_the_same_weights(trained, 
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one_with_the_same_total_batch(trained):
+@pytest.mark.parametrize("run", ["free", "balanced"])
+def test_two_processes_train_like_one_with_the_same_total_batch(trained, run):
     """Without batch norm, two processes with batch 4 train what one process with batch 8 does: the
-    sampler deals each global batch out in halves, DDP averages the halves' gradients, and the training
-    loss is the image-weighted mean over both processes. Only float rounding differs (the order of sums
+    sampler deals each global batch out in halves (of the shuffle, or of the balanced sampler's draw), DDP
+    averages the halves' gradients, and the training loss is the image-weighted mean over both processes. Only float rounding differs (the order of sums
     in the all-reduce and in the smaller batches): about 1e-7 to 1e-6 here, so rtol 1e-4. A model with
     batch norm would not match: it normalises each process's 4 images by their own statistics, where
     one process normalises all 8 together, and the difference grows with every update."""
-    two = pd.read_csv(_run(trained.outputs, "free").metrics)
-    one = pd.read_csv(_run(trained.single, "free").metrics)
+    two = pd.read_csv(_run(trained.outputs, run).metrics)
+    one = pd.read_csv(_run(trained.single, run).metrics)
     assert two["epoch"].tolist() == one["epoch"].tolist() == [0, 1]
     assert two["train_images"].tolist() == one["train_images"].tolist()
     for column in ("lr", "train_loss", "val_loss"):

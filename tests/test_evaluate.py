@@ -13,6 +13,7 @@ from sklearn.metrics import (
     f1_score,
     log_loss,
     precision_recall_fscore_support,
+    recall_score,
     top_k_accuracy_score,
 )
 
@@ -26,6 +27,7 @@ from helpers.evaluate import (
     normalised_confusion,
     oof_frame,
     per_class_table,
+    rare_classes,
     sample_losses,
     summary_metrics,
     tta_table,
@@ -274,3 +276,48 @@ def test_cam_layer_keeps_a_map_wide_enough_for_small_inputs() -> None:
     cams = grad_cam(model, image_batch(2, 32))
     assert cams.shape == (2, 32, 32)
     assert (cams.reshape(2, -1).std(1) > 0).all()  # a map, not a constant
+
+
+# --- imbalanced classes: recall first ----------------------------------------------------------------------
+
+
+def imbalanced_case(seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """60, 60, 40, 12 and 6 rows: classes 3 and 4 are rare (at most a third of the largest)."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(5), [60, 60, 40, 12, 6])
+    logits = rng.normal(size=(len(labels), 5))
+    logits[np.arange(len(labels)), labels] += 1.0
+    return labels, np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+
+
+def test_rare_classes_are_those_at_most_a_third_of_the_largest_when_imbalanced():
+    assert rare_classes(np.array([60, 60, 40, 12, 6])).tolist() == [3, 4]
+    assert rare_classes(np.array([30, 10, 11])).tolist() == [1]  # 30 / 10: imbalanced, exactly
+    assert rare_classes(np.array([30, 11, 12])).size == 0  # 30 / 11 < 3: balanced enough
+    assert rare_classes(np.array([30, 0, 12])).size == 0  # a class without rows has no recall to show
+    assert rare_classes(np.array([5])).size == 0
+
+
+def test_summary_metrics_add_the_rare_classes_recall_when_imbalanced():
+    labels, probs = imbalanced_case()
+    metrics = summary_metrics(labels, probs)
+    recall = recall_score(labels, probs.argmax(1), labels=np.arange(5), average=None)
+    assert metrics["rare_class_recall"] == pytest.approx(recall[[3, 4]].mean())
+    assert recall[[3, 4]].mean() != pytest.approx(recall.mean())
+    balanced_labels, balanced_probs = random_case(seed=6)
+    assert "rare_class_recall" not in summary_metrics(balanced_labels, balanced_probs)
+
+
+def test_per_class_table_puts_recall_first_and_lowest_first_when_imbalanced():
+    labels, probs = imbalanced_case()
+    classes = ["v", "w", "x", "y", "z"]
+    table = per_class_table(labels, probs, classes)
+    assert list(table.columns) == ["class", "recall", "precision", "f1", "support", "rare"]
+    assert table["recall"].is_monotonic_increasing
+    p, r, f, s = precision_recall_fscore_support(labels, probs.argmax(1), labels=np.arange(5))
+    by_class = table.set_index("class").loc[classes]
+    np.testing.assert_allclose(by_class["recall"], r)
+    np.testing.assert_allclose(by_class["precision"], p)
+    np.testing.assert_allclose(by_class["f1"], f)
+    np.testing.assert_array_equal(by_class["support"], s)
+    assert by_class["rare"].tolist() == [False, False, False, True, True]

@@ -30,6 +30,7 @@ from helpers.train import (
     build_parts,
     evaluate,
     fold_rows,
+    fold_targets,
     gather_predictions,
     multilabel_metrics,
     resolve_settings,
@@ -85,7 +86,7 @@ def test_mixup_and_cutmix_mix_multi_hot_targets_with_the_images_lambda(prepared)
     cfg, info, _ = prepared(mixup=0.4, cutmix=0.4, label_smoothing=0.0)
     cfg, _ = resolve_settings(cfg, info)
     model = timm.create_model("test_resnet", num_classes=info.num_classes)
-    parts = build_parts(cfg, model, info.num_classes, 1, CPU)
+    parts = build_parts(cfg, model, info.num_classes, 1, CPU, fold_targets(info, 0))
     targets = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 1, 1], [1, 1, 0, 0]], dtype=torch.float32)
     torch.manual_seed(0)
     for _ in range(6):  # mixup and cutmix batches both

@@ -253,3 +253,21 @@ def test_score_test_set_is_the_summary_metrics():
     table = score_test_set(labels, PROBS)
     assert list(table.columns) == ["test"]
     assert table["test"].to_dict() == summary_metrics(labels, PROBS)
+
+
+def test_04_shows_recall_first_when_the_classes_are_imbalanced(outputs, make_csv_dataset):
+    """9, 9 and 3 images: the summary adds the rare class's recall, the per-class table leads with recall."""
+    data = make_csv_dataset(per_class=9)
+    table = pd.read_csv(data / "train.csv")
+    table.drop(table.index[table["label"] == "fox"][3:]).to_csv(data / "train.csv", index=False)
+    cfg = tiny_config(data)
+    info, run = prepare_dataset(cfg), RunFolder.of(cfg).create()
+    checkpoints = {k: save_model(run.checkpoint(k, "best_score"), random_model(k), cfg) for k in (0, 1, 2)}
+    oof = evaluate_oof(cfg, run, info, checkpoints, CPU)
+    fox = oof.labels == CLASSES.index("fox")
+    fox_recall = float((oof.predicted[fox] == oof.labels[fox]).mean())
+    assert oof.summary.loc["rare_class_recall"].iloc[-1] == pytest.approx(fox_recall)
+    assert run.read_evaluation()["val_rare_class_recall_tta"] == pytest.approx(fox_recall)
+    per_class = oof.per_class()
+    assert list(per_class.columns)[0] == "recall" and per_class["recall"].is_monotonic_increasing
+    assert per_class["rare"].to_dict() == {"cat": False, "dog": False, "fox": True}

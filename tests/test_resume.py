@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -28,6 +29,7 @@ EPOCHS = 3
 SCRIPT = (
     textwrap.dedent(
         """
+    import json
     import os
     import sys
     import time
@@ -72,7 +74,7 @@ SCRIPT = (
         mixup=0.2,
         freeze_epochs=1,  # killed after the frozen epoch, resumed into the thawed ones
         layer_decay=0.8,
-        task=sys.argv[2],
+        **json.loads(sys.argv[2]),
     )
     info = prepare_dataset(cfg)
     train.train_folds(cfg, info, RunFolder.of(cfg))
@@ -90,11 +92,11 @@ def _env(outputs: Path, pause: float = 0.0) -> dict[str, str]:
 
 
 def _start(
-    script: Path, data: Path, outputs: Path, log: Path, task: str, pause: float = 0.0
+    script: Path, data: Path, settings: dict, outputs: Path, log: Path, pause: float = 0.0
 ) -> subprocess.Popen:
     with open(log, "w") as out:
         return subprocess.Popen(
-            [sys.executable, str(script), str(data), task],
+            [sys.executable, str(script), str(data), json.dumps(settings)],
             env=_env(outputs, pause),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -116,10 +118,18 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+# the imbalance options: the balanced sampler draws each epoch by (seed, epoch), like the shuffle
+BALANCED = {"sampler": "balanced", "class_weights": "balanced", "loss": "focal"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+@pytest.mark.parametrize(
+    ("task", "settings"),
+    [("multiclass", {}), ("multilabel", {}), ("multiclass", BALANCED)],
+    ids=["shuffle", "multilabel", "balanced"],
+)
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(
-    tmp_path, make_csv_dataset, make_multilabel_dataset, task
+    tmp_path, make_csv_dataset, make_multilabel_dataset, task, settings
 ):
     if task == "multilabel":  # multi-hot targets, mixed by mixup, validated by mAP and F1
         data = make_multilabel_dataset(name="resumedata", n=48)
@@ -127,15 +137,19 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(
     else:
         data = make_csv_dataset(name="resumedata", per_class=12)
         scores = ["val_acc", "ema_val_acc"]
+    if settings:  # imbalanced: 12, 12 and 4 images
+        table = pd.read_csv(data / "train.csv")
+        table.drop(table.index[table["label"] == "fox"][4:]).to_csv(data / "train.csv", index=False)
+    settings = {"task": task, **settings}
     script = tmp_path / "train_tiny.py"
     script.write_text(SCRIPT)
     dir_a, dir_b = tmp_path / "outputs_a", tmp_path / "outputs_b"
     run_a, run_b = RunFolder(dir_a / "runs" / RUN_NAME), RunFolder(dir_b / "runs" / RUN_NAME)
 
     # the uninterrupted run and the one to be killed run side by side
-    uninterrupted = _start(script, data, dir_a, tmp_path / "a.log", task)
+    uninterrupted = _start(script, data, settings, dir_a, tmp_path / "a.log")
     killed_log = tmp_path / "b_killed.log"
-    proc = _start(script, data, dir_b, killed_log, task, pause=120)
+    proc = _start(script, data, settings, dir_b, killed_log, pause=120)
     try:
         deadline = time.monotonic() + 240
         while not (run_b.path / "epoch0.recorded").exists():
@@ -148,10 +162,11 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(
     assert proc.returncode == -9
     killed = torch.load(run_b.checkpoint(0, "last"), weights_only=True)
     assert killed["epoch"] == 0 and not killed["finished"]
+    assert {k: killed["config"][k] for k in settings} == settings
     assert pd.read_csv(run_b.metrics)["epoch"].tolist() == [0]
 
     resumed_log = tmp_path / "b_resumed.log"
-    resumed = _start(script, data, dir_b, resumed_log, task)
+    resumed = _start(script, data, settings, dir_b, resumed_log)
     _finish(uninterrupted, tmp_path / "a.log")
     _finish(resumed, resumed_log)
 

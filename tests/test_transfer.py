@@ -17,7 +17,7 @@ from helpers.dataset import prepare_dataset
 from helpers.model import create_model
 from helpers.run_folder import RunFolder
 from helpers.schedules import build_schedule
-from helpers.train import build_parts, resolve_settings, train_fold
+from helpers.train import build_parts, fold_targets, resolve_settings, train_fold
 from helpers.transfer import body_is_frozen, build_optimizer, freeze_body, head_parameters
 
 CPU = torch.device("cpu")
@@ -123,7 +123,7 @@ def test_optimizer_groups_and_lrs_follow_timms_layer_decay(prepared):
 def test_the_schedules_keep_the_layer_ratios(prepared, scheduler):
     cfg, info, _ = prepared(layer_decay=0.5, lr=0.01, scheduler=scheduler, warmup_epochs=1.0, epochs=3)
     model = create_model("test_resnet", info.num_classes)
-    parts = build_parts(cfg, model, info.num_classes, updates_per_epoch=4, device=CPU)
+    parts = build_parts(cfg, model, info.num_classes, 4, CPU, fold_targets(info, 0))
     peaks = {i: 0.0 for i in range(len(parts.optimizer.param_groups))}
     for _ in range(12):
         for i, group in enumerate(parts.optimizer.param_groups):
