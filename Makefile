@@ -8,7 +8,7 @@ SWEEP_BACKBONES ?= resnet18,mobilenetv3_small_100
 SWEEP_ARGS ?= $(DEMO_PARAMS)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo sweep leaderboard test test-fast lab bench clean-outputs
+.PHONY: setup demo demo-multilabel sweep leaderboard test test-fast lab bench clean-outputs
 
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,14 @@ setup: $(STAMP)
 
 demo: setup
 	$(PY) -m helpers.runner --backbone resnet18 $(DEMO_PARAMS)
+	$(PY) -m helpers.leaderboard
+
+# the same series on the multi-label demo (data/digits_multilabel: 64 px images of 1-4 digits, labelled
+# with the set of digits shown), as its own run
+MULTILABEL_PARAMS ?= -p img_size 64 -p run_name resnet18_multilabel
+demo-multilabel: setup
+	$(PY) -m helpers.runner --backbone resnet18 -p data_dir data/digits_multilabel -p label_col labels \
+		-p task multilabel $(MULTILABEL_PARAMS)
 	$(PY) -m helpers.leaderboard
 
 # outputs/leaderboard.csv and .png from every run folder

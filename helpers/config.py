@@ -34,7 +34,7 @@ Sampler = Literal["shuffle", "balanced"]
 Stage = Literal["run", "data", "train", "predict", "machine"]
 FIXED_STAGES = ("data", "train")
 # a value that asks the kit to choose; the choice is saved, and asking again never contradicts it
-AUTOMATIC = {"img_size": 0, "crop_pct": 0.0}
+AUTOMATIC = {"img_size": 0, "crop_pct": 0.0, "task": "auto"}
 
 
 class ConfigError(ValueError):
@@ -267,7 +267,11 @@ class Config:
         )
         if self.layout == "csv" or self.layout == "auto":
             need(bool(self.id_col or self.path_col), "id_col", "set id_col or path_col")
-            need(bool(self.label_col), "label_col", "must name the label column")
+            need(
+                bool(self.label_col or self.label_cols),
+                "label_col",
+                "must name the label column (or set label_cols to one 0/1 column per class)",
+            )
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

@@ -19,6 +19,7 @@ from helpers.demo import ensure_demo_data
 from helpers.diagnoses import diagnose
 from helpers.folds import TRAIN_ONLY, Split, given_split, kit_split, load_or_make_folds
 from helpers.health import FIXES, check_images
+from helpers.label_sets import canonical_label, read_label_sets
 from helpers.paths import datasets_dir, resolve_path
 from helpers.run_folder import RunFolder
 from helpers.tables import (
@@ -30,11 +31,17 @@ from helpers.tables import (
     row_keys,
     split_source,
 )
+from helpers.targets import Task, encode_label_set
 
 
 @dataclass
 class DataInfo:
-    """A prepared dataset: the clean table (id, path, label, label_idx, group, fold, height, width) and more."""
+    """A prepared dataset: the clean table (id, path, label, label_idx, group, fold, height, width) and more.
+
+    `label` is the class, or (multilabel) the label set in class order joined by label_sep; `label_idx`
+    the class index, or the set's sorted class indices (helpers.targets.encode_label_set): ask
+    helpers.targets.target_array for arrays.
+    """
 
     name: str
     data_dir: Path
@@ -45,6 +52,8 @@ class DataInfo:
     problems: pd.DataFrame  # every problem found, dropped or not
     n_rows: int  # rows in the source table
     split: Split  # the validation parts: the kit's K folds, or the split the data gives
+    task: Task = "multiclass"  # resolved: what the labels are (`task='auto'` decided by the labels)
+    task_reason: str = ""  # why it is that task, in one line (01 prints it)
 
     @property
     def num_classes(self) -> int:
@@ -78,6 +87,8 @@ def prepare_dataset(cfg: Config, run: RunFolder | None = None) -> DataInfo:
     folder = datasets_dir() / name
     layout = detect_layout(cfg, data_dir)
     frame, problems = read_labels(cfg, data_dir)
+    frame, task, task_reason, label_problems = read_label_sets(cfg, frame)
+    problems = pd.concat([problems, label_problems], ignore_index=True)
     source = split_source(cfg, data_dir)
 
     outside = problems[problems["problem"].str.contains("outside")]
@@ -109,7 +120,9 @@ def prepare_dataset(cfg: Config, run: RunFolder | None = None) -> DataInfo:
 
     clean = frame[~row_keys(frame).isin(_row_problem_keys(problems))]
     class_problems = (
-        _split_class_problems(clean, source) if source else _small_class_problems(clean, cfg.n_folds)
+        _split_class_problems(clean, source)
+        if source
+        else _small_class_problems(clean, cfg.n_folds, cfg.label_cols)
     )
     problems = pd.concat([problems, class_problems], ignore_index=True)
     problems = problems.sort_values(["table", "line"], kind="stable", na_position="last").reset_index(
@@ -128,29 +141,41 @@ def prepare_dataset(cfg: Config, run: RunFolder | None = None) -> DataInfo:
             diagnose(cfg, data_dir, problems),
         )
     clean = frame[~row_keys(frame).isin(_row_problem_keys(problems))]
-    small = problems.loc[problems["line"].isna(), "id"]
-    clean = clean[~clean["label"].astype(str).isin(small)].drop(columns="problem").reset_index(drop=True)
+    small = set(problems.loc[problems["line"].isna(), "id"])
+    # a class left out takes the rows that hold it
+    clean = clean[~clean["tokens"].map(lambda tokens: bool(small.intersection(tokens)))]
+    clean = clean.drop(columns="problem").reset_index(drop=True)
     if run is not None:
         run.write_dropped_rows(problems)
-    if clean["label"].nunique() < 2:
+    classes = class_names(clean["tokens"].explode().dropna())
+    least = 2 if task == "multiclass" else 1  # a multilabel class may be one yes/no question
+    if len(classes) < least:
         raise DataError(
-            f"after dropping bad rows, {data_dir} has fewer than 2 classes left to train on.", problems
+            f"after dropping bad rows, {data_dir} has fewer than {least} classes left to train on.", problems
         )
 
-    classes = class_names(clean["label"])
-    clean["label"] = clean["label"].astype(str)
-    clean["label_idx"] = clean["label"].map({c: i for i, c in enumerate(classes)})
+    order = {c: i for i, c in enumerate(classes)}
+    if task == "multiclass":
+        clean["label"] = clean["tokens"].str[0]
+        clean["label_idx"] = clean["label"].map(order)
+    else:
+        clean["label"] = clean["tokens"].map(lambda tokens: canonical_label(tokens, order, cfg.label_sep))
+        clean["label_idx"] = clean["tokens"].map(lambda tokens: encode_label_set(order[t] for t in tokens))
     atomic_write_text(folder / "classes.json", json.dumps(classes, indent=2) + "\n")
     if source:
         clean["fold"] = clean["given_fold"].astype(int)
         split = given_split(clean["fold"].to_numpy(), source)
     else:
-        clean["fold"] = load_or_make_folds(clean, cfg.n_folds, cfg.seed, bool(cfg.group_col), folder)
-        split = kit_split(cfg.n_folds, cfg.seed, bool(cfg.group_col))
-    clean = clean.drop(columns=["given_fold", "split_value"], errors="ignore")
+        clean["fold"] = load_or_make_folds(
+            clean, cfg.n_folds, cfg.seed, bool(cfg.group_col), folder, task, len(classes)
+        )
+        split = kit_split(cfg.n_folds, cfg.seed, bool(cfg.group_col), task)
+    clean = clean.drop(columns=["given_fold", "split_value", "tokens"], errors="ignore")
     if run is not None:
         run.write_split(split.to_dict())
-    return DataInfo(name, data_dir, layout, folder, clean, classes, problems, len(frame), split)
+    return DataInfo(
+        name, data_dir, layout, folder, clean, classes, problems, len(frame), split, task, task_reason
+    )
 
 
 def _row_problem_keys(problems: pd.DataFrame) -> pd.MultiIndex:
@@ -160,11 +185,12 @@ def _row_problem_keys(problems: pd.DataFrame) -> pd.MultiIndex:
 def _split_class_problems(clean: pd.DataFrame, source: str) -> pd.DataFrame:
     """Every class must have images in each validation part of a given split, and outside it to train on."""
     rows = []
-    labels = clean["label"].astype(str)
+    each = clean[["tokens", "given_fold"]].explode("tokens").dropna(subset="tokens")
+    labels = each["tokens"].astype(str)
     classes = sorted(labels.unique())
     for part in sorted(int(f) for f in clean["given_fold"].unique() if f != TRAIN_ONLY):
-        inside = set(labels[clean["given_fold"] == part])
-        outside = set(labels[clean["given_fold"] != part])
+        inside = set(labels[each["given_fold"] == part])
+        outside = set(labels[each["given_fold"] != part])
         name = (
             "the validation part" if (clean["given_fold"] == TRAIN_ONLY).any() else f"validation fold {part}"
         )
@@ -188,8 +214,10 @@ def _split_class_problems(clean: pd.DataFrame, source: str) -> pd.DataFrame:
     return problem_frame(rows)
 
 
-def _small_class_problems(clean: pd.DataFrame, n_folds: int) -> pd.DataFrame:
-    counts = clean["label"].astype(str).value_counts()
+def _small_class_problems(clean: pd.DataFrame, n_folds: int, columns: list[str]) -> pd.DataFrame:
+    """A problem per class held by fewer than n_folds images (a wide table's column marked by none too)."""
+    counts = clean["tokens"].explode().dropna().astype(str).value_counts()  # images holding each class
+    counts = counts.reindex(list(dict.fromkeys([*counts.index, *columns])), fill_value=0)
     return problem_frame(
         [
             {

@@ -1,7 +1,8 @@
 """Cross-validation folds, persisted with the dataset so every run and every backbone of a sweep shares them.
 
-The folds file is keyed by a hash of the source table (ids, labels, groups), K and the seed: an edited
-table gets new folds instead of stale ones. A split the data gives (a validation folder or table, a split
+The folds file is keyed by a hash of the source table (ids, labels, groups; the task and label sets of a
+multilabel table), K and the seed: an edited table gets new folds instead of stale ones. Multilabel rows
+are stratified over every class at once (iterative-stratification's MultilabelStratifiedKFold). A split the data gives (a validation folder or table, a split
 column) is used as given: the `fold` column then holds its validation parts, and -1 for rows that are only
 ever trained on; `Split` says which kind a run used.
 """
@@ -16,9 +17,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from helpers.atomic import atomic_to_csv, atomic_write_text
+from helpers.targets import Task, target_array
 
 TRAIN_ONLY = -1  # the `fold` of a row no validation part holds (the training side of a fixed split)
 
@@ -46,9 +49,10 @@ class Split:
         return asdict(self)
 
 
-def kit_split(n_folds: int, seed: int, grouped: bool) -> Split:
+def kit_split(n_folds: int, seed: int, grouped: bool, task: Task = "multiclass") -> Split:
     """The split the kit makes when the data gives none."""
-    how = f"stratified{' group' if grouped else ''} K-fold, seed {seed}"
+    kind = "multi-label stratified" if task == "multilabel" else "stratified"
+    how = f"{kind}{' group' if grouped else ''} K-fold, seed {seed}"
     return Split("k-fold", how, list(range(n_folds)))
 
 
@@ -72,31 +76,67 @@ def assign_folds(labels: pd.Series, groups: pd.Series | None, n_folds: int, seed
     return folds
 
 
-def table_hash(table: pd.DataFrame) -> str:
-    """A hash of what decides the folds: ids, labels and groups, in order."""
-    return hashlib.sha256(
-        table[["id", "label", "group"]].astype(str).to_csv(index=False).encode()
-    ).hexdigest()[:16]
+def assign_multilabel_folds(
+    targets: np.ndarray, groups: pd.Series | None, n_folds: int, seed: int
+) -> np.ndarray:
+    """A fold index per row, stratified over every class of (N, C) multi-hot targets by
+    iterative-stratification's MultilabelStratifiedKFold (Sechidis et al.'s iterative stratification).
+
+    With groups, the groups are what is split, each stratified by the union of its rows' labels, and every
+    row takes its group's fold: no group spans two folds (the package has no group variant).
+    """
+    if groups is None:
+        units, members = targets, np.arange(len(targets))
+    else:
+        codes, uniques = pd.factorize(groups.astype(str))
+        units = np.zeros((len(uniques), targets.shape[1]), dtype=targets.dtype)
+        np.maximum.at(units, codes, targets)
+        members = codes
+    splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    unit_folds = np.full(len(units), -1, dtype=int)
+    for k, (_, val_idx) in enumerate(splitter.split(np.zeros(len(units)), units)):
+        unit_folds[val_idx] = k
+    return unit_folds[members]
+
+
+def table_hash(table: pd.DataFrame, task: Task = "multiclass") -> str:
+    """A hash of what decides the folds: ids, labels (a multilabel row's set) and groups, in order, and the
+    task when it is multilabel (a multiclass table hashes as it always has)."""
+    text = table[["id", "label", "group"]].astype(str).to_csv(index=False)
+    if task == "multilabel":
+        text = "task=multilabel\n" + text + table["label_idx"].astype(str).str.cat(sep="\n")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def load_or_make_folds(
-    table: pd.DataFrame, n_folds: int, seed: int, use_groups: bool, folder: Path
+    table: pd.DataFrame,
+    n_folds: int,
+    seed: int,
+    use_groups: bool,
+    folder: Path,
+    task: Task = "multiclass",
+    num_classes: int = 0,
 ) -> np.ndarray:
-    """The persisted folds for this table, K and seed, made and saved first if missing or stale."""
+    """The persisted folds for this table, K, seed and task, made and saved first if missing or stale.
+
+    Multiclass rows are stratified by `label`; multilabel rows by their `label_idx` sets (num_classes wide).
+    """
     stem = f"folds_k{n_folds}_seed{seed}" + ("_grouped" if use_groups else "")
+    stem += "_multilabel" if task == "multilabel" else ""
     csv_path, meta_path = folder / f"{stem}.csv", folder / f"{stem}.json"
-    digest = table_hash(table)
+    digest = table_hash(table, task)
     if meta_path.exists() and csv_path.exists() and json.loads(meta_path.read_text()).get("hash") == digest:
         saved = pd.read_csv(csv_path, dtype={"id": str})
         return saved.set_index("id").loc[table["id"].astype(str), "fold"].to_numpy()
     groups = table["group"] if use_groups else None
-    folds = assign_folds(table["label"].astype(str), groups, n_folds, seed)
+    if task == "multilabel":
+        folds = assign_multilabel_folds(target_array(table, num_classes, task), groups, n_folds, seed)
+    else:
+        folds = assign_folds(table["label"].astype(str), groups, n_folds, seed)
     atomic_to_csv(
         pd.DataFrame({"id": table["id"], "label": table["label"], "group": table["group"], "fold": folds}),
         csv_path,
     )
-    atomic_write_text(
-        meta_path,
-        json.dumps({"hash": digest, "n_folds": n_folds, "seed": seed, "grouped": use_groups}, indent=2),
-    )
+    meta = {"hash": digest, "n_folds": n_folds, "seed": seed, "grouped": use_groups, "task": task}
+    atomic_write_text(meta_path, json.dumps(meta, indent=2))
     return folds

@@ -3,7 +3,8 @@
 Paths derive from this file, never from the working directory, so a notebook behaves the same from
 JupyterLab (cwd notebooks/), papermill (any cwd) and nbval. In a kit checkout the project root is the
 folder holding this package. `KIT_ROOT` names another project root, `KIT_OUTPUTS` moves the outputs folder
-(the tests use it to write into a temporary folder) and `KIT_DEMO_DATA` the demo data.
+(the tests use it to write into a temporary folder), `KIT_DEMO_DATA` the demo data and `KIT_DEMO_MULTILABEL`
+the multi-label demo data.
 
 Installed outside a checkout (a plain `pip install` into site-packages) there is no project root: asking
 for a folder that derives from it raises OutsideCheckoutError naming the variable to set, instead of
@@ -59,6 +60,14 @@ def demo_data_dir() -> Path:
         return Path(demo)
     fix = "set KIT_DEMO_DATA to a folder for it (or KIT_ROOT to a project folder)"
     return project_root("the demo data", fix) / "data" / "digits"
+
+
+def multilabel_demo_dir() -> Path:
+    """The multi-label demo data (`make demo-multilabel`): beside the digits demo, or KIT_DEMO_MULTILABEL."""
+    if demo := os.environ.get("KIT_DEMO_MULTILABEL"):
+        return Path(demo)
+    fix = "set KIT_DEMO_MULTILABEL to a folder for it (or KIT_ROOT to a project folder)"
+    return project_root("the multi-label demo data", fix) / "data" / "digits_multilabel"
 
 
 def resolve_path(path: str) -> Path:

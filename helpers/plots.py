@@ -83,6 +83,39 @@ def show_class_counts(labels: pd.Series, classes: Sequence[str], named: int = 10
     return fig
 
 
+def show_label_sets(index_sets: Sequence[Sequence[int]], classes: Sequence[str]) -> Figure:
+    """A multilabel table's label sets: how many labels the images have (cardinality), and how often two
+    classes label the same image (co-occurrence counts; the diagonal is each class's images). With more
+    than MANY_CLASSES classes, the most frequent ones."""
+    sizes = pd.Series([len(s) for s in index_sets]).value_counts().sort_index()
+    hot = np.zeros((len(index_sets), len(classes)), dtype=np.int64)
+    for row, indices in enumerate(index_sets):
+        hot[row, list(indices)] = 1
+    together = hot.T @ hot
+    keep = np.argsort(-np.diag(together), kind="stable")[:MANY_CLASSES]
+    keep.sort()
+    together, names = together[np.ix_(keep, keep)], [classes[i] for i in keep]
+    n = len(names)
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(4 + max(4, 0.45 * n + 2), max(3.2, 0.45 * n + 1.5)), width_ratios=[1, 2]
+    )
+    left.bar(sizes.index.astype(str), sizes.to_numpy(), color="tab:blue")
+    mean = float(np.mean([len(s) for s in index_sets]))
+    left.set(xlabel="labels per image", ylabel="images", title=f"Label cardinality (mean {mean:.2f})")
+    shown = right.imshow(together, cmap="Blues")
+    right.set_xticks(range(n), names, rotation=90 if n > 12 else 0, fontsize=7)
+    right.set_yticks(range(n), names, fontsize=7)
+    if n <= 15:
+        for (i, j), count in np.ndenumerate(together):
+            color = "white" if count > together.max() / 2 else "black"
+            right.text(j, i, str(count), ha="center", va="center", fontsize=7, color=color)
+    fig.colorbar(shown, ax=right, fraction=0.046)
+    what = "classes" if n == len(classes) else f"the {n} most frequent of {len(classes)} classes"
+    right.set_title(f"Images labelled with both ({what})")
+    fig.tight_layout()
+    return fig
+
+
 def most_confused_classes(matrix: np.ndarray, n: int = MANY_CLASSES) -> np.ndarray:
     """The indices of the n classes with the largest off-diagonal share in a row-normalised confusion
     matrix (missed as true class plus taken for another), most confused first."""

@@ -17,6 +17,7 @@ import pandas as pd
 from helpers.config import Config
 
 PROBLEM_COLUMNS = ["table", "line", "id", "file", "problem", "fix"]
+WIDE_PREFIX = "wide:"  # a label_cols column as the reader keeps it, for helpers.label_sets
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VALIDATION_FOLDERS = ("val", "valid", "validation")  # beside train/: one fixed split, as timm reads them
 TRAIN_WORDS = {"train", "training", "trn", "false"}  # split_col values of training rows (is_valid=False)
@@ -99,6 +100,12 @@ def split_source(cfg: Config, data_dir: Path) -> str:
 def read_labels(cfg: Config, data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The label table of either layout and the problems found in its rows (before images are read)."""
     if detect_layout(cfg, data_dir) == "imagefolder":
+        if cfg.task == "multilabel" or cfg.label_cols:
+            raise DataError(
+                f"{data_dir} is an ImageFolder tree (train/<class>/), where each image has the one class of its "
+                "folder: a multi-label task needs a label table (label_col with label_sep, or label_cols). "
+                "Set task='multiclass' (or 'auto') and leave label_cols empty, or give a CSV table."
+            )
         if cfg.split_col or cfg.val_csv:
             raise DataError(
                 f"{data_dir} is an ImageFolder tree, where split_col and val_csv mean nothing: its validation "
@@ -190,7 +197,8 @@ def read_table(cfg: Config, path: Path) -> pd.DataFrame:
 def read_csv_layout(
     cfg: Config, data_dir: Path, csv_name: str | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The CSV table + image folder layout, with the row problems a table can have on its own."""
+    """The CSV table + image folder layout, with the row problems a table can have on its own (its labels
+    are checked by helpers.label_sets, once the task is known)."""
     csv_name = csv_name or cfg.csv_name
     csv_path = data_dir / csv_name
     if not csv_path.is_file():
@@ -198,7 +206,8 @@ def read_csv_layout(
         raise DataError(f"{csv_path} does not exist; set data_dir and {setting} to the label table.")
     raw = read_table(cfg, csv_path)
     key = cfg.path_col or cfg.id_col
-    needed = [c for c in (key, cfg.label_col, cfg.group_col) if c]
+    label_cols = cfg.label_cols or [cfg.label_col]
+    needed = [c for c in (key, *label_cols, cfg.group_col) if c]
     if cfg.split_col and csv_name == cfg.csv_name:
         needed.append(cfg.split_col)
     missing = [c for c in needed if c not in raw.columns]
@@ -206,7 +215,7 @@ def read_csv_layout(
         found = table_format_problem(csv_path, list(raw.columns), cfg.csv_sep)
         raise DataError(
             f"{csv_path} has no column(s) {missing}. Its columns are {list(raw.columns)}: "
-            "set id_col / label_col / group_col / path_col / split_col to the right names.",
+            "set id_col / label_col (or label_cols) / group_col / path_col / split_col to the right names.",
             causes=[found] if found else [],
         )
     if raw.empty:
@@ -218,10 +227,15 @@ def read_csv_layout(
             "table": "" if csv_name == cfg.csv_name else csv_name,
             "line": raw.index + 2,
             "id": raw[cfg.id_col].fillna("") if cfg.id_col in raw.columns else raw[key].fillna(""),
-            "label": raw[cfg.label_col],
+            # wide columns: their values side by side, so a repeated id with other values is a conflict
+            "label": raw[label_cols].fillna("").agg(" ".join, axis=1)
+            if cfg.label_cols
+            else raw[cfg.label_col],
             "group": raw[cfg.group_col].fillna("") if cfg.group_col else "",
         }
     )
+    for column in cfg.label_cols:  # read into label sets by helpers.label_sets
+        frame[WIDE_PREFIX + column] = raw[column]
     if cfg.split_col in raw.columns:
         frame["split_value"] = raw[cfg.split_col]
     names = raw[key].fillna("") + ("" if cfg.path_col else cfg.image_ext)
@@ -238,10 +252,6 @@ def read_csv_layout(
                     f"{key} points outside {image_dir}",
                     f"{key} must name a file inside image_dir; fix or delete the line",
                 )
-            )
-        if pd.isna(r.label) or not str(r.label).strip():
-            problems.append(
-                _problem(r, f"empty label in {cfg.label_col}", "fill in the label or delete the line")
             )
     problems += _duplicate_problems(frame)
     return frame, problem_frame(problems)

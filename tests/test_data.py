@@ -445,7 +445,13 @@ def test_folds_persisted_and_reused(outputs, csv_dataset):
     info = prepare_dataset(cfg)
     csv_path = info.folder / f"folds_k{N_FOLDS}_seed42.csv"
     meta = json.loads((info.folder / f"folds_k{N_FOLDS}_seed42.json").read_text())
-    assert meta == {"hash": table_hash(info.table), "n_folds": N_FOLDS, "seed": 42, "grouped": False}
+    assert meta == {
+        "hash": table_hash(info.table),
+        "n_folds": N_FOLDS,
+        "seed": 42,
+        "grouped": False,
+        "task": "multiclass",
+    }
     saved = pd.read_csv(csv_path, dtype={"id": str})
     assert list(saved["id"]) == list(info.table["id"])
     assert list(saved["fold"]) == list(info.table["fold"])
