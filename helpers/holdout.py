@@ -16,6 +16,7 @@ import pandas as pd
 
 from helpers.config import Config
 from helpers.health import FIXES, check_images
+from helpers.label_sets import split_label
 from helpers.tables import DataError, problem_frame
 from helpers.targets import multi_hot
 
@@ -74,7 +75,7 @@ def test_labels(cfg: Config, data_dir: Path, test: pd.DataFrame, classes: Sequen
         labels = truth.loc[test["id"]]
     else:
         return None
-    sets = [_split(v, cfg.label_sep) for v in labels] if multilabel else [[v] for v in labels]
+    sets = [split_label(v, cfg.label_sep) for v in labels] if multilabel else [[v] for v in labels]
     unknown = sorted({label for s in sets for label in s} - set(classes))
     if unknown:
         raise DataError(
@@ -85,13 +86,6 @@ def test_labels(cfg: Config, data_dir: Path, test: pd.DataFrame, classes: Sequen
     if multilabel:
         return multi_hot([[index[label] for label in s] for s in sets], len(classes)).astype(int)
     return labels.map(index).to_numpy()
-
-
-def _split(value: object, sep: str) -> list[str]:
-    """A written label set's labels (a missing value is the empty set)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return []
-    return [part.strip() for part in str(value).split(sep) if part.strip()]
 
 
 def no_test_set(cfg: Config, data_dir: Path, layout: str) -> str:

@@ -295,7 +295,7 @@ def label_set_lines(
     return lines
 
 
-def show_label_sets(
+def show_set_grid(
     images: Sequence[np.ndarray],
     lines: Sequence[Sequence[tuple[str, str]]],
     ncols: int = 8,

@@ -67,9 +67,9 @@ from helpers.plots import (
     label_set_lines,
     show_cam,
     show_confusion,
-    show_label_sets,
     show_pr_curves,
     show_predictions,
+    show_set_grid,
 )
 from helpers.run_folder import RunFolder, metric_key
 from helpers.targets import Task, target_array, task_of, to_probabilities
@@ -248,7 +248,7 @@ def show_set_predictions(
         for i in range(min(n, len(rows)))
     ]
     images = [read_image(p) for p in rows["path"].head(n)]
-    return show_label_sets(images, lines)
+    return show_set_grid(images, lines)
 
 
 def show_predicted_batch(oof: OofEvaluation, n: int = 32) -> Figure:

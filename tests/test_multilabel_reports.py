@@ -67,7 +67,7 @@ def prepared(outputs, csv_dataset) -> tuple[Config, DataInfo, RunFolder]:
     )
     run = RunFolder.of(cfg).create()
     run.write_config(cfg)
-    return cfg, dataclasses.replace(info, table=table), run
+    return cfg, dataclasses.replace(info, table=table, task="multilabel"), run
 
 
 def random_model(seed: int) -> torch.nn.Module:
