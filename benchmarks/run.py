@@ -1,6 +1,6 @@
 """`make bench`: every benchmark of the kit, one after the other, into benchmarks/RESULTS.md.
 
-    python benchmarks/run.py [--quick] [--only datapath,accuracy,transfer,inference,scale,labels,demo] [--out FILE]
+    python benchmarks/run.py [--quick] [--only datapath,accuracy,transfer,inference,scale,labels,demo,multilabel] [--out FILE]
 
 Parts (each in its own process, in turn, so they never compete for the cores):
   datapath   training images/s through the real loader / on the same batches in memory (bench_datapath.py)
@@ -11,10 +11,12 @@ Parts (each in its own process, in turn, so they never compete for the cores):
   scale      01's image check at 10k/30k/100k images, the loader's memory over an epoch (bench_scale.py)
   labels     label errors found among deliberately flipped labels of the digits (bench_label_issues.py)
   demo       the whole notebook series' wall time and where it goes (bench_demo.py; skipped with --quick)
+  multilabel the multi-label demo series: out-of-fold and test mAP, F1, training time (bench_multilabel.py;
+             skipped with --quick)
 The report gives the machine, the date and the load average, and only medians over repeats and ratios
 measured within one run: a shared 2-core machine's absolute times move by 2x from one minute to the next.
 --quick (a few minutes): fewer and shorter repeats, small scale sizes, one training epoch, one transfer draw,
-no demo.
+no demo, no multi-label demo.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ sys.path.insert(0, str(HERE))
 import bench_datapath  # noqa: E402
 import bench_demo  # noqa: E402
 import bench_label_issues  # noqa: E402
+import bench_multilabel  # noqa: E402
 import bench_scale  # noqa: E402
 import bench_transfer  # noqa: E402
 from machine import machine  # noqa: E402
 
-PARTS = ["datapath", "accuracy", "transfer", "inference", "scale", "labels", "demo"]
+PARTS = ["datapath", "accuracy", "transfer", "inference", "scale", "labels", "demo", "multilabel"]
 RESULTS = HERE / "RESULTS.md"
 PART_TIMEOUT_S = 1500
 
@@ -100,6 +103,14 @@ def part_demo(quick: bool, work: Path) -> list[str]:
     return bench_demo.markdown(json.loads(out.read_text()))
 
 
+def part_multilabel(quick: bool, work: Path) -> list[str]:
+    if quick:
+        return ["Skipped in --quick mode (the full series takes minutes); run `make bench` for it."]
+    out = work / "multilabel.json"
+    _python([str(HERE / "bench_multilabel.py"), "--json", str(out)])
+    return bench_multilabel.markdown(json.loads(out.read_text()))
+
+
 TITLES = {
     "datapath": "1. Data-path efficiency (training)",
     "accuracy": "2. Accuracy at budget",
@@ -108,6 +119,7 @@ TITLES = {
     "scale": "5. Scale: validation and loader memory",
     "labels": "6. Label errors: flipped labels found by helpers.label_issues",
     "demo": "7. The demo series",
+    "multilabel": "8. The multi-label demo",
 }
 
 
