@@ -22,7 +22,7 @@ Optimizer = Literal["adamw", "sgd"]
 Scheduler = Literal["onecycle", "cosine", "warmup_cosine", "cosine_restarts", "plateau", "none"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Preset = Literal["none", "light", "medium", "heavy"]
-Monitor = Literal["val_acc", "val_loss"]
+Monitor = Literal["auto", "val_acc", "val_map", "val_loss"]
 CheckpointKind = Literal["best_score", "best_loss", "last", "ema"]
 TaskSetting = Literal["auto", "multiclass", "multilabel"]
 Loss = Literal["default", "focal", "asl"]
@@ -34,7 +34,7 @@ Sampler = Literal["shuffle", "balanced"]
 Stage = Literal["run", "data", "train", "predict", "machine"]
 FIXED_STAGES = ("data", "train")
 # a value that asks the kit to choose; the choice is saved, and asking again never contradicts it
-AUTOMATIC = {"img_size": 0, "crop_pct": 0.0, "task": "auto"}
+AUTOMATIC = {"img_size": 0, "crop_pct": 0.0, "task": "auto", "monitor": "auto"}
 
 
 class ConfigError(ValueError):
@@ -131,7 +131,8 @@ class Config:
     ema_decay: float = setting(0.998, "train")
     mixup: float = setting(0.0, "train")  # mixup alpha; 0 disables
     cutmix: float = setting(0.0, "train")  # cutmix alpha; 0 disables
-    monitor: Monitor = setting("val_acc", "train")  # metric that picks best_score and drives early stopping
+    # metric that picks best_score and drives early stopping; auto: val_acc (multiclass), val_map (multilabel)
+    monitor: Monitor = setting("auto", "train")
     patience: int = setting(0, "train")  # epochs without improvement before stopping; 0 disables
     num_workers: int = setting(-1, "machine")  # loader processes; -1: a choice for this machine's cores
     cache_images: bool = setting(True, "machine")  # keep decoded images in RAM when they fit in cache_mb

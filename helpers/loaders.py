@@ -23,6 +23,7 @@ from helpers.augment import build_eval_transform, build_train_transform
 from helpers.config import Config
 from helpers.images import read_image
 from helpers.precision import pick_device
+from helpers.targets import Task, target_array
 
 SEED_STRIDE = 1_000_003
 
@@ -63,17 +64,20 @@ class EpochSampler(Sampler[int]):
 
 
 class ImageDataset(Dataset):
-    """Images by path (or from a RAM cache) through an albumentations transform; yields (tensor, label, index)."""
+    """Images by path (or from a RAM cache) through an albumentations transform; yields (tensor, target,
+    index). `labels` are helpers.targets.target_array's: class indices (N,) or multi-hot rows (N, C)."""
 
     def __init__(
         self,
         paths: Sequence[str],
-        labels: Sequence[int],
+        labels: Sequence[int] | np.ndarray,
         transform: Callable,
         seed: int = 0,
         cache: list[np.ndarray] | None = None,
     ):
-        self.paths, self.labels = list(paths), np.asarray(labels, dtype=np.int64)
+        self.paths, self.labels = list(paths), np.asarray(labels)
+        if self.labels.ndim == 1:
+            self.labels = self.labels.astype(np.int64)
         self.transform, self.seed, self.cache = transform, seed, cache
 
     def __len__(self) -> int:
@@ -82,7 +86,7 @@ class ImageDataset(Dataset):
     def image(self, index: int) -> np.ndarray:
         return self.cache[index] if self.cache is not None else read_image(self.paths[index])
 
-    def __getitem__(self, key: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, key: int) -> tuple[torch.Tensor, int | torch.Tensor, int]:
         index = key % len(self.paths)
         if hasattr(self.transform, "set_random_state"):
             # one generator pair shared by the pipeline (set_random_seed would seed every transform alike,
@@ -90,7 +94,8 @@ class ImageDataset(Dataset):
             seed = sample_seed(self.seed, key)
             self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         tensor = self.transform(image=self.image(index))["image"]
-        return tensor, int(self.labels[index]), index
+        label = self.labels[index]
+        return tensor, int(label) if self.labels.ndim == 1 else torch.from_numpy(label), index
 
 
 def load_cache(
@@ -162,8 +167,12 @@ def build_loader(
     device: torch.device,
     num_replicas: int = 1,
     rank: int = 0,
+    num_classes: int = 0,
 ) -> DataLoader:
     """The loader over a table's rows (`path`; `label_idx`, `height` and `width` when known) for one fold.
+
+    Its targets are helpers.targets.target_array's for the run's task (cfg.task): class indices, or
+    multi-hot float rows `num_classes` wide (multilabel rows with labels need num_classes).
 
     Training's loader shuffles and augments with the fold's seed, in batches of batch_size (full batches
     only with mixup or cutmix, which pair images); the others keep the rows' order, resize only, in batches
@@ -174,7 +183,14 @@ def build_loader(
     transform = (
         build_train_transform(cfg.augment, size) if train else build_eval_transform(size, cfg.crop_pct)
     )
-    labels = rows["label_idx"] if "label_idx" in rows else np.zeros(len(rows), dtype=np.int64)
+    labels = np.zeros(len(rows), dtype=np.int64)
+    if "label_idx" in rows:
+        task: Task = "multilabel" if cfg.task == "multilabel" else "multiclass"
+        if task == "multilabel" and num_classes < 1:
+            raise ValueError(
+                "build_loader: a multilabel table's targets need num_classes (DataInfo.num_classes)"
+            )
+        labels = target_array(rows, num_classes, task)
     sized = {"height", "width"} <= set(rows.columns)
     cache = (
         load_cache(rows["path"], rows["height"], rows["width"], cfg.cache_mb)

@@ -31,7 +31,14 @@ from helpers.loaders import build_loader
 from helpers.model import create_model
 from helpers.precision import pick_device
 from helpers.schedules import Schedule
-from helpers.train import NonFiniteLoss, build_parts, fold_rows, seed_everything, train_one_epoch
+from helpers.train import (
+    NonFiniteLoss,
+    build_parts,
+    fold_rows,
+    resolve_task,
+    seed_everything,
+    train_one_epoch,
+)
 from helpers.transfer import lr_range
 
 START_LR, END_LR = 1e-7, 10.0  # fastai's range
@@ -156,12 +163,13 @@ def find_lr(
     """Run the range test on a fresh copy of the fold's model (the first configured fold by default)."""
     fold = (cfg.folds or [0])[0] if fold is None else fold
     device = device or pick_device()
+    cfg = resolve_task(cfg, info)
     with preserved_random_state():
         seed_everything(cfg.seed + fold)
         model = create_model(cfg.backbone, info.num_classes, cfg.pretrained, cfg.weights_file).to(device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        loader = build_loader(cfg, fold_rows(info, fold)[0], True, fold, device)
+        loader = build_loader(cfg, fold_rows(info, fold)[0], True, fold, device, num_classes=info.num_classes)
         parts = build_parts(
             cfg.replace(lr=start_lr, scheduler="none", ema=False), model, info.num_classes, 1, device
         )

@@ -145,18 +145,19 @@ def show_size_histogram(heights: pd.Series, widths: pd.Series) -> Figure:
 
 
 def show_curves(history: pd.DataFrame) -> Figure:
-    """Learning curves per fold: train/val loss, val accuracy and the learning rates of head and body against
-    epoch, with the epochs that trained the head alone (body frozen) shaded."""
+    """Learning curves per fold: train/val loss, val accuracy (a multilabel run: val mAP) and the learning
+    rates of head and body against epoch, with the epochs that trained the head alone (body frozen) shaded."""
+    score, score_title = ("val_map", "validation mAP (macro)") if "val_map" in history else ("val_acc", "")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
     for fold, rows in history.groupby("fold"):
         axes[0].plot(rows["epoch"], rows["train_loss"], "--", label=f"fold {fold} train")
         axes[0].plot(rows["epoch"], rows["val_loss"], label=f"fold {fold} val")
-        axes[1].plot(rows["epoch"], rows["val_acc"], marker="o", label=f"fold {fold}")
+        axes[1].plot(rows["epoch"], rows[score], marker="o", label=f"fold {fold}")
         axes[2].plot(rows["epoch"], rows["lr"], marker=".", label=f"fold {fold} head")
         if "lr_body" in rows:  # runs from before fine-tuning settings have one lr for every layer
             axes[2].plot(rows["epoch"], rows["lr_body"], ":", marker=".", label=f"fold {fold} body (lowest)")
     frozen = history.loc[history["body_frozen"].astype(bool), "epoch"] if "body_frozen" in history else []
-    titles = ("loss", "validation accuracy", "learning rate (end of epoch)")
+    titles = ("loss", score_title or "validation accuracy", "learning rate (end of epoch)")
     for ax, title in zip(axes, titles, strict=True):
         if len(frozen):
             ax.axvspan(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import copy
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import albumentations as A
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from helpers.augment import preset_transforms, to_hwc
@@ -60,3 +61,12 @@ def loader_throughput(
         "seconds": seconds,
         "images_per_s": images / max(seconds, 1e-9),
     }
+
+
+def target_titles(targets: torch.Tensor | np.ndarray, classes: Sequence[str], sep: str = " ") -> list[str]:
+    """A batch's targets as titles: the class names of class indices, or the label set of each multi-hot
+    row (its classes joined by `sep`; "(none)" for an empty set)."""
+    targets = np.asarray(targets)
+    if targets.ndim == 1:
+        return [classes[int(i)] for i in targets]
+    return [sep.join(classes[i] for i in np.flatnonzero(row > 0.5)) or "(none)" for row in targets]

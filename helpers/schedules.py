@@ -66,7 +66,7 @@ def build_schedule(
 
         return Schedule(sched.LambdaLR(optimizer, factor), True)
     if name == "plateau":
-        mode = "max" if monitor == "val_acc" else "min"
+        mode = "min" if monitor == "val_loss" else "max"
         return Schedule(sched.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5, patience=1), False)
     if name == "none":
         return Schedule(sched.LambdaLR(optimizer, lambda _: 1.0), False)

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from sklearn.metrics import average_precision_score, f1_score
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -43,9 +44,16 @@ from helpers.model import create_model, data_config_for, default_img_size
 from helpers.precision import Precision, pick_device, resolve_precision
 from helpers.run_folder import RunFolder
 from helpers.schedules import Schedule, build_schedule
+from helpers.targets import Task, to_probabilities
 from helpers.transfer import build_optimizer, freeze_body, keep_frozen_statistics, lr_range
 
 NAN_CHECK_EVERY = 10  # optimizer-loop steps between loss checks (each check waits for the device)
+THRESHOLD = 0.5  # multilabel: a class is predicted when its probability reaches this (val_f1_*)
+# the metrics a task's monitor may follow; the first is what monitor='auto' means
+MONITORS: dict[str, tuple[str, ...]] = {
+    "multiclass": ("val_acc", "val_loss"),
+    "multilabel": ("val_map", "val_loss"),
+}
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -67,6 +75,7 @@ class TrainParts:
     mixup: Mixup | None = None
     prep: InputPrep = InputPrep((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # uint8 -> 0..1 unless given
     updates: int = 0  # optimizer updates so far in this fold
+    task: Task = "multiclass"  # what validation measures (helpers.targets)
 
 
 def seed_everything(seed: int) -> None:
@@ -190,9 +199,15 @@ def predict(
 
 
 def evaluate(
-    model: nn.Module, loader, device: torch.device, precision: Precision, prep: InputPrep
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    precision: Precision,
+    prep: InputPrep,
+    task: Task = "multiclass",
 ) -> dict[str, float]:
-    """Mean cross-entropy over the whole set (not the last batch) and accuracy.
+    """The validation metrics over the whole set (not the last batch): multiclass, the mean cross-entropy
+    and accuracy; multilabel, those of `multilabel_metrics`.
 
     In a multi-process run each process predicts its share of the set and the shares are gathered, so
     every process returns the same metrics, over exactly the set.
@@ -201,10 +216,47 @@ def evaluate(
     if world()[0] > 1:
         predictions = gather_predictions(*predictions)
     logits, labels, _ = predictions
+    if task == "multilabel":
+        return multilabel_metrics(logits, labels)
     t_logits, t_labels = torch.from_numpy(logits), torch.from_numpy(labels)
     loss = F.cross_entropy(t_logits, t_labels, reduction="mean").item()
     acc = float((t_logits.argmax(1) == t_labels).float().mean())
     return {"val_loss": loss, "val_acc": acc}
+
+
+def multilabel_metrics(
+    logits: np.ndarray, targets: np.ndarray, threshold: float = THRESHOLD
+) -> dict[str, float]:
+    """A multilabel epoch's validation metrics from logits and multi-hot targets (N, C):
+
+    - val_loss: binary cross-entropy with logits, the mean over every image and class (no smoothing);
+    - val_map: macro mean average precision (scikit-learn's average_precision_score) over the classes with
+      a positive image in the set: a class with none has no precision to average, so it is left out
+      (NaN when no class has one);
+    - val_f1_micro, val_f1_macro: F1 of the sigmoid probabilities at `threshold`, micro over every
+      (image, class) decision, macro over the same classes as val_map.
+    """
+    t_logits, t_targets = torch.from_numpy(logits), torch.from_numpy(targets).float()
+    loss = F.binary_cross_entropy_with_logits(t_logits, t_targets).item()
+    probabilities = to_probabilities(t_logits, "multilabel").numpy()
+    present = np.flatnonzero(targets.sum(axis=0) > 0)
+    predicted = (probabilities >= threshold).astype(int)
+    truth = targets.astype(int)
+    if len(present) == 0:
+        return {
+            "val_loss": loss,
+            "val_map": float("nan"),
+            "val_f1_micro": float("nan"),
+            "val_f1_macro": float("nan"),
+        }
+    return {
+        "val_loss": loss,
+        "val_map": float(
+            average_precision_score(truth[:, present], probabilities[:, present], average="macro")
+        ),
+        "val_f1_micro": float(f1_score(truth, predicted, average="micro", zero_division=0)),
+        "val_f1_macro": float(f1_score(truth, predicted, labels=present, average="macro", zero_division=0)),
+    }
 
 
 def gather_predictions(
@@ -247,14 +299,34 @@ def choose_crop(cfg: Config) -> tuple[float, str]:
     return 1.0, "no crop: training from scratch sees the whole image"
 
 
+def resolve_task(cfg: Config, info: DataInfo) -> Config:
+    """The config with the data's task (prepare_dataset resolved `auto`) and the monitor for it: `auto` is
+    val_acc for multiclass and val_map for multilabel. A task or monitor the data contradicts is an error."""
+    if cfg.task not in ("auto", info.task):
+        raise ConfigError(
+            f"task={cfg.task!r}, but the prepared data is {info.task} ({info.task_reason}); set task={info.task!r} "
+            "or run 01_data again with the task you mean"
+        )
+    own = MONITORS[info.task]
+    monitor = own[0] if cfg.monitor == "auto" else cfg.monitor
+    if monitor not in own:
+        raise ConfigError(
+            f"monitor={cfg.monitor!r}: a {info.task} run reports {list(own)}; choose one, or 'auto'"
+        )
+    return cfg.replace(task=info.task, monitor=monitor)
+
+
 def resolve_settings(cfg: Config, info: DataInfo) -> tuple[Config, list[str]]:
-    """The config with its automatic settings chosen (img_size, crop_pct), and a line per choice saying what
-    was chosen and why: what 03 saves and shows before training."""
+    """The config with its automatic settings chosen (task, monitor, img_size, crop_pct), and a line per
+    choice saying what was chosen and why: what 03 saves and shows before training."""
+    resolved = resolve_task(cfg, info)
     size, why_size = choose_img_size(cfg, info)
     crop, why_crop = choose_crop(cfg)
-    return cfg.replace(img_size=size, crop_pct=crop), [
+    return resolved.replace(img_size=size, crop_pct=crop), [
         f"img_size {size}: {why_size}",
         f"crop_pct {crop:g}: {why_crop}",
+        f"task {info.task}: {info.task_reason}",
+        f"monitor {resolved.monitor}: {'as configured' if cfg.monitor != 'auto' else f'the {info.task} default'}",
     ]
 
 
@@ -263,15 +335,18 @@ def build_parts(
 ) -> TrainParts:
     """Optimizer (with layer decay), loss, precision, scaler, schedule, EMA and mixup for a fresh fold."""
     optimizer = build_optimizer(cfg, model)
+    task: Task = "multilabel" if cfg.task == "multilabel" else "multiclass"  # resolve_task settled it
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
+        # multi-hot targets are mixed with the images' lambda and smoothed towards 0.5 (timm's multi_label)
         mixup = Mixup(
             mixup_alpha=cfg.mixup,
             cutmix_alpha=cfg.cutmix,
             label_smoothing=cfg.label_smoothing,
             num_classes=num_classes,
+            multi_label=task == "multilabel",
         )
-    loss_fn = build_loss(cfg, "multiclass", mixed_targets=mixup is not None)
+    loss_fn = build_loss(cfg, task, mixed_targets=mixup is not None)
     precision = resolve_precision(cfg.precision, device)
     schedule = build_schedule(
         cfg.scheduler, optimizer, cfg.lr, cfg.epochs, updates_per_epoch, cfg.warmup_epochs, cfg.monitor
@@ -288,11 +363,12 @@ def build_parts(
         ema,
         mixup,
         InputPrep.for_backbone(cfg.backbone, cfg.channels_last),
+        task=task,
     )
 
 
 def _higher_is_better(monitor: str) -> bool:
-    return monitor == "val_acc"
+    return monitor != "val_loss"
 
 
 def _improved(monitor: str, value: float, best: float | None) -> bool:
@@ -302,7 +378,7 @@ def _improved(monitor: str, value: float, best: float | None) -> bool:
 
 
 def best_epochs(metrics: pd.DataFrame, monitor: str) -> pd.DataFrame:
-    """Each fold's best epoch by the monitored metric (highest val_acc, lowest val_loss).
+    """Each fold's best epoch by the monitored metric (highest val_acc or val_map, lowest val_loss).
 
     Of tied epochs the first, as the fold's best_score checkpoint holds it.
     """
@@ -351,9 +427,11 @@ def _resume_state(cfg: Config, path: Path) -> dict[str, Any] | None:
     if not (cfg.resume and path.exists()):
         return None
     ckpt = load_checkpoint(path)
-    # a setting added since the checkpoint was written counts as its default: what the older kit did
+    # a setting added since the checkpoint was written counts as its default: what the older kit did (it
+    # trained multiclass tasks only)
     resumable = Config.resumable()
-    before = {k: v for k, v in {**Config().to_dict(), **ckpt["config"]}.items() if k not in resumable}
+    older = {**Config().to_dict(), "task": "multiclass"}
+    before = {k: v for k, v in {**older, **ckpt["config"]}.items() if k not in resumable}
     now = {k: v for k, v in cfg.to_dict().items() if k not in resumable}
     changed = sorted(k for k in now if before.get(k) != now[k])
     if changed:
@@ -416,9 +494,9 @@ def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
 
 def _validate(model: nn.Module, loader, parts: TrainParts, device: torch.device) -> dict[str, float]:
     """The model's validation metrics and, with EMA on, its average's (as ema_val_*)."""
-    metrics = evaluate(model, loader, device, parts.precision, parts.prep)
+    metrics = evaluate(model, loader, device, parts.precision, parts.prep, parts.task)
     if parts.ema is not None:
-        ema_metrics = evaluate(parts.ema.module, loader, device, parts.precision, parts.prep)
+        ema_metrics = evaluate(parts.ema.module, loader, device, parts.precision, parts.prep, parts.task)
         metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
     return metrics
 
@@ -486,6 +564,7 @@ def train_fold(
     """
     world_size, rank = world()
     device = device or pick_device()
+    cfg = resolve_task(cfg, info)
     # -- resume: a finished fold trains nothing; an unfinished one continues from its `last` checkpoint
     resumed = _resume_state(cfg, run.checkpoint(fold, "last"))
     if resumed is not None and resumed["finished"]:
@@ -496,8 +575,8 @@ def train_fold(
     seed_everything(cfg.seed + fold)
     model = _fold_model(cfg, info.num_classes, device)
     train_rows, val_rows = fold_rows(info, fold)
-    train_loader = build_loader(cfg, train_rows, True, fold, device, world_size, rank)
-    val_loader = build_loader(cfg, val_rows, False, fold, device, world_size, rank)
+    train_loader = build_loader(cfg, train_rows, True, fold, device, world_size, rank, info.num_classes)
+    val_loader = build_loader(cfg, val_rows, False, fold, device, world_size, rank, info.num_classes)
     parts = build_parts(cfg, model, info.num_classes, math.ceil(len(train_loader) / cfg.grad_accum), device)
     # -- restore: an unfinished fold's weights, optimizer, schedule, scaler, EMA and counters
     state = _restore(resumed, model, parts)

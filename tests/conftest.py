@@ -1,4 +1,4 @@
-"""Shared fixtures: a temporary outputs folder and tiny datasets in both layouts."""
+"""Shared fixtures: a temporary outputs folder and tiny datasets in both layouts (and a multi-label table)."""
 
 from __future__ import annotations
 
@@ -69,6 +69,31 @@ def make_csv_dataset(tmp_path: Path) -> Callable[..., Path]:
 def csv_dataset(make_csv_dataset: Callable[..., Path]) -> Path:
     """3 classes x 6 images of 16x16, CSV layout."""
     return make_csv_dataset()
+
+
+@pytest.fixture
+def make_multilabel_dataset(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: `<root>/train.csv` (id, label: 1-3 of `classes` joined by `sep`, each set drawn at random)
+    + `<root>/train_image/<id>.jpg`; returns root."""
+
+    def make(
+        name: str = "mldata",
+        classes: tuple = ("ant", "bee", "cat", "dog"),
+        n: int = 36,
+        seed: int = 0,
+        sep: str = " ",
+    ) -> Path:
+        root = tmp_path / name
+        rng = np.random.default_rng(seed)
+        rows = []
+        for i in range(n):
+            labels = sorted(rng.choice(classes, size=rng.integers(1, 4), replace=False).tolist())
+            write_image(root / "train_image" / f"m{i:03d}.jpg", random_rgb(rng))
+            rows.append({"id": f"m{i:03d}", "label": sep.join(labels)})
+        pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+        return root
+
+    return make
 
 
 @pytest.fixture

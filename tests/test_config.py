@@ -88,7 +88,7 @@ def test_single_and_empty_fold_values():
         ("optimizer", "adam", ["adamw", "sgd"]),
         ("layout", "folders", ["auto", "csv", "imagefolder"]),
         ("precision", "fp64", ["auto", "fp32", "bf16", "fp16"]),
-        ("monitor", "acc", ["val_acc", "val_loss"]),
+        ("monitor", "acc", ["auto", "val_acc", "val_map", "val_loss"]),
     ],
 )
 def test_literal_choices_rejected_with_allowed_values(name, value, allowed):

@@ -72,6 +72,7 @@ SCRIPT = (
         mixup=0.2,
         freeze_epochs=1,  # killed after the frozen epoch, resumed into the thawed ones
         layer_decay=0.8,
+        task=sys.argv[2],
     )
     info = prepare_dataset(cfg)
     train.train_folds(cfg, info, RunFolder.of(cfg))
@@ -88,10 +89,12 @@ def _env(outputs: Path, pause: float = 0.0) -> dict[str, str]:
     )
 
 
-def _start(script: Path, data: Path, outputs: Path, log: Path, pause: float = 0.0) -> subprocess.Popen:
+def _start(
+    script: Path, data: Path, outputs: Path, log: Path, task: str, pause: float = 0.0
+) -> subprocess.Popen:
     with open(log, "w") as out:
         return subprocess.Popen(
-            [sys.executable, str(script), str(data)],
+            [sys.executable, str(script), str(data), task],
             env=_env(outputs, pause),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -114,17 +117,25 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, make_csv_dataset):
-    data = make_csv_dataset(name="resumedata", per_class=12)
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(
+    tmp_path, make_csv_dataset, make_multilabel_dataset, task
+):
+    if task == "multilabel":  # multi-hot targets, mixed by mixup, validated by mAP and F1
+        data = make_multilabel_dataset(name="resumedata", n=48)
+        scores = ["val_map", "val_f1_micro", "val_f1_macro", "ema_val_map"]
+    else:
+        data = make_csv_dataset(name="resumedata", per_class=12)
+        scores = ["val_acc", "ema_val_acc"]
     script = tmp_path / "train_tiny.py"
     script.write_text(SCRIPT)
     dir_a, dir_b = tmp_path / "outputs_a", tmp_path / "outputs_b"
     run_a, run_b = RunFolder(dir_a / "runs" / RUN_NAME), RunFolder(dir_b / "runs" / RUN_NAME)
 
     # the uninterrupted run and the one to be killed run side by side
-    uninterrupted = _start(script, data, dir_a, tmp_path / "a.log")
+    uninterrupted = _start(script, data, dir_a, tmp_path / "a.log", task)
     killed_log = tmp_path / "b_killed.log"
-    proc = _start(script, data, dir_b, killed_log, pause=120)
+    proc = _start(script, data, dir_b, killed_log, task, pause=120)
     try:
         deadline = time.monotonic() + 240
         while not (run_b.path / "epoch0.recorded").exists():
@@ -140,7 +151,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, make_csv_
     assert pd.read_csv(run_b.metrics)["epoch"].tolist() == [0]
 
     resumed_log = tmp_path / "b_resumed.log"
-    resumed = _start(script, data, dir_b, resumed_log)
+    resumed = _start(script, data, dir_b, resumed_log, task)
     _finish(uninterrupted, tmp_path / "a.log")
     _finish(resumed, resumed_log)
 
@@ -150,7 +161,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, make_csv_
 
     metrics_a, metrics_b = pd.read_csv(run_a.metrics), pd.read_csv(run_b.metrics)
     assert metrics_a["epoch"].tolist() == metrics_b["epoch"].tolist() == list(range(EPOCHS))
-    for column in ["lr", "train_loss", "val_loss", "val_acc", "ema_val_loss", "ema_val_acc"]:
+    for column in ["lr", "train_loss", "val_loss", "ema_val_loss", *scores]:
         np.testing.assert_allclose(metrics_b[column], metrics_a[column], rtol=1e-6, err_msg=column)
 
     for kind in ["best_score", "best_loss", "last", "ema"]:

@@ -230,10 +230,12 @@ def test_pretrained_weights_get_their_own_input_size_unless_the_images_are_small
     )
     cfg = Config(backbone="resnet18", pretrained=True)
     resolved, lines = resolve_settings(cfg, big)
-    assert resolved.img_size == 224 and lines == [
+    assert resolved.img_size == 224 and lines[:2] == [
         "img_size 224: resnet18's pretrained input size (timm's data config; the images' median side is 300 px)",
         "crop_pct 0.95: resnet18's pretrained eval crop (timm's data config): resize to img_size / 0.95, centre crop",
     ]
+    assert lines[2].startswith("task multiclass: ") and lines[3] == "monitor val_acc: the multiclass default"
+    assert (resolved.task, resolved.monitor) == ("multiclass", "val_acc")
     assert resolved.crop_pct == 0.95
     resolved, lines = resolve_settings(cfg, small)
     assert resolved.img_size == 64 and "median side 50 px" in lines[0]
