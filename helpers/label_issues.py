@@ -26,6 +26,7 @@ from helpers.plots import show_images
 from helpers.run_folder import RunFolder
 
 COLUMNS = ["id", "given", "suggested", "score"]
+SHORT_TITLE = 14  # given and suggested longer than this together (label sets) take a line each
 
 
 def rank_label_issues(
@@ -108,7 +109,7 @@ def show_label_issues(issues: pd.DataFrame, paths: pd.Series, n: int = 16) -> Fi
         return fig
     images = [read_image(paths[i]) for i in top["id"]]
     titles = [
-        f"{g} → {s}\nscore {v:.3f}"
+        f"{g} → {s}\nscore {v:.3f}" if len(f"{g}{s}") <= SHORT_TITLE else f"{g}\n→ {s}\nscore {v:.3f}"
         for g, s, v in zip(top["given"], top["suggested"], top["score"], strict=True)
     ]
     return show_images(images, titles, colors=["tab:red"] * len(top))

@@ -335,7 +335,10 @@ def _count(path: Path) -> int:
 def main() -> int:
     frame = write_leaderboard()
     with pd.option_context("display.max_columns", None, "display.width", 200):
-        print(frame.round(4).to_string(index=False) if len(frame) else "no trained runs yet")
+        for task, runs in by_task(frame).items():
+            print(f"{task} runs:\n{runs.round(4).to_string(index=False)}\n")
+    if frame.empty:
+        print("no trained runs yet")
     print(f"wrote {leaderboard_csv()} and {leaderboard_png()}")
     return 0
 

@@ -111,3 +111,14 @@ def test_a_multilabel_runs_test_columns_are_map_and_f1_at_its_thresholds(outputs
     assert row["test_f1_micro"] == pytest.approx(f1_score(targets, predicted, average="micro"))
     assert row["test_f1_macro"] == pytest.approx(f1_score(targets, predicted, average="macro"))
     assert np.isnan(row["test_acc"])
+
+
+def test_the_command_prints_one_table_per_task(mixed, capsys):
+    assert leaderboard.main() == 0
+    out = capsys.readouterr().out
+    assert (
+        out.index("multiclass runs:")
+        < out.index("mc_low")
+        < out.index("multilabel runs:")
+        < out.index("ml_low")
+    )

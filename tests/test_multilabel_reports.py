@@ -22,6 +22,7 @@ from helpers.checkpoints import save_checkpoint
 from helpers.config import Config
 from helpers.dataset import DataInfo, prepare_dataset
 from helpers.inference import ensemble_members, label_separator, multilabel_submission_frame
+from helpers.label_issues import rank_multilabel_issues
 from helpers.multilabel_metrics import multilabel_summary, predict_sets
 from helpers.plots import MISSED, RIGHT, WRONG, label_set_lines
 from helpers.reports import (
@@ -272,3 +273,25 @@ def test_an_ensemble_of_two_tasks_is_refused(evaluated, csv_dataset):
     save_checkpoint(other.checkpoint(0, "best_score"), random_model(5), other_cfg.to_dict(), CLASSES, {})
     with pytest.raises(ValueError, match="mixes tasks"):
         ensemble_members(cfg.replace(ensemble_runs=["single"]), run)
+
+
+def test_multilabel_label_issues_rank_corrupted_sets_first():
+    """Sets with a label dropped or added, against probabilities that know the real sets: cleanlab's
+    multi-label scores put them first and flag them."""
+    rng = np.random.default_rng(0)
+    truth = (rng.random((300, 4)) < 0.35).astype(int)
+    truth[truth.sum(1) == 0, 0] = 1
+    probabilities = np.clip(np.where(truth == 1, 0.9, 0.08) + rng.normal(0, 0.04, truth.shape), 0.01, 0.99)
+    given = truth.copy()
+    corrupted = np.arange(0, 300, 30)  # 10 rows: a real label dropped or a wrong one added
+    for row in corrupted:
+        column = int(rng.integers(4))
+        given[row, column] = 1 - given[row, column]
+    ids = [f"r{i}" for i in range(300)]
+    ranked = rank_multilabel_issues(ids, given, probabilities, truth, list("abcd"), " ")
+    assert list(ranked.columns) == ["id", "given", "suggested", "score", "issue"]
+    worst = set(ranked["id"].head(len(corrupted)))
+    assert len(worst & {ids[i] for i in corrupted}) >= 9
+    assert len(set(ranked.loc[ranked["issue"], "id"]) & {ids[i] for i in corrupted}) >= 8
+    first = ranked.set_index("id").loc[ids[corrupted[0]]]
+    assert first["suggested"] == " ".join(np.asarray(list("abcd"))[np.flatnonzero(truth[corrupted[0]])])
