@@ -87,7 +87,7 @@ def prepare_dataset(cfg: Config, run: RunFolder | None = None) -> DataInfo:
     folder = datasets_dir() / name
     layout = detect_layout(cfg, data_dir)
     frame, problems = read_labels(cfg, data_dir)
-    frame, task, task_reason, label_problems = read_label_sets(cfg, frame)
+    frame, task, task_reason, label_problems = read_label_sets(cfg, frame, layout)
     problems = pd.concat([problems, label_problems], ignore_index=True)
     source = split_source(cfg, data_dir)
 
@@ -239,7 +239,7 @@ def health_summary(info: DataInfo) -> pd.DataFrame:
     rows = [("rows in the table", info.n_rows), ("rows kept", len(info.table)), ("classes", info.num_classes)]
     rows.append((f"validation: {info.split.describe()}", info.split.n_folds))
     kinds = info.problems["problem"].str.replace(
-        r" of (\S+ )?line \d+|id '.*' has| '.*' has \d+ image\(s\),|(?<=class) '[^']*'(?= has no)",
+        r" of (\S+ )?line \d+|id '.*' has| '.*' has \d+ image\(s\),|(?<=class) '[^']*'(?= has no)| \([^)]*\)$",
         "",
         regex=True,
     )

@@ -3,7 +3,7 @@
 A row's labels come from one column (`label_col`: one class, or several separated by `label_sep`) or from
 one 0/1 column per class (`label_cols`). Either way the reader hands over a `tokens` list per row; this
 module resolves `task='auto'`, checks the tokens (a label set may not repeat a label, be empty unless
-`allow_empty_labels`, or hold another separator; a wide column holds 0 or 1) and writes the canonical
+`allow_empty_labels`, or join labels by another separator; a wide column holds 0 or 1) and writes the canonical
 `label`: the class, or the set in class order joined by `label_sep`.
 
 `auto` never guesses a set: labels that look multi-label stop with one line naming `task` and `label_sep`.
@@ -12,7 +12,7 @@ One-hot wide columns (exactly one 1 per row) are a multiclass task written wide,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import pandas as pd
 
@@ -119,8 +119,18 @@ def row_tokens(cfg: Config, frame: pd.DataFrame, task: Task) -> pd.Series:
     return frame["label"].map(lambda v: [] if pd.isna(v) or not str(v).strip() else [str(v)])
 
 
-def token_problems(cfg: Config, tokens: Sequence[str], task: Task, where: str) -> list[tuple[str, str]]:
-    """(problem, fix) for one row's labels under the task: none, several, repeated or mis-separated."""
+def joined_labels(token: str, sep: str, known: Collection[str]) -> bool:
+    """Whether a token is several known labels joined by another separator than label_sep ("cat,dog" in
+    a space-separated table): "No Finding" in a pipe-separated one is one label, as "No" is no label."""
+    parts = split_label(token, sep)
+    return len(parts) > 1 and all(p in known for p in parts)
+
+
+def token_problems(
+    cfg: Config, tokens: Sequence[str], task: Task, where: str, known: Collection[str] = frozenset()
+) -> list[tuple[str, str]]:
+    """(problem, fix) for one row's labels under the task: none, several, repeated, or `known` labels
+    (every label of the table) joined by another separator."""
     if not tokens:
         if task == "multilabel" and cfg.allow_empty_labels:
             return []
@@ -141,9 +151,9 @@ def token_problems(cfg: Config, tokens: Sequence[str], task: Task, where: str) -
     repeated = sorted({t for t in tokens if tokens.count(t) > 1})
     if repeated:
         found.append((f"label repeated within the row ({', '.join(repeated)})", "write each label once"))
-    others = sorted({s for t in tokens for s in SEPARATORS if s != cfg.label_sep and s in t})
-    if others and not cfg.label_cols:
-        odd = [t for t in tokens if any(s in t for s in others)]
+    others = [s for s in SEPARATORS if s != cfg.label_sep]
+    odd = [t for t in tokens if any(joined_labels(t, s, known) for s in others)]
+    if odd and not cfg.label_cols:
         found.append(
             (
                 f"unknown label token, not separated by label_sep={cfg.label_sep!r} ({', '.join(odd)})",
@@ -165,13 +175,19 @@ def label_source(cfg: Config) -> str:
     return f"{cfg.csv_name} column {cfg.label_col!r}"
 
 
-def read_label_sets(cfg: Config, frame: pd.DataFrame) -> tuple[pd.DataFrame, Task, str, pd.DataFrame]:
+def read_label_sets(
+    cfg: Config, frame: pd.DataFrame, layout: str = "csv"
+) -> tuple[pd.DataFrame, Task, str, pd.DataFrame]:
     """The rows with their `tokens` (a list of labels each), the resolved task, why it is that task (one
-    line), and a problem per row whose labels are wrong for it (named by table and line)."""
+    line), and a problem per row whose labels are wrong for it (named by table and line). An ImageFolder
+    tree is multiclass whatever its folder names (the reader refuses a multilabel task there)."""
     where = label_source(cfg)
     frame = frame.copy()
     value_problems: list[list[str]] = [[] for _ in range(len(frame))]
-    if cfg.label_cols:
+    if layout == "imagefolder":
+        task: Task = "multiclass"
+        reason = "multiclass: the ImageFolder layout gives each image the class of its folder"
+    elif cfg.label_cols:
         frame["tokens"], value_problems = wide_tokens(frame, cfg.label_cols)
         frame = frame.drop(columns=[WIDE_PREFIX + c for c in cfg.label_cols])
         task, reason = resolve_task(cfg, frame[[not p for p in value_problems]], where)
@@ -184,9 +200,10 @@ def read_label_sets(cfg: Config, frame: pd.DataFrame) -> tuple[pd.DataFrame, Tas
             "told apart when written out: set label_sep to a text no column name holds, e.g. '|'."
         )
     frame["tokens"] = row_tokens(cfg, frame, task)
+    known = {t for tokens in frame["tokens"] for t in tokens}
     rows = []
     for r, values in zip(frame.itertuples(), value_problems, strict=True):
-        found = [(p, "write 0 or 1") for p in values] or token_problems(cfg, r.tokens, task, where)
+        found = [(p, "write 0 or 1") for p in values] or token_problems(cfg, r.tokens, task, where, known)
         rows += [
             {"table": r.table, "line": r.line, "id": r.id, "file": r.path, "problem": p, "fix": f}
             for p, f in found

@@ -3,7 +3,8 @@
     outputs/runs/<run>/
       config.json              every setting of the run (Config); 01 and 03 write it, the rest read it
       split.json               the validation split the run used: kind, source, folds (helpers.folds.Split)
-      metrics.csv              one row per fold and epoch (03): body_frozen, lr (head), lr_body (lowest), losses...
+      metrics.csv              one row per fold and epoch (03): body_frozen, lr (head), lr_body (lowest), losses,
+                               val_acc (multiclass) or val_map, val_f1_micro, val_f1_macro (multilabel), ema_val_*...
       checkpoints/fold<k>_<kind>.pt   best_score, best_loss, last (resumable), ema (03)
       oof.csv                  out-of-fold predictions: id, fold, label, predicted, prob_<class> (04)
       evaluation.json          04's summary, flat: see EVALUATION_KEYS

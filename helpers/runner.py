@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,14 @@ def check_parameters(params: dict[str, Any], notebooks: list[Path]) -> Config:
     return Config.from_dict(params)
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value as YAML reads it: 3 -> int, 0.1 -> float, true -> bool, [0, 1] -> list."""
+def parse_value(text: str, name: str = "") -> Any:
+    """A command-line value as YAML reads it: 3 -> int, 0.1 -> float, true -> bool, [0, 1] -> list.
+
+    The value of a text setting (`name`: label_sep, csv_sep, backbone, ...) is kept as written: YAML reads
+    "|" as an empty block, " " as nothing and "," not at all.
+    """
+    if name in Config.__dataclass_fields__ and typing.get_type_hints(Config)[name] is str:
+        return text
     return yaml.safe_load(text) if text.strip() else ""
 
 
@@ -120,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     add_param_option(parser, "any notebook parameter, e.g. -p epochs 3")
     parser.add_argument("--notebooks", help="comma-separated subset of the series, e.g. 01_data,03_train")
     args = parser.parse_args(argv)
-    params = {name: parse_value(value) for name, value in args.param}
+    params = {name: parse_value(value, name) for name, value in args.param}
     if args.backbone:
         params["backbone"] = args.backbone
     try:

@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runs = plan_sweep(
             [b.strip() for b in args.backbones.split(",") if b.strip()],
-            {name: runner.parse_value(value) for name, value in args.param},
+            {name: runner.parse_value(value, name) for name, value in args.param},
             load_grid(args.grid) if args.grid else {},
             args.tag,
         )

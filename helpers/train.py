@@ -372,7 +372,9 @@ def _higher_is_better(monitor: str) -> bool:
 
 
 def _improved(monitor: str, value: float, best: float | None) -> bool:
-    if best is None:
+    """Whether an epoch's value beats the best so far; a NaN (a multilabel val_map over a validation set
+    without any positive) beats nothing, and anything beats it."""
+    if best is None or math.isnan(best):
         return True
     return value > best if _higher_is_better(monitor) else value < best
 

@@ -182,6 +182,17 @@ def test_every_label_set_problem_named_by_line(outputs, make_table):
     assert problems["line"].notna().all() and len(problems) == 3
 
 
+def test_a_label_with_a_space_in_a_pipe_separated_table_is_one_label(outputs, make_table):
+    written = ["|".join(s) for s in label_sets()]
+    written[0] = "No Finding"  # NIH chest X-rays: "No" and "Finding" are no labels of their own
+    written[3] = "No Finding"
+    written[6] = "No Finding"
+    written[1] = "ant bee|cat"  # two known labels joined by a space: mis-separated
+    root = make_table({"label": written})
+    problems = problems_of(config(root, task="multilabel", label_sep="|"))
+    assert list(problems["line"]) == [3] and "(ant bee)" in problems["problem"].iloc[0]
+
+
 def test_empty_label_sets_allowed_when_asked(outputs, make_table):
     written = [" ".join(s) for s in label_sets()]
     written[1] = ""
@@ -331,3 +342,43 @@ def test_multilabel_demo_through_prepare_dataset(outputs, tmp_path):
     info = prepare_dataset(Config(data_dir=str(root), label_col="labels", task="multilabel"))
     assert info.task == "multilabel" and info.classes == [str(i) for i in range(10)]
     assert (info.table["height"] == 64).all() and info.problems.empty
+
+
+def test_the_runner_keeps_a_separator_as_written():
+    from helpers.runner import parse_value
+
+    assert [parse_value(v, "label_sep") for v in ("|", ",", " ", ";")] == ["|", ",", " ", ";"]
+    assert parse_value("3", "epochs") == 3 and parse_value("[0, 1]", "folds") == [0, 1]
+
+
+def test_imagefolder_class_names_never_look_like_sets(outputs, make_imagefolder_dataset):
+    root = make_imagefolder_dataset(labels=("a", "b", "a b"))
+    info = prepare_dataset(config(root))
+    assert info.task == "multiclass" and info.classes == ["a", "a b", "b"]
+    assert "ImageFolder" in info.task_reason
+
+
+def test_health_summary_counts_multilabel_problem_kinds(outputs, make_table):
+    from helpers.dataset import health_summary
+
+    written = [" ".join(s) for s in label_sets()]
+    written[0], written[1], written[2] = "ant ant", "bee bee cat", ""
+    root = make_table({"label": written})
+    info = prepare_dataset(config(root, task="multilabel", drop_bad_rows=True))
+    counts = health_summary(info).set_index("check")["count"]
+    assert counts["problem: label repeated within the row"] == 2
+    assert counts["problem: empty label in train.csv column 'label'"] == 1
+    assert counts["rows dropped"] == 3
+
+
+def test_label_sets_figure_keeps_the_most_frequent_classes():
+    from helpers.plots import MANY_CLASSES, show_label_sets
+
+    classes = [f"c{i}" for i in range(40)]
+    sets = [[i % 40, (i * 7 + 1) % 40] for i in range(200)] + [[0, 1, 2]] * 50 + [[5]] * 10
+    fig = show_label_sets(sets, classes)
+    cardinality, heat = fig.axes[:2]
+    assert [t.get_text() for t in cardinality.get_xticklabels()] == ["1", "2", "3"]
+    assert len(heat.get_xticklabels()) == MANY_CLASSES
+    assert "c0" in [t.get_text() for t in heat.get_xticklabels()]
+    assert f"the {MANY_CLASSES} most frequent of 40 classes" in heat.get_title()

@@ -3,25 +3,34 @@ monitor, a trained fold's metrics and checkpoints (loadable by plain timm), and 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
 import timm
 import torch
+import torch.distributed as dist
 from sklearn.metrics import average_precision_score
-from train_fixtures import tiny_config
+from train_fixtures import child_env, tiny_config
 
+from helpers.augment import InputPrep
+from helpers.checkpoints import load_model
 from helpers.config import ConfigError
 from helpers.dataset import prepare_dataset
 from helpers.loaders import build_loader
 from helpers.plots import show_curves
+from helpers.precision import Precision
 from helpers.preview import target_titles
 from helpers.run_folder import RunFolder
 from helpers.targets import decode_label_set
 from helpers.train import (
     best_epochs,
     build_parts,
+    evaluate,
     fold_rows,
+    gather_predictions,
     multilabel_metrics,
     resolve_settings,
     train_fold,
@@ -133,3 +142,77 @@ def test_target_titles_name_classes_or_label_sets():
     assert target_titles(torch.tensor([2, 0]), classes) == ["cat", "ant"]
     hot = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
     assert target_titles(hot, classes, "|") == ["ant|cat", "(none)"]
+
+
+def test_gathered_predictions_keep_multi_hot_labels(tmp_path):
+    """gather_predictions (DDP validation) on 2-D labels: rows in index order, the sampler's repeat once."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        rng = np.random.default_rng(0)
+        logits = rng.random((5, 3)).astype(np.float32)
+        labels = (rng.random((5, 3)) > 0.5).astype(np.float32)
+        indices = np.array([3, 4, 0, 1, 3])  # index 3 repeated, as the sampler pads a share
+        got_logits, got_labels, got_indices = gather_predictions(logits, labels, indices)
+    finally:
+        dist.destroy_process_group()
+    assert got_indices.tolist() == [0, 1, 3, 4]
+    assert got_labels.shape == (4, 3)
+    np.testing.assert_array_equal(got_labels, labels[[2, 3, 0, 1]])
+    np.testing.assert_array_equal(got_logits, logits[[2, 3, 0, 1]])
+
+
+def test_the_lr_finder_runs_the_multilabel_step(prepared):
+    from helpers.lr_finder import find_lr
+
+    cfg, info, _ = prepared(batch_size=4)
+    found = find_lr(cfg, info, device=CPU, updates=12)
+    assert len(found.lrs) >= 2 and np.isfinite(found.losses).all()
+    assert found.losses[0] == pytest.approx(np.log(2), abs=0.2)  # BCE of a fresh model, not cross-entropy
+
+
+@pytest.mark.slow
+def test_two_processes_validate_a_multilabel_run_like_one(tmp_path, monkeypatch, make_multilabel_dataset):
+    """helpers.distributed under torchrun (2 CPU processes on gloo): the gathered multi-hot labels give the
+    metrics one process computes from the saved checkpoint."""
+    data = make_multilabel_dataset(n=33)  # 11 validation images in fold 0: the sampler pads one share
+    outputs = tmp_path / "outputs"
+    cfg = tiny_config(data, run_name="mlddp", task="multilabel", epochs=1, batch_size=4)
+    run = RunFolder(outputs / "runs" / "mlddp")
+    run.write_config(cfg)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = child_env(outputs, drop=("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"))
+    done = subprocess.run(
+        [*launch, "-m", "helpers.distributed", "--run-name", "mlddp", "--expect-world-size", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    row = pd.read_csv(run.metrics).iloc[-1]
+
+    monkeypatch.setenv("KIT_OUTPUTS", str(outputs))
+    info = prepare_dataset(cfg)
+    rows = fold_rows(info, 0)[1]
+    loader = build_loader(cfg, rows, False, 0, CPU, num_classes=info.num_classes)
+    model, meta = load_model(run.checkpoint(0, "last"))
+    assert meta["config"]["task"] == "multilabel"
+    prep = InputPrep.for_backbone("test_resnet", channels_last=True)
+    alone = evaluate(model, loader, CPU, Precision("cpu", torch.float32), prep, "multilabel")
+    for name in ("val_loss", "val_map", "val_f1_micro", "val_f1_macro"):
+        assert row[name] == pytest.approx(alone[name], rel=1e-5), name
+
+
+def test_a_nan_score_is_beaten_by_any_number():
+    from helpers.train import _improved
+
+    assert _improved("val_map", 0.1, float("nan"))
+    assert not _improved("val_map", float("nan"), 0.1)
+    assert _improved("val_loss", 0.5, 0.6) and not _improved("val_map", 0.5, 0.6)
+
+
+def test_a_multilabel_fold_trains_under_bf16_autocast(prepared):
+    """Mixed precision: the BCE and the metrics take float32 logits whatever the autocast dtype."""
+    cfg, info, run = prepared(precision="bf16")
+    metrics = train_fold(cfg, info, 0, run, CPU)
+    assert np.isfinite(metrics[["train_loss", "val_loss", "val_map"]].to_numpy()).all()

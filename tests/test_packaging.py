@@ -21,7 +21,7 @@ import pytest
 from helpers import paths
 
 CHECKOUT = Path(paths.__file__).resolve().parents[1]
-KIT_VARIABLES = ("KIT_ROOT", "KIT_OUTPUTS", "KIT_DEMO_DATA")
+KIT_VARIABLES = ("KIT_ROOT", "KIT_OUTPUTS", "KIT_DEMO_DATA", "KIT_DEMO_MULTILABEL")
 
 
 @pytest.fixture
@@ -86,10 +86,11 @@ def test_a_folder_is_a_checkout_only_with_pyproject_and_notebooks(tmp_path: Path
         (paths.runs_dir, "KIT_OUTPUTS"),
         (paths.datasets_dir, "KIT_OUTPUTS"),
         (paths.demo_data_dir, "KIT_DEMO_DATA"),
+        (paths.multilabel_demo_dir, "KIT_DEMO_MULTILABEL"),
         (paths.notebooks_dir, "KIT_ROOT"),
         (lambda: paths.resolve_path("data/mine"), "KIT_ROOT"),
     ],
-    ids=["outputs", "runs", "datasets", "demo data", "notebooks", "relative path"],
+    ids=["outputs", "runs", "datasets", "demo data", "multi-label demo data", "notebooks", "relative path"],
 )
 def test_outside_a_checkout_asking_for_a_folder_says_what_to_set(site_packages: Path, ask, variable) -> None:
     with pytest.raises(paths.OutsideCheckoutError) as raised:
@@ -106,6 +107,8 @@ def test_outside_a_checkout_the_variables_give_the_folders(
     monkeypatch.setenv("KIT_DEMO_DATA", str(tmp_path / "demo"))
     assert paths.runs_dir() == tmp_path / "out" / "runs"
     assert paths.demo_data_dir() == tmp_path / "demo"
+    monkeypatch.setenv("KIT_DEMO_MULTILABEL", str(tmp_path / "demo_ml"))
+    assert paths.multilabel_demo_dir() == tmp_path / "demo_ml"
     assert paths.resolve_path("/abs/mine") == Path("/abs/mine")
     monkeypatch.setenv("KIT_ROOT", str(tmp_path / "project"))
     assert paths.notebooks_dir() == tmp_path / "project" / "notebooks"
