@@ -103,11 +103,12 @@ class OofEvaluation:
         thresholds (multilabel)."""
         if self.task == "multiclass":
             return self.tta.argmax(1)
-        return predict_sets(self.tta, self._thresholds().class_array())
+        return predict_sets(self.tta, self.tuned_thresholds().class_array())
 
-    def _thresholds(self) -> TunedThresholds:
+    def tuned_thresholds(self) -> TunedThresholds:
+        """A multilabel run's thresholds; an error for a multiclass run, which has none."""
         if self.thresholds is None:
-            raise ValueError("a multilabel evaluation needs the thresholds evaluate_oof tunes")
+            raise ValueError("no thresholds: a multiclass run predicts its most probable class")
         return self.thresholds
 
     def per_class(self) -> pd.DataFrame:
@@ -115,7 +116,9 @@ class OofEvaluation:
         ROC AUC, F1 and the tuned threshold (multilabel)."""
         if self.task == "multiclass":
             return per_class_table(self.labels, self.tta, self.classes).set_index("class")
-        table = multilabel_per_class(self.labels, self.tta, self.classes, self._thresholds().class_array())
+        table = multilabel_per_class(
+            self.labels, self.tta, self.classes, self.tuned_thresholds().class_array()
+        )
         return table.set_index("class")
 
     def tta_table(self) -> pd.DataFrame:
@@ -127,7 +130,7 @@ class OofEvaluation:
     def threshold_table(self) -> pd.DataFrame:
         """Multilabel: the scores with TTA at 0.5, at the tuned global threshold and at the tuned per-class
         thresholds (the last two optimistic: tuned on these rows)."""
-        return threshold_table(self.labels, self.tta, self._thresholds().candidates())
+        return threshold_table(self.labels, self.tta, self.tuned_thresholds().candidates())
 
     def mistakes(self, top: int = 10) -> pd.DataFrame:
         """The most frequent mistakes: (true, predicted) pairs (multiclass), or the classes most often
@@ -148,7 +151,7 @@ def threshold_note(oof: OofEvaluation) -> str:
     """04's line about thresholds: what 05 uses and why the tuned OOF scores are optimistic."""
     if oof.task == "multiclass":
         return "a multiclass run predicts the most probable class: no thresholds"
-    t = oof._thresholds()
+    t = oof.tuned_thresholds()
     return (
         f"05 turns probabilities into label sets with the per-class thresholds (saved in thresholds.json; "
         f"the global one is {t.global_threshold:g}). Note: {OPTIMISTIC}."
