@@ -157,7 +157,7 @@ def run(args: argparse.Namespace, outputs: Path) -> int:
     batches = [prep(x, device) for x, _, _ in build_loader(cfg, test, False, PREDICTION_FOLD, device)]
     with torch.no_grad():  # warm-up, untimed: first-call allocator and kernel selection for every shape
         for x in batches:
-            view_probabilities(models[0], x, KIT_VIEWS, precision)
+            view_probabilities(models[0], x, KIT_VIEWS, precision, "multiclass")
             for view in six_views(x.contiguous()):
                 models[0](view)
 
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace, outputs: Path) -> int:
     def floor():
         out = []
         for x in batches:
-            total = sum(view_probabilities(m, x, KIT_VIEWS, precision) for m in models)
+            total = sum(view_probabilities(m, x, KIT_VIEWS, precision, "multiclass") for m in models)
             out.append((total / len(models)).cpu())
         return torch.cat(out, dim=1).numpy()
 

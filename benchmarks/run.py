@@ -1,7 +1,7 @@
 """`make bench`: every benchmark of the kit, one after the other, into benchmarks/RESULTS.md.
 
-    python benchmarks/run.py [--quick] [--only datapath,accuracy,transfer,inference,scale,labels,demo,imbalance]
-                             [--out FILE]
+    python benchmarks/run.py [--quick] [--out FILE]
+                             [--only datapath,accuracy,transfer,inference,scale,labels,demo,imbalance,multilabel]
 
 Parts (each in its own process, in turn, so they never compete for the cores):
   datapath   training images/s through the real loader / on the same batches in memory (bench_datapath.py)
@@ -14,10 +14,12 @@ Parts (each in its own process, in turn, so they never compete for the cores):
   demo       the whole notebook series' wall time and where it goes (bench_demo.py; skipped with --quick)
   imbalance  macro-F1 and the rare classes' recall on digits with half the classes at a tenth, with each
              class-imbalance option and without (bench_imbalance.py)
+  multilabel the multi-label demo series: out-of-fold and test mAP, F1, training time (bench_multilabel.py;
+             skipped with --quick)
 The report gives the machine, the date and the load average, and only medians over repeats and ratios
 measured within one run: a shared 2-core machine's absolute times move by 2x from one minute to the next.
 --quick (a few minutes): fewer and shorter repeats, small scale sizes, one training epoch, one transfer draw,
-one imbalance seed at 2 epochs, no demo.
+one imbalance seed at 2 epochs, no demo, no multi-label demo.
 """
 
 from __future__ import annotations
@@ -40,11 +42,22 @@ import bench_datapath  # noqa: E402
 import bench_demo  # noqa: E402
 import bench_imbalance  # noqa: E402
 import bench_label_issues  # noqa: E402
+import bench_multilabel  # noqa: E402
 import bench_scale  # noqa: E402
 import bench_transfer  # noqa: E402
 from machine import machine  # noqa: E402
 
-PARTS = ["datapath", "accuracy", "transfer", "inference", "scale", "labels", "demo", "imbalance"]
+PARTS = [
+    "datapath",
+    "accuracy",
+    "transfer",
+    "inference",
+    "scale",
+    "labels",
+    "demo",
+    "imbalance",
+    "multilabel",
+]
 RESULTS = HERE / "RESULTS.md"
 PART_TIMEOUT_S = 1500
 
@@ -108,6 +121,14 @@ def part_imbalance(quick: bool, work: Path) -> list[str]:
     return bench_imbalance.markdown(_json_part("bench_imbalance.py", [], quick, work))
 
 
+def part_multilabel(quick: bool, work: Path) -> list[str]:
+    if quick:
+        return ["Skipped in --quick mode (the full series takes minutes); run `make bench` for it."]
+    out = work / "multilabel.json"
+    _python([str(HERE / "bench_multilabel.py"), "--json", str(out)])
+    return bench_multilabel.markdown(json.loads(out.read_text()))
+
+
 TITLES = {
     "datapath": "1. Data-path efficiency (training)",
     "accuracy": "2. Accuracy at budget",
@@ -117,6 +138,7 @@ TITLES = {
     "labels": "6. Label errors: flipped labels found by helpers.label_issues",
     "demo": "7. The demo series",
     "imbalance": "8. Class imbalance: the rare classes with each option",
+    "multilabel": "9. The multi-label demo",
 }
 
 

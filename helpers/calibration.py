@@ -23,6 +23,7 @@ from scipy.special import log_softmax
 from helpers.config import Config
 from helpers.reports import EnsemblePrediction, write_test_predictions
 from helpers.run_folder import RunFolder
+from helpers.targets import task_of
 
 ECE_BINS = (
     15  # equal-width confidence bins, as in Guo et al. (2017), "On Calibration of Modern Neural Networks"
@@ -32,6 +33,10 @@ TEMPERATURE_RANGE = (
     20.0,
 )  # searched on a log scale; beyond these the model is degenerate, not miscalibrated
 FLOOR = 1e-12  # probabilities clipped here before the log, so a zero stays finite
+MULTILABEL = (
+    "temperature scaling is for multiclass runs (one softmax over the classes); a multilabel run's "
+    "probabilities are one sigmoid per class and are not calibrated here: set calibrate=False"
+)
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,8 @@ def calibrate_run(run: RunFolder, cfg: Config, labels: np.ndarray, probabilities
 def run_temperature(run: RunFolder, cfg: Config) -> float:
     """The temperature 04 fitted for this run, refusing one fitted on another checkpoint or other views:
     those give other probabilities, which the temperature was not fitted on."""
+    if task_of(cfg.task) == "multilabel":
+        raise ValueError(MULTILABEL)
     if not run.calibration.exists():
         raise FileNotFoundError(
             f"calibrate=True, but {run.calibration} does not exist: run notebooks/04_evaluate.ipynb for run "

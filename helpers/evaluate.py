@@ -1,7 +1,8 @@
 """The tables behind 04_evaluate: scikit-learn's metrics on OOF probabilities, TTA per view, errors.
 
-Everything takes plain arrays (labels as class indices, probabilities as N x C), so each number can be
-checked against scikit-learn on the same arrays.
+Everything takes plain arrays (labels as class indices, probabilities as N x C; for the multilabel task
+multi-hot targets and predicted sets as N x C 0/1, scored by helpers.multilabel_metrics), so each number
+can be checked against scikit-learn on the same arrays.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 
 from helpers.augment import InputPrep, to_hwc
 from helpers.inference import Prediction
+from helpers.multilabel_metrics import macro_map
 
 # classes are imbalanced when the largest has at least this many times the rows of the smallest; the rare
 # ones are then those with at most 1 / IMBALANCE_RATIO of the largest's rows
@@ -197,3 +199,70 @@ def explain_batch(
     with torch.no_grad():
         predicted = model(inputs).argmax(1).cpu().numpy()
     return to_hwc(x), cams, predicted
+
+
+# --- the multilabel task: label sets ----------------------------------------------------------------------
+
+
+def label_set_names(predicted: np.ndarray, classes: Sequence[str], sep: str) -> list[str]:
+    """Each row's predicted classes (an (N, C) 0/1 array) as names joined by sep, in class order; "" for an
+    empty set."""
+    names = np.asarray(classes, dtype=object)
+    return [sep.join(names[np.flatnonzero(row)]) for row in predicted]
+
+
+def multilabel_oof_frame(
+    ids: Sequence[str],
+    folds: Sequence[int],
+    written: Sequence[str],
+    predicted: np.ndarray,
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+    sep: str,
+) -> pd.DataFrame:
+    """id, fold, the label set as the data wrote it, the predicted set (joined by the run's label_sep) and a
+    probability column per class."""
+    frame = pd.DataFrame(
+        {
+            "id": list(ids),
+            "fold": list(folds),
+            "label": list(written),
+            "predicted": label_set_names(predicted, classes, sep),
+        }
+    )
+    probs = pd.DataFrame(probabilities, columns=[f"prob_{c}" for c in classes])
+    return pd.concat([frame, probs], axis=1)
+
+
+def multilabel_tta_table(targets: np.ndarray, prediction: Prediction, chosen: Sequence[str]) -> pd.DataFrame:
+    """Macro mAP of each view alone and of the chosen views averaged."""
+    rows = [{"views": v, "map": macro_map(targets, prediction.view(v))} for v in prediction.views]
+    rows.append(
+        {"views": " + ".join(chosen) + " (mean)", "map": macro_map(targets, prediction.mean_of(chosen))}
+    )
+    return pd.DataFrame(rows)
+
+
+def label_mistakes(
+    targets: np.ndarray, predicted: np.ndarray, classes: Sequence[str], top: int = 10
+) -> pd.DataFrame:
+    """The classes most often missed (in the set, not predicted) or wrongly added (predicted, not in the
+    set), most mistakes first: the multilabel counterpart of the most-confused pairs."""
+    missed = ((targets == 1) & (predicted == 0)).sum(0)
+    wrong = ((targets == 0) & (predicted == 1)).sum(0)
+    table = pd.DataFrame(
+        {"class": list(classes), "missed": missed, "wrong": wrong, "mistakes": missed + wrong}
+    )
+    table = table[table["mistakes"] > 0]
+    return table.sort_values("mistakes", ascending=False, kind="stable").head(top).reset_index(drop=True)
+
+
+def explain_labels(
+    model: nn.Module, x: torch.Tensor, prep: InputPrep, pairs: Sequence[tuple[int, int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM of (image, class) pairs of a uint8 batch: each image once per class asked for. Returns the
+    images (NHWC uint8, one per pair) and their maps."""
+    images = torch.tensor([i for i, _ in pairs])
+    inputs = prep(x[images], next(model.parameters()).device)
+    cams = grad_cam(model, inputs, torch.tensor([c for _, c in pairs], device=inputs.device))
+    return to_hwc(x[images]), cams

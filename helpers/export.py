@@ -4,7 +4,8 @@
 
 Each fold's checkpoint becomes outputs/runs/<run>/onnx/fold<k>_<kind>.onnx, with the preprocessing inside
 the graph: it takes what an image reader gives, uint8 RGB pixels in NCHW order at the run's size (any batch
-size), and returns softmax probabilities, so no mean or std needs re-spelling elsewhere. Beside it,
+size), and returns probabilities (softmax over the classes for a multiclass run, a sigmoid per class for a
+multilabel one: the description says which), so no mean or std needs re-spelling elsewhere. Beside it,
 fold<k>_<kind>.json says all of that (input name, shape, dtype, channel order, resize, mean, std, classes)
 and records the parity check: onnxruntime's probabilities on real test images against torch's, within an
 absolute tolerance (PARITY_ATOL by default), else a ParityError and no file left behind. The exporter is
@@ -36,6 +37,7 @@ from helpers.loaders import build_loader
 from helpers.model import data_config_for
 from helpers.run_folder import CHECKPOINT_KINDS, RunFolder
 from helpers.tables import detect_layout, list_test_images
+from helpers.targets import Task, task_of, to_probabilities
 
 PARITY_ATOL = 1e-4  # max |p_onnx - p_torch| over every probability: fp32 kernels differ by ~1e-7 per op
 PARITY_IMAGES = 64  # test images the parity check runs
@@ -61,16 +63,18 @@ class ParityError(AssertionError):
 
 class PixelsToProbabilities(nn.Module):
     """A classifier that takes uint8 RGB NCHW pixels, normalises them with the backbone's mean and std
-    and returns softmax probabilities: the whole of the kit's prediction step after resizing."""
+    and returns the task's probabilities (helpers.targets.to_probabilities): the whole of the kit's
+    prediction step after resizing."""
 
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], task: Task):
         super().__init__()
         self.model = model
+        self.task = task
         self.register_buffer("shift", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
         self.register_buffer("scale", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model((image.float() - self.shift) / self.scale), dim=1)
+        return to_probabilities(self.model((image.float() - self.shift) / self.scale), self.task)
 
 
 @dataclass
@@ -84,9 +88,18 @@ class Exported:
     images: int
 
 
+OUTPUT_MEANING = {
+    "multiclass": "softmax probabilities: one distribution over the classes, summing to 1",
+    "multilabel": "sigmoid probabilities: one independent probability per class (a label set); the run's "
+    "thresholds.json holds the per-class thresholds tuned on its out-of-fold predictions",
+}
+
+
 def description(cfg: Config, classes: list[str], mean: Sequence[float], std: Sequence[float]) -> dict:
     """What a user of the .onnx file needs to feed it and read its output, without the kit."""
+    task = task_of(cfg.task)
     return {
+        "task": task,
         "backbone": cfg.backbone,
         "input": {
             "name": INPUT,
@@ -100,7 +113,7 @@ def description(cfg: Config, classes: list[str], mean: Sequence[float], std: Seq
             "mean": list(mean),
             "std": list(std),
         },
-        "output": {"name": OUTPUT, "shape": ["batch", len(classes)], "meaning": "softmax probabilities"},
+        "output": {"name": OUTPUT, "shape": ["batch", len(classes)], "meaning": OUTPUT_MEANING[task]},
         "classes": classes,
         "opset": OPSET,
     }
@@ -169,7 +182,7 @@ def export_run(
         checkpoints.items(), desc="export to ONNX", unit="fold", total=len(checkpoints)
     ):
         model, ckpt = load_model(checkpoint)
-        wrapped = PixelsToProbabilities(model, mean, std).eval()
+        wrapped = PixelsToProbabilities(model, mean, std, task_of(cfg.task)).eval()
         path = run.onnx_model(fold, kind)
         export_model(wrapped, pixels[: min(len(pixels), 2)].clone(), path)
         try:

@@ -16,7 +16,9 @@ import pandas as pd
 
 from helpers.config import Config
 from helpers.health import FIXES, check_images
+from helpers.label_sets import split_label
 from helpers.tables import DataError, problem_frame
+from helpers.targets import multi_hot
 
 TEST_LABELS = "test_labels.csv"
 
@@ -57,11 +59,14 @@ def sample_submission(
 
 
 def test_labels(cfg: Config, data_dir: Path, test: pd.DataFrame, classes: Sequence[str]) -> np.ndarray | None:
-    """Class indices of the test images, in test order: the test table's `label` column, else
-    data_dir/test_labels.csv; None when neither exists (an unlabelled test set)."""
+    """The test images' targets, in test order: class indices (multiclass), or multi-hot rows of the label
+    sets split by the run's label_sep (multilabel; an empty value is the empty set). From the test table's
+    `label` column, else data_dir/test_labels.csv; None when neither exists (an unlabelled test set)."""
     path = data_dir / TEST_LABELS
+    multilabel = cfg.task == "multilabel"  # as 01 resolved it; a single label otherwise
     if "label" in test.columns:
-        path, labels = Path(cfg.test_csv or "test/<class>/ folders"), test["label"].astype(str)
+        path, labels = Path(cfg.test_csv or "test/<class>/ folders"), test["label"]
+        labels = labels if multilabel else labels.astype(str)
     elif path.exists():
         truth = pd.read_csv(path, dtype=str).set_index(cfg.id_col)[cfg.label_col]
         missing = sorted(set(test["id"]) - set(truth.index))
@@ -70,12 +75,17 @@ def test_labels(cfg: Config, data_dir: Path, test: pd.DataFrame, classes: Sequen
         labels = truth.loc[test["id"]]
     else:
         return None
-    unknown = sorted(set(labels) - set(classes))
+    sets = [split_label(v, cfg.label_sep) for v in labels] if multilabel else [[v] for v in labels]
+    unknown = sorted({label for s in sets for label in s} - set(classes))
     if unknown:
         raise DataError(
             f"{path} has label(s) {unknown[:10]} that the model was not trained on; classes: {list(classes)}"
+            + (f" (label sets are split by label_sep={cfg.label_sep!r})" if multilabel else "")
         )
-    return labels.map({c: i for i, c in enumerate(classes)}).to_numpy()
+    index = {c: i for i, c in enumerate(classes)}
+    if multilabel:
+        return multi_hot([[index[label] for label in s] for s in sets], len(classes)).astype(int)
+    return labels.map(index).to_numpy()
 
 
 def no_test_set(cfg: Config, data_dir: Path, layout: str) -> str:

@@ -2,7 +2,9 @@
 
 Batches are the outer loop and models the inner one, so each image is decoded once however many models
 and views there are, and every model stays in memory for the whole pass (the original pipeline reloaded
-every checkpoint for every batch). Probabilities are averaged over models and views after the softmax.
+every checkpoint for every batch). Probabilities are averaged over models and views after the
+softmax (multiclass) or the sigmoid (multilabel), as helpers.targets turns the run's logits into
+probabilities; the run's task comes from its config.
 Every loader comes from `helpers.loaders.build_loader`, over a table's rows (`path`, and `height` and
 `width` when known, which lets the images come from the RAM cache).
 """
@@ -25,6 +27,7 @@ from helpers.config import Config
 from helpers.loaders import build_loader
 from helpers.precision import Precision, pick_device, resolve_precision
 from helpers.run_folder import RunFolder
+from helpers.targets import Task, task_of
 from helpers.tta import check_views, mean_over_views, view_probabilities
 
 # the fold build_loader seeds augmentation with: prediction's transform is deterministic, so any fold will do
@@ -72,6 +75,7 @@ def predict_models(
     device: torch.device,
     precision: Precision,
     prep: InputPrep,
+    task: Task,
     desc: str = "predict",
 ) -> Prediction:
     """Average per-view probabilities of several in-memory models over every batch of the loader."""
@@ -79,7 +83,7 @@ def predict_models(
     chunks, indices = [], []
     for x, _, idx in tqdm(loader, desc=desc, unit="batch", leave=False):
         x = prep(x, device)
-        total = sum(view_probabilities(m, x, views, precision) for m in models)
+        total = sum(view_probabilities(m, x, views, precision, task) for m in models)
         chunks.append((total / len(models)).cpu())
         indices.append(idx)
     return Prediction(torch.cat(chunks, dim=1).numpy(), list(views), torch.cat(indices).numpy())
@@ -101,9 +105,13 @@ def predict_checkpoints(
     in the rows' order."""
     device = device or pick_device()
     models = load_models(paths, device, cfg.channels_last)
-    loader = build_loader(cfg, rows, False, PREDICTION_FOLD, device)
+    # prediction reads the images only: the targets (either task's) stay with the rows
+    loader = build_loader(
+        cfg, rows.drop(columns="label_idx", errors="ignore"), False, PREDICTION_FOLD, device
+    )
     prep = InputPrep.for_backbone(cfg.backbone, cfg.channels_last)
-    return predict_models(models, loader, views, device, resolve_precision(cfg.precision, device), prep)
+    precision = resolve_precision(cfg.precision, device)
+    return predict_models(models, loader, views, device, precision, prep, task_of(cfg.task))
 
 
 def probabilities_frame(
@@ -142,6 +150,69 @@ def submission_frame(
     else:
         raise ValueError(
             f"cannot fill sample submission columns {other}: expected one label column or the "
+            f"class names {list(classes)}"
+        )
+    return out
+
+
+SEPARATORS = (" ", "|", ";", ",", "\t")  # what a sample submission may put between labels
+
+
+def label_separator(values: pd.Series, classes: Sequence[str], default: str) -> str:
+    """The separator between the labels of a sample submission's label column, read from its values: the
+    first candidate (the run's label_sep first) that splits every value holding it into known classes,
+    else the first one the values hold at all (placeholder sets), else `default` (single labels or empty
+    values say nothing)."""
+    texts = [str(v) for v in values.dropna() if str(v).strip()]
+    candidates = list(dict.fromkeys([default, *SEPARATORS]))
+    known = set(classes)
+    for sep in candidates:
+        holding = [t for t in texts if sep in t.strip()]
+        if holding and all(set(t.strip().split(sep)) <= known for t in holding):
+            return sep
+    for sep in candidates:
+        if any(sep in t.strip() for t in texts):
+            return sep
+    return default
+
+
+def multilabel_submission_frame(
+    sample: pd.DataFrame,
+    id_col: str,
+    ids: Sequence[str],
+    probabilities: np.ndarray,
+    predicted: np.ndarray,
+    classes: Sequence[str],
+    label_sep: str,
+) -> pd.DataFrame:
+    """A multilabel run's submission in the sample's rows and columns: one probability column per class
+    when its columns are the class names; the predicted set's class names (0/1 rows `predicted`) joined by
+    the sample's separator (label_separator) when it has one other column; both when it has a label
+    column followed by the class names (the default format without a sample submission)."""
+    index = pd.Index(list(ids), name=id_col)
+    order = sample[id_col].astype(str)
+    missing = sorted(set(order) - set(index))
+    if missing:
+        raise ValueError(f"{len(missing)} sample-submission id(s) have no prediction, e.g. {missing[:5]}")
+    probs = pd.DataFrame(probabilities, columns=list(classes), index=index).loc[order]
+    sets = pd.DataFrame(predicted, columns=list(classes), index=index).loc[order].to_numpy()
+    out = sample.copy()
+    other = [c for c in sample.columns if c != id_col]
+    names = np.asarray(classes, dtype=object)
+
+    def joined(sep: str) -> list[str]:
+        return [sep.join(names[np.flatnonzero(row)]) for row in sets]
+
+    if set(other) == set(classes):
+        out[other] = probs[other].to_numpy()
+    elif len(other) == 1:
+        out[other[0]] = joined(label_separator(sample[other[0]], classes, label_sep))
+    elif set(other[1:]) == set(classes) and other[0] not in classes:
+        out[other[0]] = joined(label_sep)
+        out[other[1:]] = probs[other[1:]].to_numpy()
+    else:
+        raise ValueError(
+            f"cannot fill sample submission columns {other}: expected one column of label sets or the "
             f"class names {list(classes)}"
         )
     return out
@@ -190,6 +261,12 @@ def ensemble_members(cfg: Config, run: RunFolder) -> list[Member]:
         other = other_run.read_config().replace(checkpoint=cfg.checkpoint, tta_views=cfg.tta_views)
         paths = list(trained_checkpoints(other_run, cfg.checkpoint, other.n_folds).values())
         members.append(Member(other_run, other, paths, load_checkpoint(paths[0])["classes"]))
+    tasks = {m.run.name: m.cfg.task for m in members}
+    if len(set(tasks.values())) > 1:
+        raise ValueError(
+            f"ensemble_runs mixes tasks {tasks}: probabilities of a multiclass run (softmax) and a multilabel "
+            "one (a sigmoid per class) do not average; ensemble runs of one task"
+        )
     if any(m.classes != members[0].classes for m in members):
         raise ValueError(f"the runs {member_names(members)} were trained on different class lists")
     return members

@@ -3,7 +3,10 @@
 Out-of-fold probabilities come from a model that never trained on the row, which is what confident
 learning needs: cleanlab's `find_label_issues` flags the rows whose given label the model's per-class
 thresholds contradict, and `get_label_quality_scores` (self-confidence: the probability of the given
-label) ranks them, lowest first. Covers the single-label task: one class index per row.
+label) ranks them, lowest first. The multilabel task goes through cleanlab's multi-label variants
+(`find_label_issues(..., multi_label=True)` and `multilabel_classification.get_label_quality_scores`,
+which aggregate each class's self-confidence): a row is flagged when some class of its set looks wrong or
+missing, and the suggestion is the set the run's thresholds predict.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from cleanlab.filter import find_label_issues
+from cleanlab.multilabel_classification import get_label_quality_scores as multilabel_quality_scores
 from cleanlab.rank import get_label_quality_scores
 from matplotlib.figure import Figure
 
@@ -22,6 +26,7 @@ from helpers.plots import show_images
 from helpers.run_folder import RunFolder
 
 COLUMNS = ["id", "given", "suggested", "score"]
+SHORT_TITLE = 14  # given and suggested longer than this together (label sets) take a line each
 
 
 def rank_label_issues(
@@ -43,6 +48,37 @@ def rank_label_issues(
             "given": names[labels],
             "suggested": names[probabilities.argmax(1)],
             "score": get_label_quality_scores(labels, probabilities, method="self_confidence"),
+            "issue": flagged,
+        }
+    )
+    return table.sort_values("score", kind="stable").reset_index(drop=True)
+
+
+def rank_multilabel_issues(
+    ids: Sequence[str],
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    predicted: np.ndarray,
+    classes: Sequence[str],
+    sep: str,
+) -> pd.DataFrame:
+    """rank_label_issues for multi-hot targets (N, C): the given set, the predicted set (0/1 rows at the
+    run's thresholds) as the suggestion, cleanlab's multi-label quality score and flag, lowest score first."""
+    missing = [classes[c] for c in np.flatnonzero(targets.sum(0) == 0)]
+    if missing:
+        raise ValueError(
+            f"classes {missing} are in no out-of-fold label set: confident learning needs every class among "
+            "the rows; evaluate more folds (04 covers the folds 03 trained: set folds=[] in 03)"
+        )
+    sets = [list(np.flatnonzero(row)) for row in targets]
+    names = np.asarray(classes, dtype=object)
+    flagged = find_label_issues(sets, probabilities, multi_label=True, n_jobs=1)
+    table = pd.DataFrame(
+        {
+            "id": np.asarray(ids, dtype=object),
+            "given": [sep.join(names[s]) for s in sets],
+            "suggested": [sep.join(names[np.flatnonzero(row)]) for row in predicted],
+            "score": multilabel_quality_scores(sets, probabilities),
             "issue": flagged,
         }
     )
@@ -73,7 +109,7 @@ def show_label_issues(issues: pd.DataFrame, paths: pd.Series, n: int = 16) -> Fi
         return fig
     images = [read_image(paths[i]) for i in top["id"]]
     titles = [
-        f"{g} → {s}\nscore {v:.3f}"
+        f"{g} → {s}\nscore {v:.3f}" if len(f"{g}{s}") <= SHORT_TITLE else f"{g}\n→ {s}\nscore {v:.3f}"
         for g, s, v in zip(top["given"], top["suggested"], top["score"], strict=True)
     ]
     return show_images(images, titles, colors=["tab:red"] * len(top))

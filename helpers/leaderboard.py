@@ -4,6 +4,12 @@ Everything is read back from the run folders (metrics.csv, evaluation.json, oof.
 test_probabilities.csv), never from memory, so the table can be rebuilt at any time, also mid-sweep. A run
 that stopped early simply has NaN where its missing files would have been; an unreadable file is a warning
 and NaN, never a crash, so one broken run cannot hide the others.
+
+Runs of different tasks are never ranked together: accuracy and mAP are not on one scale. Each row says
+its run's `task`; multiclass runs fill the accuracy columns, multilabel runs the mAP and F1 columns, and
+the table is ranked within each task (`rank`), multiclass runs first. A sort column of the other task
+ranks a task's runs by its own counterpart (MULTILABEL_COUNTERPART). A run whose config predates the task
+setting trained on one label per image: multiclass.
 """
 
 from __future__ import annotations
@@ -26,12 +32,15 @@ from helpers.config import Config, ConfigError, parameter_names
 from helpers.dataset import data_dir_of
 from helpers.evaluate import summary_metrics
 from helpers.holdout import test_labels
+from helpers.multilabel_metrics import macro_map, threshold_scores
 from helpers.paths import outputs_dir, runs_dir
 from helpers.run_folder import RunFolder, metric_key
 from helpers.tables import detect_layout, list_test_images
 
 COLUMNS = [
     "run",
+    "task",  # multiclass or multilabel: runs are ranked within their task
+    "rank",  # 1 = best of its task by the sort column
     "backbone",
     "img_size",
     "epochs",
@@ -44,6 +53,15 @@ COLUMNS = [
     "test_acc",  # 05's test predictions against the test labels, when the test set has them (helpers.holdout)
     "test_macro_f1",
     "test_log_loss",
+    # multilabel runs (F1 at 0.5 for validation; the test's at the run's tuned per-class thresholds)
+    "val_map_tta",  # out-of-fold macro mAP with the run's TTA views (evaluation.json)
+    "val_map",  # out-of-fold macro mAP without TTA (evaluation.json)
+    "val_f1_micro_tta",
+    "val_f1_macro_tta",
+    "best_val_map",  # mean over trained folds of each fold's best epoch (metrics.csv)
+    "test_map",
+    "test_f1_micro",
+    "test_f1_macro",
     "train_seconds",  # all epochs of all folds, validation included
     "seconds_per_epoch",
     "images_per_s",  # training images per second, mean over epochs
@@ -51,7 +69,30 @@ COLUMNS = [
 ]
 ACCURACIES = ["val_acc_tta", "val_acc", "best_val_acc", "oof_acc", "test_acc"]
 LOWER_IS_BETTER = {"best_val_loss", "test_log_loss", "train_seconds", "seconds_per_epoch", "parameters"}
-SORTABLE = [c for c in COLUMNS if c not in {"run", "backbone", "finished"}]
+SORTABLE = [c for c in COLUMNS if c not in {"run", "task", "rank", "backbone", "finished"}]
+TASK_ORDER = ("multiclass", "multilabel")
+MULTICLASS_ONLY = [
+    "val_acc_tta",
+    "val_acc",
+    "best_val_acc",
+    "oof_acc",
+    "test_acc",
+    "test_macro_f1",
+    "test_log_loss",
+]
+MULTILABEL_ONLY = ["val_map_tta", "val_map", "val_f1_micro_tta", "val_f1_macro_tta", "best_val_map", "test_map",
+                   "test_f1_micro", "test_f1_macro"]  # fmt: skip
+SCORE = {"multiclass": "val_acc_tta", "multilabel": "val_map_tta"}  # what ranks a task's runs by default
+# a multiclass column's counterpart for multilabel runs (and back): what ranks them and is their plot's axis
+MULTILABEL_COUNTERPART = {
+    "val_acc_tta": "val_map_tta",
+    "val_acc": "val_map",
+    "best_val_acc": "best_val_map",
+    "oof_acc": "val_map_tta",
+    "test_acc": "test_map",
+    "test_macro_f1": "test_f1_macro",
+    "test_log_loss": "test_map",
+}
 
 
 def leaderboard_csv() -> Path:
@@ -67,6 +108,7 @@ def run_row(run: RunFolder) -> dict[str, Any]:
     config = _read(run.config, lambda p: {"config": run.read_config()}).get("config")
     row: dict[str, Any] = {
         "run": run.name,
+        "task": run_task(config) if config else np.nan,
         "backbone": config.backbone if config else np.nan,
         "img_size": config.img_size if config else np.nan,
         "epochs": config.epochs if config else np.nan,
@@ -74,7 +116,8 @@ def run_row(run: RunFolder) -> dict[str, Any]:
     }
     row |= _read(run.metrics, lambda p: _training_columns(run.read_metrics()))
     row |= _read(run.evaluation, lambda p: _evaluation_columns(run.read_evaluation()))
-    row |= _read(run.oof, lambda p: {"oof_acc": _oof_accuracy(run.read_oof())})
+    if config is not None and run_task(config) == "multiclass":
+        row |= _read(run.oof, lambda p: {"oof_acc": _oof_accuracy(run.read_oof())})
     if config is not None:
         row |= _read(run.test_probabilities, lambda p: _test_columns(run, config))
     checkpoints = sorted(run.checkpoints.glob("fold*_best_score.pt"))
@@ -83,29 +126,77 @@ def run_row(run: RunFolder) -> dict[str, Any]:
     return row
 
 
+def run_task(cfg: Config) -> str:
+    """The run's task as 01 saved it; a config from before the task setting is a multiclass run."""
+    return cfg.task if cfg.task in TASK_ORDER else "multiclass"
+
+
 def build_leaderboard() -> pd.DataFrame:
-    """One row per folder of outputs/runs that has a metrics.csv (it trained), best val_acc_tta first."""
+    """One row per folder of outputs/runs that has a metrics.csv (it trained), ranked within each task:
+    best val_acc_tta (multiclass) or val_map_tta (multilabel) first."""
     runs = [RunFolder(d) for d in sorted(runs_dir().glob("*"))]
     frame = pd.DataFrame([run_row(r) for r in runs if r.metrics.exists()], columns=COLUMNS)
     return rank_runs(frame, "val_acc_tta")
 
 
+def _column_for(column: str, task: str) -> str:
+    """The column that ranks (and plots) a task's runs when `column` is asked for: itself when the task
+    fills it, else its counterpart of the task (or the task's default score)."""
+    if task == "multilabel" and column in MULTICLASS_ONLY:
+        return MULTILABEL_COUNTERPART[column]
+    if task == "multiclass" and column in MULTILABEL_ONLY:
+        back = {v: k for k, v in MULTILABEL_COUNTERPART.items() if k != "oof_acc" and k != "test_log_loss"}
+        return back.get(column, SCORE["multiclass"])
+    return column
+
+
 def rank_runs(frame: pd.DataFrame, by: str) -> pd.DataFrame:
-    """The runs best first by one column (lowest first for losses, times and sizes), NaN last."""
+    """The runs of each task best first by one column (lowest first for losses, times and sizes; NaN
+    last), multiclass runs first, with each run's `rank` within its task: runs of different tasks are
+    never ranked together."""
     _require("sort_by", by, SORTABLE)
-    keys = list(dict.fromkeys([by, "best_val_acc"]))
-    ascending = [k in LOWER_IS_BETTER for k in keys]
-    return frame.sort_values(keys, ascending=ascending, na_position="last", kind="stable").reset_index(
-        drop=True
-    )
+    tasks = frame["task"].fillna("multiclass")
+    parts = []
+    for task in [*TASK_ORDER, *sorted(set(tasks) - set(TASK_ORDER))]:
+        part = frame[tasks == task]
+        if part.empty:
+            continue
+        key = _column_for(by, task)
+        keys = list(dict.fromkeys([key, "best_val_map" if task == "multilabel" else "best_val_acc"]))
+        ascending = [k in LOWER_IS_BETTER for k in keys]
+        part = part.sort_values(keys, ascending=ascending, na_position="last", kind="stable")
+        parts.append(part.assign(rank=np.arange(1, len(part) + 1)))
+    return pd.concat(parts, ignore_index=True) if parts else frame.reset_index(drop=True)
+
+
+def by_task(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The leaderboard split by task, each part with the columns its task fills (for display)."""
+    tasks = frame["task"].fillna("multiclass")
+    out = {}
+    for task in TASK_ORDER:
+        part = frame[tasks == task]
+        if not part.empty:
+            other = MULTILABEL_ONLY if task == "multiclass" else MULTICLASS_ONLY
+            out[task] = part.drop(columns=other).reset_index(drop=True)
+    return out
 
 
 def show_leaderboard(frame: pd.DataFrame, accuracy: str = "val_acc_tta") -> Figure:
-    """Accuracy against seconds per epoch, one labelled point per run, marker area by parameter count."""
+    """Score against seconds per epoch, one labelled point per run, marker area by parameter count: one
+    panel per task, `accuracy` for multiclass runs and its mAP counterpart for multilabel ones."""
     _require("accuracy", accuracy, ACCURACIES)
+    parts = by_task(frame) or {"multiclass": frame}
+    fig, axes = plt.subplots(1, len(parts), figsize=(7 * len(parts), 4.5), squeeze=False)
+    for ax, (task, part) in zip(axes[0], parts.items(), strict=True):
+        _plot_runs(ax, part, _column_for(accuracy, task), task if len(parts) > 1 else "")
+    fig.tight_layout()
+    return fig
+
+
+def _plot_runs(ax, frame: pd.DataFrame, accuracy: str, task: str) -> None:
     shown = frame.dropna(subset=[accuracy, "seconds_per_epoch"])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.set(xlabel="seconds per epoch", ylabel=accuracy, title=f"{accuracy} against training time per epoch")
+    title = f"{accuracy} against training time per epoch" + (f" ({task} runs)" if task else "")
+    ax.set(xlabel="seconds per epoch", ylabel=accuracy, title=title)
     if shown.empty:
         ax.text(
             0.5,
@@ -114,7 +205,7 @@ def show_leaderboard(frame: pd.DataFrame, accuracy: str = "val_acc_tta") -> Figu
             ha="center",
             transform=ax.transAxes,
         )
-        return fig
+        return
     params = shown["parameters"].astype(float).fillna(0)
     sizes = 40 + 600 * np.sqrt(params / params.max()) if params.max() > 0 else 40
     ax.scatter(
@@ -131,8 +222,6 @@ def show_leaderboard(frame: pd.DataFrame, accuracy: str = "val_acc_tta") -> Figu
         )
     ax.margins(0.2)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
 
 
 def write_leaderboard(accuracy: str = "val_acc_tta") -> pd.DataFrame:
@@ -173,8 +262,12 @@ def _read(path: Path, read: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
 
 def _training_columns(metrics: pd.DataFrame) -> dict[str, float]:
     folds = metrics.groupby("fold")
-    return {
-        "best_val_acc": folds["val_acc"].max().mean(),
+    best = {
+        column: folds[score].max().mean()
+        for column, score in (("best_val_acc", "val_acc"), ("best_val_map", "val_map"))
+        if score in metrics
+    }
+    return best | {
         "best_val_loss": folds["val_loss"].min().mean(),
         "train_seconds": metrics["seconds"].sum(),
         "seconds_per_epoch": metrics["seconds"].mean(),
@@ -183,7 +276,14 @@ def _training_columns(metrics: pd.DataFrame) -> dict[str, float]:
 
 
 def _evaluation_columns(evaluation: dict[str, Any]) -> dict[str, float]:
-    keys = {"val_acc": metric_key("accuracy", tta=False), "val_acc_tta": metric_key("accuracy", tta=True)}
+    keys = {
+        "val_acc": metric_key("accuracy", tta=False),
+        "val_acc_tta": metric_key("accuracy", tta=True),
+        "val_map": metric_key("map", tta=False),
+        "val_map_tta": metric_key("map", tta=True),
+        "val_f1_micro_tta": metric_key("f1_micro", tta=True),
+        "val_f1_macro_tta": metric_key("f1_macro", tta=True),
+    }
     return {column: evaluation[key] for column, key in keys.items() if key in evaluation}
 
 
@@ -204,12 +304,27 @@ def _test_columns(run: RunFolder, cfg: Config) -> dict[str, float]:
     truth = test_labels(cfg, data_dir, rows, list(probabilities.columns))
     if truth is None or not len(truth):
         return {}
+    if run_task(cfg) == "multilabel":
+        return _multilabel_test_columns(run, truth, probabilities.to_numpy())
     metrics = summary_metrics(truth, probabilities.to_numpy())
     return {
         "test_acc": metrics["accuracy"],
         "test_macro_f1": metrics["macro_f1"],
         "test_log_loss": metrics["log_loss"],
     }
+
+
+def _multilabel_test_columns(
+    run: RunFolder, truth: np.ndarray, probabilities: np.ndarray
+) -> dict[str, float]:
+    """mAP of 05's test probabilities, and F1 at the per-class thresholds 05 used (thresholds.json)."""
+    scores = {"test_map": macro_map(truth, probabilities)}
+    if run.thresholds.exists():
+        saved = run.read_thresholds()
+        thresholds = np.array([saved["per_class"][c] for c in saved["classes"]])
+        at = threshold_scores(truth, probabilities, thresholds)
+        scores |= {"test_f1_micro": at["f1_micro"], "test_f1_macro": at["f1_macro"]}
+    return scores
 
 
 def _count(path: Path) -> int:
@@ -220,7 +335,10 @@ def _count(path: Path) -> int:
 def main() -> int:
     frame = write_leaderboard()
     with pd.option_context("display.max_columns", None, "display.width", 200):
-        print(frame.round(4).to_string(index=False) if len(frame) else "no trained runs yet")
+        for task, runs in by_task(frame).items():
+            print(f"{task} runs:\n{runs.round(4).to_string(index=False)}\n")
+    if frame.empty:
+        print("no trained runs yet")
     print(f"wrote {leaderboard_csv()} and {leaderboard_png()}")
     return 0
 

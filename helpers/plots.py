@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from helpers.atomic import atomic_savefig
 from helpers.images import read_image
@@ -247,14 +248,90 @@ def show_predictions(
 
 
 def show_cam(
-    images: Sequence[np.ndarray], cams: Sequence[np.ndarray], titles: Sequence[str], ncols: int = 8
+    images: Sequence[np.ndarray],
+    cams: Sequence[np.ndarray],
+    titles: Sequence[str],
+    ncols: int = 8,
+    colors: Sequence[str] = (),
 ) -> Figure:
-    """Images with their class-activation maps overlaid."""
+    """Images with their class-activation maps overlaid, with optional title colours."""
     fig, axes = image_grid(len(images), ncols)
-    for ax, image, cam, title in zip(axes, images, cams, titles, strict=True):
-        show_image(ax, image, title)
+    for i, (ax, image, cam, title) in enumerate(zip(axes, images, cams, titles, strict=True)):
+        show_image(ax, image, title, colors[i] if colors else "black")
         ax.imshow(
             cam, cmap="jet", alpha=0.45, extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5)
         )
+    fig.tight_layout()
+    return fig
+
+
+# --- the multilabel task: label sets ----------------------------------------------------------------------
+RIGHT, WRONG, MISSED = "tab:green", "tab:red", "tab:orange"
+
+
+def label_set_lines(
+    predicted: np.ndarray, classes: Sequence[str], target: np.ndarray | None = None
+) -> list[tuple[str, str]]:
+    """The lines under one image of a multilabel grid, as (text, colour), from 0/1 rows over the classes.
+
+    With the true set: the right labels in green, wrong ones (predicted, not in the set) in red marked
+    "✗ wrong", missed ones (in the set, not predicted) in orange marked "○ missed"; an empty set predicted
+    and true is right. Without it, the predicted set in black.
+    """
+    names = np.asarray(classes, dtype=object)
+
+    def joined(mask: np.ndarray) -> str:
+        return " ".join(names[np.flatnonzero(mask)])
+
+    if target is None:
+        return [(f"pred: {joined(predicted) or '(none)'}", "black")]
+    predicted, target = predicted.astype(bool), target.astype(bool)
+    lines = []
+    if (predicted & target).any() or not (predicted | target).any():
+        lines.append((joined(predicted & target) or "(none)", RIGHT))
+    if (predicted & ~target).any():
+        lines.append((f"✗ wrong: {joined(predicted & ~target)}", WRONG))
+    if (target & ~predicted).any():
+        lines.append((f"○ missed: {joined(target & ~predicted)}", MISSED))
+    return lines
+
+
+def show_set_grid(
+    images: Sequence[np.ndarray],
+    lines: Sequence[Sequence[tuple[str, str]]],
+    ncols: int = 8,
+    size: float = 1.4,
+) -> Figure:
+    """A grid of images, each with its coloured lines below (label_set_lines)."""
+    most = max((len(ls) for ls in lines), default=1)
+    ncols = max(1, min(ncols, len(images)))
+    nrows = math.ceil(len(images) / ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(ncols * size * 1.15, nrows * (size + 0.22 * most)), squeeze=False
+    )
+    for ax in axes.flat[len(images) :]:
+        ax.axis("off")
+    for ax, image, image_lines in zip(axes.flat, images, lines, strict=False):
+        show_image(ax, image)
+        for row, (text, color) in enumerate(image_lines):
+            ax.text(0.5, -0.04 - 0.16 * row, text, transform=ax.transAxes, ha="center", va="top",
+                    fontsize=7, color=color)  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def show_pr_curves(
+    targets: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], shown: Sequence[int]
+) -> Figure:
+    """Precision against recall (scikit-learn's curve) for the classes `shown`, with each one's AP."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for c in shown:
+        precision, recall, _ = precision_recall_curve(targets[:, c], probabilities[:, c])
+        ap = average_precision_score(targets[:, c], probabilities[:, c])
+        ax.step(recall, precision, where="post", label=f"{classes[c]} (AP {ap:.3f})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.01), ylim=(0, 1.02),
+           title=f"Precision-recall of the {len(shown)} classes with the lowest AP")  # fmt: skip
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

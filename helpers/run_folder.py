@@ -10,6 +10,7 @@
       evaluation.json          04's summary, flat: see EVALUATION_KEYS
       label_issues.csv         likely label errors: id, given, suggested, score (lowest first) (04)
       calibration.json         the temperature fitted on the OOF probabilities, ECE before and after (04)
+      thresholds.json          multilabel: 0.5, the global and the per-class thresholds tuned on OOF (04; 05)
       submission.csv           the sample submission filled in (05)
       test_probabilities.csv   id and one probability column per class (05)
       data_problems.csv        every problem of the data, when 01 stopped on them
@@ -39,11 +40,14 @@ from helpers.config import Config
 from helpers.paths import runs_dir
 
 CHECKPOINT_KINDS = ("best_score", "best_loss", "last", "ema")
-# evaluation.json: what was evaluated, then each metric of helpers.evaluate.summary_metrics without TTA
-# as val_<metric> and with the run's TTA views as val_<metric>_tta ("accuracy" is shortened to "acc",
-# as in metrics.csv: val_acc, val_acc_tta, val_top3_accuracy, val_macro_f1_tta, val_log_loss, ...;
-# val_rare_class_recall(_tta) when the evaluated classes are imbalanced)
-EVALUATION_KEYS = ("checkpoint", "tta_views", "folds", "images")
+# evaluation.json: what was evaluated, then each metric of the run's task without TTA as val_<metric> and
+# with the run's TTA views as val_<metric>_tta. Multiclass (helpers.evaluate.summary_metrics; "accuracy" is
+# shortened to "acc", as in metrics.csv): val_acc, val_acc_tta, val_top3_accuracy, val_macro_f1_tta,
+# val_log_loss, ... (val_rare_class_recall(_tta) when the evaluated classes are imbalanced). Multilabel
+# (helpers.multilabel_metrics.multilabel_summary, F1 and the rest at 0.5): val_map, val_map_micro_tta,
+# val_roc_auc, val_f1_samples, val_f1_micro_tta, val_f1_macro, val_subset_accuracy, val_hamming_loss_tta, ...; then the scores at the per-class thresholds tuned on the
+# TTA probabilities, with TTA only: val_f1_micro_tuned_tta, ... (optimistic: tuned on the same rows)
+EVALUATION_KEYS = ("task", "checkpoint", "tta_views", "folds", "images")
 
 
 def metric_key(metric: str, tta: bool) -> str:
@@ -102,6 +106,10 @@ class RunFolder:
     @property
     def calibration(self) -> Path:
         return self.path / "calibration.json"
+
+    @property
+    def thresholds(self) -> Path:
+        return self.path / "thresholds.json"
 
     @property
     def onnx(self) -> Path:
@@ -213,6 +221,12 @@ class RunFolder:
 
     def read_calibration(self) -> dict[str, Any]:
         return json.loads(self.calibration.read_text())
+
+    def write_thresholds(self, thresholds: dict[str, Any]) -> None:
+        atomic_write_text(self.thresholds, json.dumps(thresholds, indent=2) + "\n")
+
+    def read_thresholds(self) -> dict[str, Any]:
+        return json.loads(self.thresholds.read_text())
 
     def write_onnx_description(self, fold: int, kind: str, description: dict[str, Any]) -> None:
         atomic_write_text(self.onnx_description(fold, kind), json.dumps(description, indent=2) + "\n")

@@ -2,7 +2,8 @@
 
 The views are the dihedral symmetries a user may want. The original pipeline's six flip views held only
 four distinct ones (flip(-1) then flip(-2,-1) equals flip(-2)); here each name is one distinct transform,
-which `tests/test_tta.py` proves. Probabilities are averaged after the softmax.
+which `tests/test_tta.py` proves. Probabilities (softmax for a multiclass run, a sigmoid per class for a
+multilabel one: helpers.targets) are averaged over the views.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from helpers.precision import Precision
+from helpers.targets import Task, to_probabilities
 
 View = Callable[[torch.Tensor], torch.Tensor]
 
@@ -42,15 +44,16 @@ def check_views(names: Sequence[str], square: bool = True) -> list[str]:
 
 @torch.no_grad()
 def view_probabilities(
-    model: nn.Module, x: torch.Tensor, views: Sequence[str], precision: Precision
+    model: nn.Module, x: torch.Tensor, views: Sequence[str], precision: Precision, task: Task
 ) -> torch.Tensor:
-    """Softmax probabilities of every view of the batch, shape (views, batch, classes), from one forward pass."""
+    """The task's probabilities of every view of the batch, shape (views, batch, classes), from one forward
+    pass."""
     batch = torch.cat([VIEWS[v](x) for v in views])
     if x.is_contiguous(memory_format=torch.channels_last):
         batch = batch.contiguous(memory_format=torch.channels_last)
     with precision.context():
         logits = model(batch)
-    return logits.float().softmax(-1).view(len(views), x.shape[0], -1)
+    return to_probabilities(logits.float(), task).view(len(views), x.shape[0], -1)
 
 
 def mean_over_views(per_view: np.ndarray) -> np.ndarray:

@@ -74,7 +74,7 @@ def test_reliability_diagram_draws_before_and_after(outputs):
 
 @pytest.fixture
 def calibrated_run(outputs) -> tuple[Config, RunFolder]:
-    cfg = Config(run_name="cal", backbone="test_resnet")
+    cfg = Config(run_name="cal", backbone="test_resnet", task="multiclass")
     run = RunFolder.of(cfg).create()
     labels, probabilities = overconfident(n=1000)
     calibrate_run(run, cfg, labels, probabilities)
@@ -85,7 +85,7 @@ def ensemble(n: int = 20, seed: int = 3) -> EnsemblePrediction:
     _, probabilities = overconfident(n=n, seed=seed)
     rows = pd.DataFrame({"id": [f"t{i}" for i in range(n)]})
     return EnsemblePrediction(
-        rows, CLASSES, Prediction(probabilities[None], ["identity"], np.arange(n)), 1, 1.0
+        rows, CLASSES, Prediction(probabilities[None], ["identity"], np.arange(n)), 1, 1.0, "multiclass"
     )
 
 
@@ -118,6 +118,8 @@ def test_05_refuses_a_temperature_it_was_not_fitted_for(calibrated_run):
         run_temperature(run, cfg.replace(checkpoint="last"))
     with pytest.raises(ValueError, match="ensemble_runs"):
         run_temperature(run, cfg.replace(ensemble_runs=["other"]))
+    with pytest.raises(ValueError, match="temperature scaling is for multiclass runs"):
+        run_temperature(run, cfg.replace(task="multilabel"))
     run.calibration.unlink()
     with pytest.raises(FileNotFoundError, match="04_evaluate"):
         run_temperature(run, cfg)

@@ -69,7 +69,7 @@ def test_export_matches_torch_for_any_batch_and_documents_the_input(trained):
     batch = np.stack([readme_preprocessing(p, cfg.img_size) for p in paths])
     model, _ = load_model(trained.checkpoint(0, "best_score"))
     with torch.no_grad():
-        expected = PixelsToProbabilities(model, mean, std)(torch.from_numpy(batch)).numpy()
+        expected = PixelsToProbabilities(model, mean, std, "multiclass")(torch.from_numpy(batch)).numpy()
     session = onnxruntime.InferenceSession(str(exported.onnx), providers=["CPUExecutionProvider"])
     for size in (1, 3, len(batch)):
         got = session.run(["probabilities"], {"image": batch[:size]})[0]
@@ -82,7 +82,7 @@ def test_a_model_that_does_not_match_torch_fails_loudly_and_leaves_no_file(train
 
     def export_a_different_model(wrapped, example, path):
         with torch.no_grad():
-            changed = PixelsToProbabilities(wrapped.model, [0.2, 0.2, 0.2], [0.3, 0.3, 0.3])
+            changed = PixelsToProbabilities(wrapped.model, [0.2, 0.2, 0.2], [0.3, 0.3, 0.3], wrapped.task)
         real(changed.eval(), example, path)
 
     export_run(trained, "best_score", images=10)  # a good export first: its description must not outlive it
@@ -91,6 +91,27 @@ def test_a_model_that_does_not_match_torch_fails_loudly_and_leaves_no_file(train
         export_run(trained, "best_score", images=10)
     assert not trained.onnx_model(0, "best_score").exists()
     assert not trained.onnx_description(0, "best_score").exists()
+
+
+def test_a_multilabel_run_exports_sigmoids_and_says_so(trained):
+    """The same fold model described as a multilabel run's: one sigmoid per class, in the graph and in its
+    description."""
+    cfg = trained.read_config().replace(task="multilabel")
+    trained.write_config(cfg)
+    (exported,) = export_run(trained, "best_score", images=10)
+    described = json.loads(exported.description.read_text())
+    assert described["task"] == "multilabel" and "sigmoid" in described["output"]["meaning"]
+    paths = sorted((Path(cfg.data_dir) / "test_image").glob("*.jpg"))
+    batch = np.stack([readme_preprocessing(p, cfg.img_size) for p in paths])
+    model, _ = load_model(trained.checkpoint(0, "best_score"))
+    mean, std = data_config_for(cfg.backbone)["mean"], data_config_for(cfg.backbone)["std"]
+    with torch.no_grad():
+        logits = model((torch.from_numpy(batch).float() - 255 * torch.tensor(mean).view(1, 3, 1, 1))
+                       / (255 * torch.tensor(std).view(1, 3, 1, 1)))  # fmt: skip
+    session = onnxruntime.InferenceSession(str(exported.onnx), providers=["CPUExecutionProvider"])
+    got = session.run(["probabilities"], {"image": batch})[0]
+    np.testing.assert_allclose(got, logits.sigmoid().numpy(), atol=PARITY_ATOL)
+    assert not np.allclose(got.sum(1), 1, atol=1e-3)
 
 
 def test_command_line_exports_every_trained_fold(trained, capsys):

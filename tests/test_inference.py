@@ -114,8 +114,8 @@ def test_a_model_listed_twice_counts_like_once(prepared, image_rows):
     model = random_model(0, scale=5.0)
     loader = loader_of(cfg, image_rows)
     views = ["identity", "hflip"]
-    once = predict_models([model], loader, views, CPU, FP32, PASS)
-    twice = predict_models([model, model], loader, views, CPU, FP32, PASS)
+    once = predict_models([model], loader, views, CPU, FP32, PASS, "multiclass")
+    twice = predict_models([model, model], loader, views, CPU, FP32, PASS, "multiclass")
     np.testing.assert_allclose(twice.per_view, once.per_view, atol=1e-6)
     np.testing.assert_array_equal(twice.indices, np.arange(len(image_rows)))
 
@@ -132,7 +132,7 @@ def test_the_ensemble_averages_probabilities_not_logits(prepared, image_rows):
     cfg, _ = prepared
     a, b = random_model(1, scale=20.0), random_model(2, scale=20.0)
     loader = loader_of(cfg, image_rows)
-    ensemble = predict_models([a, b], loader, ["identity"], CPU, FP32, PASS).view("identity")
+    ensemble = predict_models([a, b], loader, ["identity"], CPU, FP32, PASS, "multiclass").view("identity")
     pa, pb = softmax_of(a, loader), softmax_of(b, loader)
     np.testing.assert_allclose(ensemble, (pa + pb) / 2, atol=1e-6)
     np.testing.assert_allclose(ensemble.sum(1), 1.0, atol=1e-6)
@@ -146,7 +146,9 @@ def test_the_ensemble_averages_probabilities_not_logits(prepared, image_rows):
 def test_tta_probabilities_are_the_mean_of_the_views(prepared, image_rows):
     cfg, _ = prepared
     model = random_model(3, scale=5.0)
-    prediction = predict_models([model], loader_of(cfg, image_rows), ["identity", "hflip"], CPU, FP32, PASS)
+    prediction = predict_models(
+        [model], loader_of(cfg, image_rows), ["identity", "hflip"], CPU, FP32, PASS, "multiclass"
+    )
     assert prediction.per_view.shape == (2, len(image_rows), len(CLASSES))
     np.testing.assert_allclose(
         prediction.probabilities, (prediction.view("identity") + prediction.view("hflip")) / 2
@@ -240,7 +242,7 @@ def test_predict_folds_gives_each_validation_row_once_from_its_own_fold(prepared
     for fold, model in models.items():
         mask = (rows["fold"] == fold).to_numpy()
         loader = loader_of(cfg, rows.loc[mask, ["path"]])
-        direct = predict_models([model], loader, views, CPU, FP32, PASS)
+        direct = predict_models([model], loader, views, CPU, FP32, PASS, "multiclass")
         np.testing.assert_allclose(prediction.per_view[:, mask], direct.per_view, atol=1e-6)
 
 

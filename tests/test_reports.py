@@ -174,7 +174,7 @@ def test_show_highest_loss_shows_the_highest_losses_in_order(tmp_path):
     )
     oof = OofEvaluation(
         image_rows(tmp_path, 5), CLASSES, labels, Prediction(tta[None], ["identity"], np.arange(5)),
-        ["identity"], tta, pd.DataFrame(),
+        ["identity"], tta, pd.DataFrame(), "multiclass",
     )  # fmt: skip
     fig = show_highest_loss(oof, n=3)
     assert [t for t, _ in titles_of(fig)] == [
@@ -250,7 +250,7 @@ def test_predict_test_and_write_test_predictions(prepared):
 
 def test_score_test_set_is_the_summary_metrics():
     labels = np.array([0, 2, 1])
-    table = score_test_set(labels, PROBS)
+    table = score_test_set(labels, PROBS, "multiclass")
     assert list(table.columns) == ["test"]
     assert table["test"].to_dict() == summary_metrics(labels, PROBS)
 

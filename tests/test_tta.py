@@ -79,7 +79,7 @@ def test_view_probabilities_equal_each_view_run_alone(model: torch.nn.Module, ch
     x = random_batch((3, 3, 32, 32), seed=1)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    probs = view_probabilities(model, x, views, FP32)
+    probs = view_probabilities(model, x, views, FP32, "multiclass")
     assert probs.shape == (len(views), 3, 4)
     torch.testing.assert_close(probs.sum(-1), torch.ones(len(views), 3))
     with torch.no_grad():
@@ -87,6 +87,16 @@ def test_view_probabilities_equal_each_view_run_alone(model: torch.nn.Module, ch
     torch.testing.assert_close(probs, one_by_one, atol=1e-5, rtol=1e-4)
     # the views really do change what the model sees (else the comparison above proves little)
     assert not torch.allclose(one_by_one[0], one_by_one[1], atol=1e-4)
+
+
+def test_multilabel_view_probabilities_are_sigmoids_of_each_view(model: torch.nn.Module) -> None:
+    views = ["identity", "hflip", "rot90"]
+    x = random_batch((3, 3, 32, 32), seed=2)
+    probs = view_probabilities(model, x, views, FP32, "multilabel")
+    with torch.no_grad():
+        one_by_one = torch.stack([model(VIEWS[v](x)).sigmoid() for v in views])
+    torch.testing.assert_close(probs, one_by_one, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(probs.sum(-1), torch.ones(len(views), 3), atol=1e-2)
 
 
 def test_mean_over_views_averages_the_first_axis() -> None:

@@ -32,6 +32,7 @@ def tiny_config(data_dir: Path, **changes: Any) -> Config:
         run_name="tiny",
         augment="none",
         lr=1e-2,
+        task="multiclass",  # what 01 resolves and saves for single-label data
     )
     values.update(changes)
     return Config(**values)

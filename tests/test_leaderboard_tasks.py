@@ -1,0 +1,124 @@
+"""The leaderboard with runs of both tasks: each row says its task, multiclass runs fill the accuracy
+columns and multilabel runs the mAP and F1 ones, and runs of different tasks are never ranked together."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import average_precision_score, f1_score
+
+from helpers import leaderboard
+
+CLASSES = ["a", "b", "c"]
+
+
+def write_run(runs: Path, name: str, task: str, score: float, data_dir: Path, seconds: float = 10.0) -> Path:
+    """A trained run of the task whose evaluation.json holds `score` (val_acc_tta or val_map_tta)."""
+    run = runs / name
+    run.mkdir(parents=True)
+    config = {"backbone": "test_resnet", "img_size": 32, "epochs": 1, "data_dir": str(data_dir), "task": task}
+    if task == "multilabel":
+        config["label_sep"] = " "
+    (run / "config.json").write_text(json.dumps(config))
+    score_column = "val_map" if task == "multilabel" else "val_acc"
+    pd.DataFrame(
+        {"fold": [0], "epoch": [0], score_column: [score - 0.01], "val_loss": [0.3], "seconds": [seconds],
+         "images_per_s": [100.0]}
+    ).to_csv(run / "metrics.csv", index=False)  # fmt: skip
+    (run / "evaluation.json").write_text(
+        json.dumps({f"{score_column}_tta": score, score_column: score - 0.02})
+    )
+    return run
+
+
+@pytest.fixture
+def mixed(outputs, tmp_path) -> Path:
+    """Two multiclass and two multilabel runs whose scores interleave: a single ranking would mix them."""
+    data = tmp_path / "data"
+    data.mkdir()
+    runs = outputs / "runs"
+    write_run(runs, "mc_low", "multiclass", 0.70, data)
+    write_run(runs, "mc_high", "multiclass", 0.95, data)
+    write_run(runs, "ml_low", "multilabel", 0.60, data)
+    write_run(runs, "ml_high", "multilabel", 0.90, data)
+    return runs
+
+
+def test_runs_are_ranked_within_their_task(mixed):
+    frame = leaderboard.write_leaderboard()
+    assert list(frame.columns) == leaderboard.COLUMNS
+    assert frame[["run", "task", "rank"]].values.tolist() == [
+        ["mc_high", "multiclass", 1],
+        ["mc_low", "multiclass", 2],
+        ["ml_high", "multilabel", 1],
+        ["ml_low", "multilabel", 2],
+    ]
+    multilabel = frame[frame["task"] == "multilabel"]
+    assert multilabel["val_acc_tta"].isna().all() and multilabel["best_val_acc"].isna().all()
+    assert multilabel["val_map_tta"].tolist() == [0.90, 0.60]
+    assert multilabel["best_val_map"].tolist() == pytest.approx([0.89, 0.59])
+    multiclass = frame[frame["task"] == "multiclass"]
+    assert multiclass["val_map_tta"].isna().all() and multiclass["val_acc"].tolist() == pytest.approx(
+        [0.93, 0.68]
+    )
+
+
+def test_a_sort_column_of_one_task_ranks_the_other_by_its_counterpart(mixed):
+    frame = leaderboard.build_leaderboard()
+    ranked = leaderboard.rank_runs(frame, "val_acc")
+    assert ranked["run"].tolist() == ["mc_high", "mc_low", "ml_high", "ml_low"]
+    by_time = leaderboard.rank_runs(frame.assign(seconds_per_epoch=[1.0, 2.0, 4.0, 3.0]), "seconds_per_epoch")
+    assert by_time["run"].tolist() == ["mc_high", "mc_low", "ml_low", "ml_high"]
+    assert by_time["task"].tolist() == ["multiclass", "multiclass", "multilabel", "multilabel"]
+
+
+def test_the_display_tables_hold_each_tasks_columns(mixed):
+    parts = leaderboard.by_task(leaderboard.build_leaderboard())
+    assert list(parts) == ["multiclass", "multilabel"]
+    assert "val_map_tta" not in parts["multiclass"] and "val_acc_tta" in parts["multiclass"]
+    assert "val_acc_tta" not in parts["multilabel"] and "test_f1_micro" in parts["multilabel"]
+
+
+def test_the_plot_has_a_panel_per_task_with_its_own_score(mixed):
+    fig = leaderboard.show_leaderboard(leaderboard.build_leaderboard(), "val_acc_tta")
+    assert [ax.get_ylabel() for ax in fig.axes] == ["val_acc_tta", "val_map_tta"]
+    assert sorted(t.get_text().split(" ")[0] for t in fig.axes[1].texts) == ["ml_high", "ml_low"]
+    plt.close(fig)
+
+
+def test_a_multilabel_runs_test_columns_are_map_and_f1_at_its_thresholds(outputs, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    truth = ["a b", "c", "b", "a c"]
+    pd.DataFrame({"id": ["t1", "t2", "t3", "t4"], "label": truth}).to_csv(
+        data / "test_labels.csv", index=False
+    )
+    run = write_run(outputs / "runs", "ml", "multilabel", 0.9, data)
+    probabilities = np.array([[0.9, 0.6, 0.2], [0.1, 0.3, 0.8], [0.4, 0.7, 0.1], [0.6, 0.2, 0.45]])
+    pd.concat([pd.DataFrame({"id": ["t1", "t2", "t3", "t4"]}), pd.DataFrame(probabilities, columns=CLASSES)],
+              axis=1).to_csv(run / "test_probabilities.csv", index=False)  # fmt: skip
+    thresholds = {"a": 0.5, "b": 0.5, "c": 0.4}
+    (run / "thresholds.json").write_text(json.dumps({"classes": CLASSES, "per_class": thresholds}))
+    row = leaderboard.build_leaderboard().iloc[0]
+    targets = np.array([[1, 1, 0], [0, 0, 1], [0, 1, 0], [1, 0, 1]])
+    predicted = (probabilities >= np.array([0.5, 0.5, 0.4])).astype(int)
+    assert row["test_map"] == pytest.approx(average_precision_score(targets, probabilities))
+    assert row["test_f1_micro"] == pytest.approx(f1_score(targets, predicted, average="micro"))
+    assert row["test_f1_macro"] == pytest.approx(f1_score(targets, predicted, average="macro"))
+    assert np.isnan(row["test_acc"])
+
+
+def test_the_command_prints_one_table_per_task(mixed, capsys):
+    assert leaderboard.main() == 0
+    out = capsys.readouterr().out
+    assert (
+        out.index("multiclass runs:")
+        < out.index("mc_low")
+        < out.index("multilabel runs:")
+        < out.index("ml_low")
+    )
