@@ -60,8 +60,8 @@ SWEEP = [
     Variant("2 workers, persistent", workers=2),
     Variant("1 worker, not persistent", workers=1, persistent=False),
     Variant("1 worker, main torch threads 1", workers=1, main_threads=1),
-    Variant("no RAM cache, 0 workers", workers=0, cached=False),
-    Variant("no RAM cache, 1 worker", workers=1, cached=False),
+    Variant("no store, 0 workers", workers=0, cached=False),
+    Variant("no store, 1 worker", workers=1, cached=False),
     Variant("channels_last off, 0 workers", workers=0, channels_last=False),
 ]
 BLOCK = 2  # loader passes between two in-memory passes
@@ -99,7 +99,7 @@ def measure_combo(
 
     def loader(v: Variant) -> DataLoader:
         """Fold 0's training loader as train_fold builds it, with the variant's cache and workers."""
-        changes = {"cache_images": v.cached} | ({} if v.workers is None else {"num_workers": v.workers})
+        changes = {"store": v.cached} | ({} if v.workers is None else {"num_workers": v.workers})
         made = build_loader(cfg.replace(**changes), rows, train=True, fold=0, device=device)
         if v.persistent or made.num_workers == 0:
             return made

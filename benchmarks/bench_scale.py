@@ -145,8 +145,7 @@ def loader_memory(folder: Path, n: int, cached: bool, workers: int) -> dict:
         batch_size=64,
         seed=0,
         num_workers=workers,
-        cache_images=cached,
-        cache_mb=4096,
+        store=cached,
     )
     loader = build_loader(cfg, rows, train=True, fold=0, device=torch.device("cpu"))
     me = os.getpid()

@@ -79,7 +79,6 @@ def main() -> None:
         channels_last=True,
         augment="light",
         num_workers=args.workers,
-        cache_mb=4096,
     )
     info = prepare_dataset(cfg)
     rows = pd.concat([info.table[info.table["fold"] != 0]] * args.repeat_data, ignore_index=True)
