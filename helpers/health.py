@@ -76,10 +76,15 @@ def check_images(
     stats = pd.DataFrame([(p, *_stat(p)) for p in unique], columns=["path", "size", "mtime_ns"])
     cached = _read_cache(cache_file)
     merged = stats.merge(cached, on=["path", "size", "mtime_ns"], how="left")
-    todo_mask = merged["problem"].isna()
     if store is not None:
-        unstored = [not store.has(r.path, r.size, r.mtime_ns) for r in merged.itertuples()]
-        todo_mask |= (merged["problem"] == "") & np.array(unstored, dtype=bool)
+        stored = [store.full_size(r.path, r.size, r.mtime_ns) for r in merged.itertuples()]
+        in_store = np.array([s is not None for s in stored], dtype=bool)
+        known = [("", *s) for s in stored if s is not None]
+        columns = ["problem", "height", "width"]
+        merged.loc[in_store, columns] = pd.DataFrame(known, index=merged.index[in_store], columns=columns)
+        todo_mask = merged["problem"].isna() | ((merged["problem"] == "") & ~in_store)
+    else:
+        todo_mask = merged["problem"].isna()
     todo = merged.index[todo_mask].tolist()
     results: list[tuple[str, int, int]] = []
     side = store.side if store is not None else 0
@@ -96,7 +101,8 @@ def check_images(
                 for i, (problem, height, width, image) in enumerate(bar):
                     row = todo[i]
                     if image is not None:
-                        store.add(merged.at[row, "path"], *merged.loc[row, ["size", "mtime_ns"]], image)
+                        size, mtime_ns = merged.loc[row, ["size", "mtime_ns"]]
+                        store.add(merged.at[row, "path"], size, mtime_ns, image, (height, width))
                     results.append((problem, height, width))
     finally:
         if results:

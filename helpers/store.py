@@ -3,9 +3,12 @@
 A photo of 1280x960 trained at 224 px is decoded and shrunk in every epoch of every fold and run: the
 loader spends its time in the JPEG codec. The store keeps each image as `read_image(path, side)` gives it
 (helpers.images: the shorter side area-resized to `side`, aspect kept) in one flat uint8 file per dataset
-and side, `pixels.bin`, with an index, `index.npz` (path, file size, mtime, offset, height, width). Epochs,
+and side, `pixels.bin`, with an index, `index.npz` (path, file size, mtime, offset, height, width, ...). Epochs,
 folds, runs and backbones at that side read it through `np.memmap`: no decode in the training loop, and the
 loader workers share its pages through the operating system's page cache (memory flat with the workers).
+
+The index also records each file's full height and width, so a file the store holds as it is now needs
+no image check either (a build killed before the check cache was written loses neither).
 
 Where: `<dataset folder>/store/side<side>-reader<READER_VERSION>/`, beside the image-check cache. The side
 is what both the training and the evaluation transforms resize from: img_size, or img_size / crop_pct
@@ -31,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from helpers.atomic import atomic_write
-from helpers.images import READER_VERSION, fit_side
+from helpers.images import READER_VERSION, fitted_size
 
 try:
     import fcntl
@@ -58,12 +61,9 @@ def store_folder(dataset_folder: Path, side: int) -> Path:
     return Path(dataset_folder) / "store" / f"side{side}-reader{READER_VERSION}"
 
 
-def stored_shape(height: int, width: int, side: int) -> tuple[int, int]:
-    """The (height, width) `fit_side` gives an image of this size (its own size when not larger)."""
-    return fit_side(np.empty((height, width, 0), np.uint8), side).shape[:2]
-
-
-COLUMNS = ("path", "size", "mtime_ns", "offset", "height", "width")
+# per image: its file's path, size and mtime; where its pixels start, their height and width; the file's
+# full height and width (what the image check reports, so a stored file needs no check either)
+COLUMNS = ("path", "size", "mtime_ns", "offset", "height", "width", "full_height", "full_width")
 
 
 def _empty_index() -> dict[str, np.ndarray]:
@@ -166,15 +166,14 @@ class StoreWriter:
         self._file = open(pixels, "r+b" if pixels.exists() else "w+b")  # noqa: SIM115 - closed in close()
         self._file.truncate(end)  # a killed build's bytes past the index: written again below
         self._file.seek(end)
-        self._pending: list[tuple[str, int, int, int, int, int]] = []
+        self._pending: list[tuple] = []
 
-    def has(self, path: str, size: int, mtime_ns: int) -> bool:
-        """Whether the store holds this file as it is now (same size and mtime)."""
+    def full_size(self, path: str, size: int, mtime_ns: int) -> tuple[int, int] | None:
+        """The file's full (height, width) when the store holds it as it is now (same size and mtime)."""
         row = self._rows.get(path)
-        return row is not None and (self._index["size"][row], self._index["mtime_ns"][row]) == (
-            size,
-            mtime_ns,
-        )
+        if row is None or (self._index["size"][row], self._index["mtime_ns"][row]) != (size, mtime_ns):
+            return None
+        return int(self._index["full_height"][row]), int(self._index["full_width"][row])
 
     def reserve(self, paths: Sequence[str]) -> int:
         """Stop with StoreSpaceError when the disk cannot hold these images; return the bytes estimated.
@@ -202,10 +201,10 @@ class StoreWriter:
                 width, height = header.size
         except Exception:  # the check reports the file; the estimate counts it as a square
             return self.side * self.side * 3
-        return int(np.prod(stored_shape(height, width, self.side))) * 3
+        return int(np.prod(fitted_size(height, width, self.side))) * 3
 
-    def add(self, path: str, size: int, mtime_ns: int, image: np.ndarray) -> None:
-        """Append one image (HxWx3 uint8, as `read_image(path, side)` gives it)."""
+    def add(self, path: str, size: int, mtime_ns: int, image: np.ndarray, full: tuple[int, int]) -> None:
+        """Append one image (HxWx3 uint8, as `read_image(path, side)` gives it; `full`: the file's size)."""
         offset = self._file.tell()
         try:
             self._file.write(np.ascontiguousarray(image, dtype=np.uint8).data)
@@ -215,7 +214,7 @@ class StoreWriter:
                 f"writing the image store in {self.folder} failed ({error}); free some space, point "
                 "KIT_OUTPUTS at a larger disk, or set store=False"
             ) from error
-        self._pending.append((path, size, mtime_ns, offset, image.shape[0], image.shape[1]))
+        self._pending.append((path, size, mtime_ns, offset, *image.shape[:2], *full))
         if len(self._pending) >= COMMIT_EVERY:
             self.commit()
 
