@@ -5,7 +5,7 @@
 
 Data path: for each backbone and size, one model trained by the kit's own `train_one_epoch` on
 (A) fold-0 training batches already collated in memory (uint8, as the loader yields them), and
-(B) the same batches through the real loader: RAM cache or decode, albumentations, collate, InputPrep.
+(B) the same batches through the real loader: the image store or decode, albumentations, collate, InputPrep.
 A pass is one epoch over the first 6 batches (384 images) of the fold-0 training split (3 with --quick),
 always epoch 0 of the same seeded sampler, so (A) and (B) see identical images. Passes alternate
 A B B A B B A ... (one B per A in the headline): each loader pass is divided by the mean of the in-memory
@@ -289,7 +289,7 @@ def datapath_markdown(r: dict) -> list[str]:
         )
     )
     lines = [
-        f"Through the loader with the kit's defaults (RAM cache; `auto_workers`: {r['auto_workers']['cached']} "
+        f"Through the loader with the kit's defaults (image store; `auto_workers`: {r['auto_workers']['cached']} "
         f"loader process(es) for cached images, {r['auto_workers']['uncached']} uncached; channels_last, batch "
         f"{BATCH_SIZE}, augment light, "
         f"{r['torch_threads']} torch threads) vs the same batches in memory; {mode}; goal >= 0.9.",
