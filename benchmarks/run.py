@@ -1,6 +1,6 @@
 """`make bench`: every benchmark of the kit, one after the other, into benchmarks/RESULTS.md.
 
-    python benchmarks/run.py [--quick] [--only datapath,accuracy,transfer,inference,scale,labels,demo] [--out FILE]
+    python benchmarks/run.py [--quick] [--only datapath,accuracy,transfer,inference,scale,labels,demo,photos] [--out FILE]
 
 Parts (each in its own process, in turn, so they never compete for the cores):
   datapath   training images/s through the real loader / on the same batches in memory (bench_datapath.py)
@@ -11,6 +11,9 @@ Parts (each in its own process, in turn, so they never compete for the cores):
   scale      01's image check at 10k/30k/100k images, the loader's memory over an epoch (bench_scale.py)
   labels     label errors found among deliberately flipped labels of the digits (bench_label_issues.py)
   demo       the whole notebook series' wall time and where it goes (bench_demo.py; skipped with --quick)
+  photos     photo-size data (1280x960 JPEGs at 224 px): loader per core from the files, the image store and
+             timm's path; 01's check + store build; memory with workers; CPU training ratio; compile
+             (bench_photos.py)
 The report gives the machine, the date and the load average, and only medians over repeats and ratios
 measured within one run: a shared 2-core machine's absolute times move by 2x from one minute to the next.
 --quick (a few minutes): fewer and shorter repeats, small scale sizes, one training epoch, one transfer draw,
@@ -36,11 +39,12 @@ sys.path.insert(0, str(HERE))
 import bench_datapath  # noqa: E402
 import bench_demo  # noqa: E402
 import bench_label_issues  # noqa: E402
+import bench_photos  # noqa: E402
 import bench_scale  # noqa: E402
 import bench_transfer  # noqa: E402
 from machine import machine  # noqa: E402
 
-PARTS = ["datapath", "accuracy", "transfer", "inference", "scale", "labels", "demo"]
+PARTS = ["datapath", "accuracy", "transfer", "inference", "scale", "labels", "demo", "photos"]
 RESULTS = HERE / "RESULTS.md"
 PART_TIMEOUT_S = 1500
 
@@ -92,6 +96,10 @@ def part_labels(quick: bool, work: Path) -> list[str]:
     return bench_label_issues.markdown(_json_part("bench_label_issues.py", [], quick, work))
 
 
+def part_photos(quick: bool, work: Path) -> list[str]:
+    return bench_photos.markdown(_json_part("bench_photos.py", [], quick, work))
+
+
 def part_demo(quick: bool, work: Path) -> list[str]:
     if quick:
         return ["Skipped in --quick mode (the full series takes minutes); run `make bench` for it."]
@@ -108,6 +116,7 @@ TITLES = {
     "scale": "5. Scale: validation and loader memory",
     "labels": "6. Label errors: flipped labels found by helpers.label_issues",
     "demo": "7. The demo series",
+    "photos": "8. Photo-size data: the decode-once image store",
 }
 
 

@@ -97,12 +97,11 @@ def check_images(
                 desc = f"checking images, storing at {side} px (~{need / 1e6:.0f} MB)"
             with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
                 checked = _map_in_slices(pool, todo_paths, side)
+                sizes, mtimes = merged.loc[todo, "size"].tolist(), merged.loc[todo, "mtime_ns"].tolist()
                 bar = tqdm(checked, total=len(todo_paths), desc=desc, unit="img")
                 for i, (problem, height, width, image) in enumerate(bar):
-                    row = todo[i]
                     if image is not None:
-                        size, mtime_ns = merged.loc[row, ["size", "mtime_ns"]]
-                        store.add(merged.at[row, "path"], size, mtime_ns, image, (height, width))
+                        store.add(todo_paths[i], sizes[i], mtimes[i], image, (height, width))
                     results.append((problem, height, width))
     finally:
         if results:

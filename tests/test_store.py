@@ -276,3 +276,37 @@ def test_loaders_with_0_and_2_workers_give_identical_batches_from_the_store(outp
         loader.sampler.set_epoch(1)
         batches[workers] = [x for x, _, _ in loader]
     assert all(torch.equal(a, b) for a, b in zip(batches[0], batches[2], strict=True))
+
+
+def test_a_run_resumed_from_the_store_matches_an_uninterrupted_one(outputs, photos, monkeypatch):
+    from train_fixtures import tiny_config
+
+    import helpers.train as train_mod
+    from helpers.run_folder import RunFolder
+
+    def no_file_reads(path, side=0):
+        raise AssertionError(f"read {path} from its file: every image should come from the store")
+
+    cfg = tiny_config(photos, epochs=2, augment="light", img_size=IMG_SIZE)
+    info = prepare_dataset(cfg)
+    monkeypatch.setattr(helpers.loaders, "read_image", no_file_reads)
+    straight = cfg.replace(run_name="straight")
+    train_mod.train_fold(straight, info, 0, RunFolder.of(straight).create(), CPU)
+
+    save = train_mod.save_checkpoint
+
+    def stop_after_epoch_0(path, *args, **kwargs):
+        save(path, *args, **kwargs)
+        if Path(path).name.endswith("_last.pt") and kwargs.get("epoch") == 0:
+            raise KeyboardInterrupt
+
+    resumed = cfg.replace(run_name="resumed")
+    run = RunFolder.of(resumed).create()
+    monkeypatch.setattr(train_mod, "save_checkpoint", stop_after_epoch_0)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train_fold(resumed, info, 0, run, CPU)
+    monkeypatch.setattr(train_mod, "save_checkpoint", save)
+    train_mod.train_fold(resumed, info, 0, run, CPU)
+    a = torch.load(RunFolder.of(straight).checkpoint(0, "last"), weights_only=True)["model"]
+    b = torch.load(run.checkpoint(0, "last"), weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
