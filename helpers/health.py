@@ -79,9 +79,10 @@ def check_images(
     if store is not None:
         stored = [store.full_size(r.path, r.size, r.mtime_ns) for r in merged.itertuples()]
         in_store = np.array([s is not None for s in stored], dtype=bool)
-        known = [("", *s) for s in stored if s is not None]
-        columns = ["problem", "height", "width"]
-        merged.loc[in_store, columns] = pd.DataFrame(known, index=merged.index[in_store], columns=columns)
+        if in_store.any():
+            known = [("", *s) for s in stored if s is not None]
+            columns = ["problem", "height", "width"]
+            merged.loc[in_store, columns] = pd.DataFrame(known, index=merged.index[in_store], columns=columns)
         todo_mask = merged["problem"].isna() | ((merged["problem"] == "") & ~in_store)
     else:
         todo_mask = merged["problem"].isna()

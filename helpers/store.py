@@ -79,6 +79,12 @@ def read_index(folder: Path) -> dict[str, np.ndarray]:
         return {name: index[name] for name in COLUMNS}
 
 
+def _indexed_end(index: dict[str, np.ndarray]) -> int:
+    """Where the last indexed image's pixels end: the length pixels.bin must have at least."""
+    ends = index["offset"] + index["height"] * index["width"] * 3
+    return int(ends.max()) if len(ends) else 0
+
+
 def _stat(path: str) -> tuple[int, int]:
     try:
         st = os.stat(path)
@@ -125,8 +131,9 @@ def open_view(folder: Path, paths: Sequence[str]) -> StoreView | None:
     """The store's images for these paths, checked against each file's size and mtime; None when the
     store holds none of them."""
     index = read_index(folder)
-    if not len(index["path"]):
-        return None
+    pixels = Path(folder) / PIXELS
+    if not len(index["path"]) or not pixels.exists() or pixels.stat().st_size < _indexed_end(index):
+        return None  # nothing stored, or pixels.bin lost or cut short: every image from its file
     slot = {p: i for i, p in enumerate(index["path"].tolist())}
     rows = np.array([slot.get(p, -1) for p in paths], dtype=np.int64)
     stats = np.array([_stat(p) for p in paths], dtype=np.int64).reshape(-1, 2)
@@ -138,7 +145,7 @@ def open_view(folder: Path, paths: Sequence[str]) -> StoreView | None:
         return None
     picked = np.where(valid, rows, 0)
     return StoreView(
-        Path(folder) / PIXELS,
+        pixels,
         np.where(valid, index["offset"][picked], -1),
         index["height"][picked],
         index["width"][picked],
@@ -159,10 +166,11 @@ class StoreWriter:
         if fcntl is not None:
             fcntl.flock(self._lock, fcntl.LOCK_EX)
         self._index = read_index(self.folder)
-        self._rows = {p: i for i, p in enumerate(self._index["path"].tolist())}
         pixels = self.folder / PIXELS
-        ends = self._index["offset"] + self._index["height"] * self._index["width"] * 3
-        end = int(ends.max()) if len(ends) else 0
+        end = _indexed_end(self._index)
+        if end > (pixels.stat().st_size if pixels.exists() else 0):  # pixels.bin lost or cut: start again
+            self._index, end = _empty_index(), 0
+        self._rows = {p: i for i, p in enumerate(self._index["path"].tolist())}
         self._file = open(pixels, "r+b" if pixels.exists() else "w+b")  # noqa: SIM115 - closed in close()
         self._file.truncate(end)  # a killed build's bytes past the index: written again below
         self._file.seek(end)

@@ -310,3 +310,16 @@ def test_a_run_resumed_from_the_store_matches_an_uninterrupted_one(outputs, phot
     a = torch.load(RunFolder.of(straight).checkpoint(0, "last"), weights_only=True)["model"]
     b = torch.load(run.checkpoint(0, "last"), weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_lost_pixel_file_is_never_read_and_the_store_starts_again(outputs, photos):
+    cfg = config(photos)
+    info = prepare_dataset(cfg)
+    paths = info.table["path"].tolist()
+    pixels = store_of(cfg) / "pixels.bin"
+    pixels.write_bytes(pixels.read_bytes()[:1000])  # cut short behind the index's back
+    assert open_view(store_of(cfg), paths) is None
+    prepare_dataset(cfg)
+    view = open_view(store_of(cfg), paths)
+    assert view.stored == len(paths)
+    np.testing.assert_array_equal(view.image(3), read_image(paths[3], IMG_SIZE))
