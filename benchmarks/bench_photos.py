@@ -204,103 +204,154 @@ def _in_subprocess(args: list[str], timeout: int = 1500) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run(quick: bool, folder: Path | None = None) -> dict:
+PARTS = ("build", "loader", "memory", "training", "compiled")
+
+
+def run(
+    quick: bool, folder: Path | None = None, parts: tuple[str, ...] = PARTS, out: Path | None = None
+) -> dict:
+    """The chosen parts, each written to `out` as soon as it is measured (a part that fails or runs out of
+    time loses only itself); figures already in `out` from another part are kept."""
     sizes = [1_000, 2_000] if quick else [5_000, 10_000]
     own = folder is None
     folder = folder or Path(tempfile.mkdtemp(prefix="bench_photos_"))
     started = time.perf_counter()
-    result: dict = {"quick": quick, "load_average": os.getloadavg()}
+    result: dict = json.loads(out.read_text()) if out is not None and out.exists() else {}
+    result.update(quick=quick, load_average=os.getloadavg())
+
+    def save(name: str, measure) -> None:
+        try:
+            result[name] = measure()
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            result[name] = {"error": str(error)[-600:]}
+        result["load_average_after"] = os.getloadavg()
+        if out is not None:
+            out.write_text(json.dumps(result, indent=2))
+
     try:
         roots = {n: make_photo_set(folder / f"photos{n}", n) for n in sizes}
         small = roots[sizes[0]]
-        for n, root in roots.items():
-            outputs = folder / f"outputs{n}"
-            result.setdefault("build", []).append(_in_subprocess(["--build-one", str(root), str(outputs)]))
-            if n != sizes[0]:
-                shutil.rmtree(outputs, ignore_errors=True)
+        if "build" in parts:
+
+            def build() -> list[dict]:
+                builds = []
+                for n, root in roots.items():
+                    outputs = folder / f"outputs{n}"
+                    shutil.rmtree(outputs, ignore_errors=True)
+                    builds.append(_in_subprocess(["--build-one", str(root), str(outputs)]))
+                    if n != sizes[0]:
+                        shutil.rmtree(outputs, ignore_errors=True)
+                return builds
+
+            save("build", build)
         os.environ["KIT_OUTPUTS"] = str(folder / f"outputs{sizes[0]}")
-        args = ["--loader", str(small), str(200 if quick else 500), str(3 if quick else 5)]
-        result["loader"] = _in_subprocess(args)
-        result["memory"] = [
-            _in_subprocess(["--memory-one", str(small), str(600 if quick else 2000), str(w)]) for w in (0, 2)
-        ]
-        train = [str(small), str(3 if quick else 4), str(2 if quick else 4)]
-        result["training"] = _in_subprocess(["--training", *train, "0"])
-        try:
-            result["compiled"] = _in_subprocess(["--training", *train, "1"], timeout=1200)
-        except (RuntimeError, subprocess.TimeoutExpired) as error:
-            result["compiled"] = {"error": str(error)[-600:]}
+        if "loader" in parts:
+            args = ["--loader", str(small), str(200 if quick else 400), str(3 if quick else 5)]
+            save("loader", lambda: _in_subprocess(args))
+        if "memory" in parts:
+            n = str(600 if quick else 2000)
+            save("memory", lambda: [_in_subprocess(["--memory-one", str(small), n, str(w)]) for w in (0, 2)])
+        train = [str(small), "3", str(2 if quick else 4)]
+        if "training" in parts:
+            save("training", lambda: _in_subprocess(["--training", *train, "0"]))
+        if "compiled" in parts:
+            save("compiled", lambda: _in_subprocess(["--training", *train, "1"], timeout=1200))
     finally:
         if own:
             shutil.rmtree(folder, ignore_errors=True)
-    result["load_average_after"] = os.getloadavg()
     result["seconds"] = time.perf_counter() - started
+    if out is not None:
+        out.write_text(json.dumps(result, indent=2))
     return result
 
 
+def _failed(r: dict, part: str) -> str | None:
+    """Why a part has no figures (not run, or its error's last line), or None when it has."""
+    if part not in r:
+        return "not run"
+    if isinstance(r[part], dict) and "error" in r[part]:
+        return "failed: " + r[part]["error"].strip().splitlines()[-1][:300]
+    return None
+
+
 def markdown(r: dict) -> list[str]:
-    lo = r["loader"]["per_core"]
-    today, store = lo["files, full decode"], lo["store"]
     lines = [
         "Photo-size data (benchmarks/photos.py: real photographs cropped and upscaled to 1280x960, JPEG q90, "
         f"~300 KB each) trained at {SIZE} px. Load average at the start "
         f"{' / '.join(f'{v:.1f}' for v in r['load_average'])}, at the end "
         f"{' / '.join(f'{v:.1f}' for v in r['load_average_after'])} (a shared machine: ratios are within one run).",
         "",
-        f"Loader on one core, {r['loader']['images']} samples x {r['loader']['rounds']} rounds (median), "
-        "read + light augmentation + tensor at 224 px:",
-        "",
-        "| source | samples/s per core | vs today's files |",
-        "|---|---:|---:|",
     ]
-    lines += [f"| {name} | {rate:.0f} | {rate / today:.2f}x |" for name, rate in lo.items()]
-    goal = "met" if store >= 1000 else "not met"
-    lines += [
-        "",
-        f"Goal >= 1,000 samples/s per core from the store: {goal} ({store:.0f}).",
-        "",
-        "01's image check + store build in one pass (`prepare_dataset`, 2 threads, fresh dataset folder):",
-        "",
-        "| photos | seconds | photos/s | us per photo | peak memory growth MB | store MB | again (nothing to do): s |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for b in r["build"]:
-        lines.append(
-            f"| {b['images']:,} | {b['seconds']:.1f} | {b['images_per_s']:.0f} | "
-            f"{1e6 / b['images_per_s']:.0f} | {b['peak_growth_mb']:.0f} | {b['store_mb']:.0f} | "
-            f"{b['again_seconds']:.2f} |"
-        )
-    lines += [
-        "",
-        "Memory through `build_loader` from the store (total Pss of main + workers, MB, start -> end of a pass):",
-        "",
-        "| workers | samples | samples/s | total Pss MB start -> end (max) |",
-        "|---:|---:|---:|---|",
-    ]
-    for m in r["memory"]:
-        lines.append(
-            f"| {m['workers']} | {m['images']:,} | {m['images'] / m['seconds']:.0f} | "
-            f"{m['pss_mb'][0]:.0f} -> {m['pss_mb'][-1]:.0f} ({max(m['pss_mb']):.0f}) |"
-        )
-    t = r["training"]
-    lines += [
-        "",
-        f"CPU training, resnet18 at 224 px, batch {BATCH}, {t['torch_threads']} torch threads, "
-        f"{t['loader_workers']} loader workers (the kit's choice here):",
-        "",
-        "| model | in memory img/s | through the store's loader img/s | loader / in-memory (goal >= 0.95) |",
-        "|---|---:|---:|---:|",
-        f"| eager | {t['in_memory']:.1f} | {t['loader']:.1f} | **{t['ratio']:.2f}** |",
-    ]
-    c = r["compiled"]
-    if "error" in c:
-        lines.append(f"| compile=True | failed: {c['error'].splitlines()[-1][:200]} | | |")
+    if why := _failed(r, "loader"):
+        lines += [f"Loader per core: {why}.", ""]
     else:
-        lines.append(
-            f"| compile=True (warm-up incl. compile {c['warmup_seconds']:.0f} s) | {c['in_memory']:.1f} | "
-            f"{c['loader']:.1f} | **{c['ratio']:.2f}** |"
+        lo = r["loader"]["per_core"]
+        today, store = lo["files, full decode"], lo["store"]
+        lines += [
+            f"Loader on one core, {r['loader']['images']} samples x {r['loader']['rounds']} rounds (median), "
+            "read + light augmentation + tensor at 224 px:",
+            "",
+            "| source | samples/s per core | vs today's files |",
+            "|---|---:|---:|",
+            *(f"| {name} | {rate:.0f} | {rate / today:.2f}x |" for name, rate in lo.items()),
+            "",
+            f"Goal >= 1,000 samples/s per core from the store: {'met' if store >= 1000 else 'not met'} "
+            f"({store:.0f}).",
+            "",
+        ]
+    if why := _failed(r, "build"):
+        lines += [f"01's check + store build: {why}.", ""]
+    else:
+        lines += [
+            "01's image check + store build in one pass (`prepare_dataset`, 2 threads, fresh dataset folder):",
+            "",
+            "| photos | seconds | photos/s | us per photo | peak memory growth MB | store MB | again: s |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for b in r["build"]:
+            lines.append(
+                f"| {b['images']:,} | {b['seconds']:.1f} | {b['images_per_s']:.0f} | "
+                f"{1e6 / b['images_per_s']:.0f} | {b['peak_growth_mb']:.0f} | {b['store_mb']:.0f} | "
+                f"{b['again_seconds']:.2f} |"
+            )
+        lines.append("")
+    if why := _failed(r, "memory"):
+        lines += [f"Memory with workers: {why}.", ""]
+    else:
+        lines += [
+            "Memory through `build_loader` from the store (total Pss of main + workers, MB, over a pass):",
+            "",
+            "| workers | samples | samples/s | total Pss MB start -> end (max) |",
+            "|---:|---:|---:|---|",
+        ]
+        for m in r["memory"]:
+            lines.append(
+                f"| {m['workers']} | {m['images']:,} | {m['images'] / m['seconds']:.0f} | "
+                f"{m['pss_mb'][0]:.0f} -> {m['pss_mb'][-1]:.0f} ({max(m['pss_mb']):.0f}) |"
+            )
+        lines.append("")
+    rows = []
+    for part, label in (("training", "eager"), ("compiled", "compile=True")):
+        if why := _failed(r, part):
+            rows.append(f"| {label} | {why} | | | |")
+            continue
+        t = r[part]
+        ratios = ", ".join(f"{x:.2f}" for x in t["ratios"])
+        rows.append(
+            f"| {label} (warm-up {t['warmup_seconds']:.0f} s) | {t['in_memory']:.1f} | {t['loader']:.1f} | "
+            f"**{t['ratio']:.2f}** | {ratios} |"
         )
-        lines.append(f"\ncompile / eager in memory: {c['in_memory'] / t['in_memory']:.2f}x.")
+    lines += [
+        f"CPU training, resnet18 at 224 px, batch {BATCH}, the kit's loader workers (none on 2 cores):",
+        "",
+        "| model | in memory img/s | through the store's loader img/s | loader / in-memory (goal >= 0.95) | "
+        "per round |",
+        "|---|---:|---:|---:|---|",
+        *rows,
+    ]
+    if not _failed(r, "training") and not _failed(r, "compiled"):
+        speedup = r["compiled"]["in_memory"] / r["training"]["in_memory"]
+        lines.append(f"\ncompile / eager, in memory: {speedup:.2f}x.")
     lines.append(f"\nPhotos part: {r['seconds']:.0f} s.")
     return lines
 
@@ -310,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--folder", type=Path, help="reuse (and keep) this folder of photo sets")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
     parser.add_argument("--build-one", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--loader", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--memory-one", nargs=3, help=argparse.SUPPRESS)
@@ -327,9 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         root, batches, rounds, compiled = args.training
         print(json.dumps(training_ratio(Path(root), int(batches), int(rounds), compiled == "1")))
     else:
-        result = run(args.quick, args.folder)
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=2))
+        result = run(args.quick, args.folder, tuple(args.parts.split(",")), args.json)
         print("\n".join(markdown(result)))
     return 0
 
