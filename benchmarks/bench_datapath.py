@@ -5,7 +5,7 @@
 
 Data path: for each backbone and size, one model trained by the kit's own `train_one_epoch` on
 (A) fold-0 training batches already collated in memory (uint8, as the loader yields them), and
-(B) the same batches through the real loader: RAM cache or decode, albumentations, collate, InputPrep.
+(B) the same batches through the real loader: the image store or decode, albumentations, collate, InputPrep.
 A pass is one epoch over the first 6 batches (384 images) of the fold-0 training split (3 with --quick),
 always epoch 0 of the same seeded sampler, so (A) and (B) see identical images. Passes alternate
 A B B A B B A ... (one B per A in the headline): each loader pass is divided by the mean of the in-memory
@@ -60,8 +60,8 @@ SWEEP = [
     Variant("2 workers, persistent", workers=2),
     Variant("1 worker, not persistent", workers=1, persistent=False),
     Variant("1 worker, main torch threads 1", workers=1, main_threads=1),
-    Variant("no RAM cache, 0 workers", workers=0, cached=False),
-    Variant("no RAM cache, 1 worker", workers=1, cached=False),
+    Variant("no store, 0 workers", workers=0, cached=False),
+    Variant("no store, 1 worker", workers=1, cached=False),
     Variant("channels_last off, 0 workers", workers=0, channels_last=False),
 ]
 BLOCK = 2  # loader passes between two in-memory passes
@@ -99,7 +99,7 @@ def measure_combo(
 
     def loader(v: Variant) -> DataLoader:
         """Fold 0's training loader as train_fold builds it, with the variant's cache and workers."""
-        changes = {"cache_images": v.cached} | ({} if v.workers is None else {"num_workers": v.workers})
+        changes = {"store": v.cached} | ({} if v.workers is None else {"num_workers": v.workers})
         made = build_loader(cfg.replace(**changes), rows, train=True, fold=0, device=device)
         if v.persistent or made.num_workers == 0:
             return made
@@ -291,7 +291,7 @@ def datapath_markdown(r: dict) -> list[str]:
         )
     )
     lines = [
-        f"Through the loader with the kit's defaults (RAM cache; `auto_workers`: {r['auto_workers']['cached']} "
+        f"Through the loader with the kit's defaults (image store; `auto_workers`: {r['auto_workers']['cached']} "
         f"loader process(es) for cached images, {r['auto_workers']['uncached']} uncached; channels_last, batch "
         f"{BATCH_SIZE}, augment light, "
         f"{r['torch_threads']} torch threads) vs the same batches in memory; {mode}; goal >= 0.9.",

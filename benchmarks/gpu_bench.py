@@ -1,12 +1,23 @@
-"""GPU training throughput: in-memory batches (eager and torch.compile) and the real data path.
+"""GPU training on photo-size data: the kit's loader from the image store against in-memory batches and
+against timm's own loader, eager and compiled; then one short torchrun training on CUDA.
 
-Measures, for one backbone at one size in bf16 with channels_last, through the kit's own
-`train_one_epoch`:
-- images/s on batches already on the GPU (the compute ceiling), eager and compiled;
-- images/s through the real loader (decode from the RAM cache, augment, collate, copy), eager;
-- their ratio, the data-path efficiency.
-Meant for a CUDA machine (`python benchmarks/gpu_bench.py --out gpu.json`); on CPU it runs in fp32, for a
-dry run with small settings. Prints the figures as JSON.
+    python benchmarks/gpu_bench.py [--photos N] [--workers W] [--out-dir benchmarks/results]
+
+For each backbone (resnet50, tf_efficientnet_b2) at 224 px in bf16 with channels_last, through the kit's
+own `train_one_epoch` and model (`train._fold_model`, so `compile` is the kit's setting):
+- in_memory: images/s on batches already on the GPU (the compute ceiling);
+- loader: images/s through `build_loader` reading the store that 01's `prepare_dataset` built (light
+  augmentation in the workers, uint8 batches, normalised on the GPU), and their ratio (goal >= 0.95);
+- timm_loader: images/s through timm's loader as timm's train.py builds it from the same files
+  (`timm.data.create_dataset` over the image folder, `create_loader(is_training=True, use_prefetcher=True)`:
+  PIL decode, RandomResizedCrop, flip, colour jitter in the workers, normalised on the GPU), feeding the
+  same model step; the kit's loader against it (goal: ahead);
+each eager and with compile=True. Then `torchrun --nproc_per_node 1 -m helpers.distributed` trains one
+epoch of a small run on CUDA: the NCCL process group, the CUDA device per rank and the bf16 autocast path
+of the training loop, which CPU tests cannot reach.
+
+The photos are benchmarks/photos.py's (1280x960 JPEG q90). Figures go to <out-dir>/gpu_photos_<backbone>.json
+and gpu_photos_torchrun.json, with the device and the date. On a machine without CUDA it stops at once.
 """
 
 from __future__ import annotations
@@ -16,123 +27,204 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from helpers.allocator import retain_freed_memory
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from photos import make_photo_set  # noqa: E402
+
+from helpers.allocator import retain_freed_memory  # noqa: E402
+
+BACKBONES = ("resnet50", "tf_efficientnet_b2")
+SIZE = 224
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def sync() -> None:
+    torch.cuda.synchronize()
 
 
-def timed_epochs(model, batches, parts, device, repeats: int) -> list[float]:
+def timed(model, batches, parts, device, repeats: int) -> float:
+    """Median images/s of `repeats` passes of the kit's train_one_epoch over the batches."""
     from helpers.train import train_one_epoch
 
     rates = []
     for _ in range(repeats):
-        sync(device)
+        sync()
         started = time.perf_counter()
-        metrics = train_one_epoch(model, batches, parts, device, desc="bench")
-        sync(device)
-        rates.append(metrics["train_images"] / (time.perf_counter() - started))
-    return rates
+        seen = train_one_epoch(model, batches, parts, device, desc="bench")["train_images"]
+        sync()
+        rates.append(seen / (time.perf_counter() - started))
+    return statistics.median(rates)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="resnet50")
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--batches", type=int, default=30, help="in-memory batches per timed pass")
-    parser.add_argument("--repeat-data", type=int, default=8, help="times the demo train split is repeated")
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip-compile", action="store_true")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    retain_freed_memory()
-    os.environ.setdefault("KIT_OUTPUTS", tempfile.mkdtemp())
-    os.environ.setdefault("KIT_DEMO_DATA", str(Path(tempfile.mkdtemp()) / "digits"))
+class Triples:
+    """timm's loader yields (images, labels); the kit's loop takes (images, labels, indices)."""
 
-    import pandas as pd
+    def __init__(self, loader):
+        self.loader = loader
 
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        return ((x, y, None) for x, y in self.loader)
+
+
+def timm_loader(folder: Path, batch_size: int, workers: int, device: torch.device):
+    """timm's training loader over the image folder, as timm's train.py builds it by default."""
+    from timm.data import create_dataset, create_loader
+
+    dataset = create_dataset("", root=str(folder), split="train", search_split=False, is_training=True)
+    return create_loader(
+        dataset,
+        input_size=(3, SIZE, SIZE),
+        batch_size=batch_size,
+        is_training=True,
+        use_prefetcher=True,
+        num_workers=workers,
+        pin_memory=True,
+        persistent_workers=True,
+        device=device,
+    )
+
+
+def bench_backbone(backbone: str, root: Path, args: argparse.Namespace, device: torch.device) -> dict:
     from helpers.config import Config
     from helpers.dataset import prepare_dataset
     from helpers.loaders import build_loader
-    from helpers.model import create_model
-    from helpers.precision import pick_device
-    from helpers.train import build_parts, fold_targets
+    from helpers.train import _fold_model, build_parts, fold_rows, fold_targets
 
-    device = pick_device()
-    torch.backends.cudnn.benchmark = True
-    precision = "bf16" if device.type == "cuda" else "fp32"
+    torch.cuda.reset_peak_memory_stats()
     cfg = Config(
-        backbone=args.backbone,
-        img_size=args.img_size,
+        data_dir=str(root),
+        backbone=backbone,
+        img_size=SIZE,
         batch_size=args.batch_size,
-        precision=precision,
+        precision="bf16",
         channels_last=True,
         augment="light",
         num_workers=args.workers,
-        cache_mb=4096,
     )
-    info = prepare_dataset(cfg)
-    rows = pd.concat([info.table[info.table["fold"] != 0]] * args.repeat_data, ignore_index=True)
-    loader = build_loader(cfg, rows, train=True, fold=0, device=device)
-
-    def fresh(compiled: bool):
-        torch.manual_seed(0)
-        model = create_model(cfg.backbone, info.num_classes).to(device).to(memory_format=torch.channels_last)
-        parts = build_parts(cfg, model, info.num_classes, 10_000, device, fold_targets(info, 0))
-        return (torch.compile(model) if compiled else model), parts
-
+    info = prepare_dataset(cfg)  # 01's check and the store at 224 px, in one pass
+    rows = fold_rows(info, 0)[0]
+    loader = build_loader(cfg, rows, True, 0, device)
+    assert loader.dataset.store is not None and loader.dataset.store.stored == len(rows)
     staged = []
-    for x, y, idx in loader:
-        staged.append((x.to(device), y.to(device), idx))
+    for x, y, i in loader:
+        staged.append((x.to(device), y.to(device), i))
         if len(staged) == args.batches:
             break
-    results: dict[str, object] = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+    reference = Triples(timm_loader(root / "train_image", args.batch_size, args.workers, device))
+    result: dict = {"backbone": backbone, "images": len(rows), "batches_in_memory": len(staged)}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = _fold_model(cfg.replace(compile=compiled), info.num_classes, device)
+        parts = build_parts(cfg, model, info.num_classes, 100_000, device, fold_targets(info, 0))
+        started = time.perf_counter()
+        timed(model, staged[:5], parts, device, 1)  # warm-up: cudnn autotune, allocator, compilation
+        tag = "compiled" if compiled else "eager"
+        result[f"warmup_seconds_{tag}"] = time.perf_counter() - started
+        result[f"in_memory_{tag}"] = timed(model, staged, parts, device, args.repeats)
+        timed(model, loader, parts, device, 1)  # warm-up: workers start, page cache
+        result[f"loader_{tag}"] = timed(model, loader, parts, device, args.repeats)
+        timed(model, reference, parts, device, 1)
+        result[f"timm_loader_{tag}"] = timed(model, reference, parts, device, args.repeats)
+        result[f"loader_ratio_{tag}"] = result[f"loader_{tag}"] / result[f"in_memory_{tag}"]
+        result[f"vs_timm_{tag}"] = result[f"loader_{tag}"] / result[f"timm_loader_{tag}"]
+    result["compile_speedup_in_memory"] = result["in_memory_compiled"] / result["in_memory_eager"]
+    result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return result
+
+
+def torchrun_once(root: Path) -> dict:
+    """One epoch of a small run through `torchrun --nproc_per_node 1 -m helpers.distributed` on CUDA."""
+    from helpers.config import Config
+    from helpers.run_folder import RunFolder
+
+    name = "torchrun_cuda"
+    cfg = Config(
+        data_dir=str(root),
+        run_name=name,
+        backbone="resnet18",
+        img_size=SIZE,
+        crop_pct=1.0,
+        epochs=1,
+        batch_size=32,
+        precision="bf16",
+        folds=[0],
+    )
+    run = RunFolder.named(name).create()  # under KIT_OUTPUTS, which torchrun's process inherits
+    run.write_config(cfg)
+    command = [  # torchrun, from this interpreter's environment
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"),
+        *("-m", "helpers.distributed", "--run-name", name, "--expect-world-size", "1"),
+    ]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    metrics = run.read_metrics().to_dict("records") if done.returncode == 0 else []
+    return {
+        "command": " ".join(command),
+        "returncode": done.returncode,
+        "seconds": time.perf_counter() - started,
+        "metrics": metrics,
+        "log_tail": (done.stdout + done.stderr)[-3000:],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=6000, help="photos in the set (400 distinct)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batches", type=int, default=30, help="in-memory batches per timed pass")
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backbones", default=",".join(BACKBONES))
+    parser.add_argument("--out-dir", type=Path, default=HERE / "results")
+    parser.add_argument(
+        "--work", type=Path, help="folder for the photos and outputs (default: a temp folder)"
+    )
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("gpu_bench.py needs CUDA; this machine has none", file=sys.stderr)
+        return 2
+    retain_freed_memory()
+    work = args.work or Path(tempfile.mkdtemp(prefix="gpu_bench_"))
+    os.environ["KIT_OUTPUTS"] = str(work / "outputs")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    torch.backends.cudnn.benchmark = True
+    device = torch.device("cuda")
+    root = make_photo_set(work / "photos", args.photos)
+    machine = {
+        "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cpu_cores": os.cpu_count(),
-        "backbone": cfg.backbone,
-        "img_size": cfg.img_size,
-        "batch_size": cfg.batch_size,
-        "precision": precision,
-        "channels_last": True,
         "loader_workers": args.workers,
-        "date": time.strftime("%Y-%m-%d"),
+        "batch_size": args.batch_size,
+        "img_size": SIZE,
+        "precision": "bf16",
+        "channels_last": True,
+        "photos": args.photos,
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
-    model, parts = fresh(False)
-    timed_epochs(model, staged[:5], parts, device, 1)  # warm-up: cudnn autotune, allocator
-    results["in_memory_eager"] = statistics.median(timed_epochs(model, staged, parts, device, args.repeats))
-    timed_epochs(model, loader, parts, device, 1)  # warm-up: workers start, caches
-    results["loader_eager"] = statistics.median(timed_epochs(model, loader, parts, device, args.repeats))
-    results["data_path_ratio"] = results["loader_eager"] / results["in_memory_eager"]
-    if not args.skip_compile:
-        model, parts = fresh(True)
-        started = time.perf_counter()
-        timed_epochs(model, staged[:5], parts, device, 1)
-        results["compile_seconds"] = time.perf_counter() - started
-        results["in_memory_compiled"] = statistics.median(
-            timed_epochs(model, staged, parts, device, args.repeats)
-        )
-        results["compile_speedup"] = results["in_memory_compiled"] / results["in_memory_eager"]
-        results["loader_compiled"] = statistics.median(
-            timed_epochs(model, loader, parts, device, args.repeats)
-        )
-    if device.type == "cuda":
-        results["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    print(json.dumps(results, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for backbone in args.backbones.split(","):
+        figures = {**machine, **bench_backbone(backbone, root, args, device)}
+        (args.out_dir / f"gpu_photos_{backbone}.json").write_text(json.dumps(figures, indent=2) + "\n")
+        print(json.dumps(figures, indent=2), flush=True)
+    launched = {**machine, **torchrun_once(root)}
+    (args.out_dir / "gpu_photos_torchrun.json").write_text(json.dumps(launched, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in launched.items() if k != "log_tail"}, indent=2))
+    return 0 if launched["returncode"] == 0 else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

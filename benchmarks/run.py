@@ -1,7 +1,7 @@
 """`make bench`: every benchmark of the kit, one after the other, into benchmarks/RESULTS.md.
 
     python benchmarks/run.py [--quick] [--out FILE]
-                             [--only datapath,accuracy,transfer,inference,scale,labels,demo,imbalance,multilabel]
+                             [--only datapath,accuracy,transfer,inference,scale,labels,demo,imbalance,multilabel,photos]
 
 Parts (each in its own process, in turn, so they never compete for the cores):
   datapath   training images/s through the real loader / on the same batches in memory (bench_datapath.py)
@@ -16,6 +16,9 @@ Parts (each in its own process, in turn, so they never compete for the cores):
              class-imbalance option and without (bench_imbalance.py)
   multilabel the multi-label demo series: out-of-fold and test mAP, F1, training time (bench_multilabel.py;
              skipped with --quick)
+  photos     photo-size data (1280x960 JPEGs at 224 px): loader per core from the files, the image store and
+             timm's path; 01's check + store build; memory with workers; CPU training ratio; compile
+             (bench_photos.py)
 The report gives the machine, the date and the load average, and only medians over repeats and ratios
 measured within one run: a shared 2-core machine's absolute times move by 2x from one minute to the next.
 --quick (a few minutes): fewer and shorter repeats, small scale sizes, one training epoch, one transfer draw,
@@ -43,6 +46,7 @@ import bench_demo  # noqa: E402
 import bench_imbalance  # noqa: E402
 import bench_label_issues  # noqa: E402
 import bench_multilabel  # noqa: E402
+import bench_photos  # noqa: E402
 import bench_scale  # noqa: E402
 import bench_transfer  # noqa: E402
 from machine import machine  # noqa: E402
@@ -57,24 +61,27 @@ PARTS = [
     "demo",
     "imbalance",
     "multilabel",
+    "photos",
 ]
 RESULTS = HERE / "RESULTS.md"
 PART_TIMEOUT_S = 1500
 
 
-def _python(args: list[str], env: dict[str, str] | None = None) -> None:
+def _python(args: list[str], env: dict[str, str] | None = None, timeout: int = PART_TIMEOUT_S) -> None:
     subprocess.run(
         [sys.executable, *args],
         cwd=ROOT,
         env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TQDM_DISABLE": "1", **(env or {})},
         check=True,
-        timeout=PART_TIMEOUT_S,
+        timeout=timeout,
     )
 
 
-def _json_part(script: str, extra: list[str], quick: bool, work: Path) -> dict:
+def _json_part(script: str, extra: list[str], quick: bool, work: Path, timeout: int = PART_TIMEOUT_S) -> dict:
     out = work / f"{Path(script).stem}{'_'.join(extra)}.json"
-    _python([str(HERE / script), *extra, *(["--quick"] if quick else []), "--json", str(out)])
+    _python(
+        [str(HERE / script), *extra, *(["--quick"] if quick else []), "--json", str(out)], timeout=timeout
+    )
     return json.loads(out.read_text())
 
 
@@ -109,6 +116,11 @@ def part_labels(quick: bool, work: Path) -> list[str]:
     return bench_label_issues.markdown(_json_part("bench_label_issues.py", [], quick, work))
 
 
+def part_photos(quick: bool, work: Path) -> list[str]:
+    # building two photo sets, compiling a model on the CPU: ~25 min on a loaded 2-core machine
+    return bench_photos.markdown(_json_part("bench_photos.py", [], quick, work, timeout=3600))
+
+
 def part_demo(quick: bool, work: Path) -> list[str]:
     if quick:
         return ["Skipped in --quick mode (the full series takes minutes); run `make bench` for it."]
@@ -139,6 +151,7 @@ TITLES = {
     "demo": "7. The demo series",
     "imbalance": "8. Class imbalance: the rare classes with each option",
     "multilabel": "9. The multi-label demo",
+    "photos": "10. Photo-size data: the decode-once image store",
 }
 
 
@@ -190,7 +203,47 @@ def gpu_section() -> list[str]:
         "quoted automatically: name it with 'uint8' when it uses the uint8 loader) -->",
         "_Place for a new GPU measurement (same command, same card, the date and the card named)_: "
         + ("none yet beyond the files above." if after else "**after the uint8 change: not measured yet**."),
+        "",
+        *_gpu_photos_lines(),
     ]
+    return lines
+
+
+def _gpu_photos_lines() -> list[str]:
+    """The photo-size GPU figures (`gpu_bench.py` since the image store), or that they are still to measure."""
+    files = sorted((HERE / "results").glob("gpu_photos_*.json"))
+    runs = [json.loads(f.read_text()) for f in files if f.name != "gpu_photos_torchrun.json"]
+    lines = [
+        "**Photo-size data, from the image store** (`python benchmarks/gpu_bench.py`: 1280x960 JPEGs at 224 px, "
+        "bf16, channels_last; the kit's loader reading the store against in-memory batches (goal >= 0.95) and "
+        "against timm's own loader on the same files (goal: ahead), eager and with `compile`):",
+        "",
+    ]
+    if not runs:
+        return lines + [
+            "**Not measured yet**: the session that prepared `gpu_bench.py` had no GPU; the script is checked by "
+            "reading and by its CPU-runnable parts only. It writes `benchmarks/results/gpu_photos_<backbone>.json` "
+            "and `gpu_photos_torchrun.json` (one CUDA epoch through `torchrun --nproc_per_node 1`), quoted here."
+        ]
+    lines += [
+        "| date | device | backbone | in memory img/s eager / compiled | store loader img/s eager / compiled | "
+        "loader / in-memory eager / compiled | timm loader img/s eager / compiled | kit / timm eager / compiled |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for g in runs:
+
+        def pair(key: str, f: str = ".0f", g: dict = g) -> str:
+            return f"{g[key + '_eager']:{f}} / {g[key + '_compiled']:{f}}"
+
+        lines.append(
+            f"| {g['date']} | {g['device']}, {g['cpu_cores']} cores, {g['loader_workers']} workers | "
+            f"{g['backbone']} | {pair('in_memory')} | {pair('loader')} | **{pair('loader_ratio', '.2f')}** | "
+            f"{pair('timm_loader')} | {pair('vs_timm', '.2f')} |"
+        )
+    launched = HERE / "results" / "gpu_photos_torchrun.json"
+    if launched.exists():
+        t = json.loads(launched.read_text())
+        lines.append(f"\nCUDA torchrun: exit code {t['returncode']} in {t['seconds']:.0f} s ({t['date']}).")
     return lines
 
 
@@ -211,7 +264,7 @@ FINDINGS = [
     "`auto_workers` now gives 0 on a machine with <= 2 cores and no GPU for uncached images too (it gave cores - 1 = 1); "
     "cached images already got 0 up to 4 cores. With a GPU the main process waits on the device and workers "
     "can overlap with it, so that case keeps the old rule (not measured here).",
-    "- **RAM cache and channels_last** stay on (Config defaults, unchanged). Decoding a 32 px JPEG costs "
+    "- **RAM cache and channels_last** stay on (Config defaults, unchanged; the RAM cache has since become the on-disk image store, section 8, on by default). Decoding a 32 px JPEG costs "
     "~20-30 us, so on the digits cached and uncached measure within noise of each other (0.84 vs 0.78 in "
     "one run, 0.82 vs 0.88 in another); with real photos the decode dominates (1.4 ms per 512 px JPEG "
     "with its resize), which the cache removes. channels_last makes the model itself faster on this CPU "

@@ -99,6 +99,7 @@ class Config:
     pretrained: bool = setting(False, "train")
     weights_file: str = setting("", "train")  # local .pth / .safetensors of pretrained weights
     channels_last: bool = setting(True, "train")  # memory format for conv nets
+    compile: bool = setting(False, "train")  # torch.compile the model (benchmarks/RESULTS.md: when it pays)
     # --- training ---------------------------------------------------------------------------------
     folds: list[int] = setting([0], "train", resumable=True)  # folds to train; [] means all
     epochs: int = setting(5, "train")
@@ -139,8 +140,9 @@ class Config:
     monitor: Monitor = setting("auto", "train")
     patience: int = setting(0, "train")  # epochs without improvement before stopping; 0 disables
     num_workers: int = setting(-1, "machine")  # loader processes; -1: a choice for this machine's cores
-    cache_images: bool = setting(True, "machine")  # keep decoded images in RAM when they fit in cache_mb
-    cache_mb: int = setting(1024, "machine")
+    # decode each image once, at the size training reads, into the dataset's store on disk (helpers.store);
+    # False: decode the files in every epoch
+    store: bool = setting(True, "machine")
     resume: bool = setting(True, "machine")  # continue from fold<k>_last when it exists
     # "machine", not "train": the range test runs on a copy and leaves the training it precedes unchanged
     lr_finder: bool = setting(False, "machine")  # 03: a learning-rate range test before training
@@ -247,7 +249,6 @@ class Config:
             "must be even when mixup or cutmix is on (they pair images within a batch)",
         )
         need(self.num_workers >= -1, "num_workers", "must be -1 (automatic) or 0 or more")
-        need(self.cache_mb >= 0, "cache_mb", "must be 0 or more")
         need(bool(self.backbone), "backbone", "must name a timm model, e.g. resnet18")
         need(
             not self.image_ext or self.image_ext.startswith("."),

@@ -2,11 +2,13 @@
 
 `prepare_dataset` reads either layout, opens every image once, lists every problem with its fix, stops
 (or drops the bad rows and records them), saves the class map and the folds with the dataset, and
-returns what the later steps need.
+returns what the later steps need. In the same pass it fills the dataset's image store (helpers.store) at
+the side training will read, so a photo is decoded once in total.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +22,10 @@ from helpers.diagnoses import diagnose
 from helpers.folds import TRAIN_ONLY, Split, given_split, kit_split, load_or_make_folds
 from helpers.health import FIXES, check_images
 from helpers.label_sets import canonical_label, read_label_sets
+from helpers.model import data_config_for, default_img_size
 from helpers.paths import datasets_dir, resolve_path
 from helpers.run_folder import RunFolder
+from helpers.store import StoreWriter, open_store, store_side
 from helpers.tables import (
     DataError,
     class_names,
@@ -32,6 +36,8 @@ from helpers.tables import (
     split_source,
 )
 from helpers.targets import Task, encode_label_set
+
+CHECK_CACHE = "image_check.csv"
 
 
 @dataclass
@@ -71,6 +77,41 @@ def dataset_name_of(cfg: Config) -> str:
     return resolve_path(cfg.data_dir).name if cfg.data_dir else "digits"
 
 
+def dataset_folder(cfg: Config) -> Path:
+    """outputs/datasets/<name>: the dataset's class map, folds, image-check cache and image store."""
+    return datasets_dir() / dataset_name_of(cfg)
+
+
+def planned_side(cfg: Config) -> int:
+    """The store side 03 will train at with this config, before it has seen the data: img_size or the
+    backbone's own size, over the eval crop (the pretrained weights' own one when pretrained, else none).
+
+    It differs from 03's resolved side only when the images are smaller than the backbone's size (03 then
+    lowers img_size to their median side) or when 03 changes img_size, crop_pct or the backbone; 03 then
+    stores that side too (`build_store`), decoding each image once more.
+    """
+    size = cfg.img_size or default_img_size(cfg.backbone)
+    crop = cfg.crop_pct or (
+        data_config_for(cfg.backbone)["crop_pct"] if cfg.uses_pretrained_weights() else 1.0
+    )
+    return store_side(size, crop)
+
+
+def _store_writer(
+    cfg: Config, folder: Path, side: int
+) -> contextlib.AbstractContextManager[StoreWriter | None]:
+    return open_store(folder, side) if cfg.store else contextlib.nullcontext()
+
+
+def build_store(cfg: Config, info: DataInfo) -> None:
+    """Store the dataset's images at the side cfg (its img_size and crop_pct resolved) trains at, for the
+    images the store lacks (none when 01 planned this side): 03 calls it before training."""
+    side = store_side(cfg.img_size, cfg.crop_pct)
+    with _store_writer(cfg, info.folder, side) as store:
+        if store is not None:
+            check_images(info.table["path"].tolist(), info.folder / CHECK_CACHE, store=store)
+
+
 def prepare_dataset(cfg: Config, run: RunFolder | None = None) -> DataInfo:
     """Read, check and fold the training data; raise DataError listing every problem unless dropping.
 
@@ -84,7 +125,7 @@ def prepare_dataset(cfg: Config, run: RunFolder | None = None) -> DataInfo:
             f"data_dir {data_dir} is not a folder; set data_dir to your data's folder or '' for the demo."
         )
     name = dataset_name_of(cfg)
-    folder = datasets_dir() / name
+    folder = dataset_folder(cfg)
     layout = detect_layout(cfg, data_dir)
     frame, problems = read_labels(cfg, data_dir)
     frame, task, task_reason, label_problems = read_label_sets(cfg, frame, layout)
@@ -93,7 +134,8 @@ def prepare_dataset(cfg: Config, run: RunFolder | None = None) -> DataInfo:
 
     outside = problems[problems["problem"].str.contains("outside")]
     checkable = ~row_keys(frame).isin(row_keys(outside))
-    checks = check_images(frame.loc[checkable, "path"].tolist(), folder / "image_check.csv")
+    with _store_writer(cfg, folder, planned_side(cfg)) as store:
+        checks = check_images(frame.loc[checkable, "path"].tolist(), folder / CHECK_CACHE, store=store)
     frame = frame.merge(
         checks[["path", "problem", "height", "width"]].drop_duplicates("path"), on="path", how="left"
     )

@@ -1,10 +1,12 @@
-"""The Dataset and the loaders: the reader validation used, an optional RAM cache, reproducible augmentation.
+"""The Dataset and the loaders: images from the decode-once store or the files, reproducible augmentation.
 
-`build_loader` is the one place a loader is assembled from a config (dataset, cache, transform, seed,
-workers, batch size), for training, validation, 02's preview and prediction alike. Augmentation randomness
-is seeded per sample from (seed, epoch, index), handed over by the sampler (the balanced sampler adds the
-draw's position), so the images of an epoch are the same whatever the worker count and whether the run
-was resumed.
+`build_loader` is the one place a loader is assembled from a config (dataset, store, transform, seed,
+workers, batch size), for training, validation, 02's preview and prediction alike. Every image comes as
+`read_image(path, side)` gives it (the shorter side fitted to the store's side): from the dataset's store
+(helpers.store) when it holds the file as it is now, else decoded from the file, with the same pixels.
+Augmentation randomness is seeded per sample from (seed, epoch, index), handed over by the sampler (the
+balanced sampler adds the draw's position), so the images of an epoch are the same whatever the worker
+count and whether the run was resumed.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm.auto import tqdm
 
 from helpers.augment import build_eval_transform, build_train_transform
 from helpers.config import Config
+from helpers.dataset import dataset_folder
 from helpers.images import read_image
 from helpers.precision import pick_device
+from helpers.store import StoreView, open_view, store_folder, store_side
 from helpers.targets import Task, decode_label_set, target_array
 
 SEED_STRIDE = 1_000_003
@@ -100,8 +103,9 @@ def balanced_weights(label_idx: Sequence) -> np.ndarray:
 
 
 class ImageDataset(Dataset):
-    """Images by path (or from a RAM cache) through an albumentations transform; yields (tensor, target,
-    index). `labels` are helpers.targets.target_array's: class indices (N,) or multi-hot rows (N, C)."""
+    """Images by path, fitted to `side` (0: full size), from the store when it holds them, through an
+    albumentations transform; yields (tensor, target, index). `labels` are helpers.targets.target_array's:
+    class indices (N,) or multi-hot rows (N, C)."""
 
     def __init__(
         self,
@@ -109,18 +113,20 @@ class ImageDataset(Dataset):
         labels: Sequence[int] | np.ndarray,
         transform: Callable,
         seed: int = 0,
-        cache: list[np.ndarray] | None = None,
+        side: int = 0,
+        store: StoreView | None = None,
     ):
         self.paths, self.labels = list(paths), np.asarray(labels)
         if self.labels.ndim == 1:
             self.labels = self.labels.astype(np.int64)
-        self.transform, self.seed, self.cache = transform, seed, cache
+        self.transform, self.seed, self.side, self.store = transform, seed, side, store
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def image(self, index: int) -> np.ndarray:
-        return self.cache[index] if self.cache is not None else read_image(self.paths[index])
+        stored = self.store.image(index) if self.store is not None else None
+        return stored if stored is not None else read_image(self.paths[index], self.side)
 
     def __getitem__(self, key: int) -> tuple[torch.Tensor, int | torch.Tensor, int]:
         index = key % len(self.paths)
@@ -134,18 +140,6 @@ class ImageDataset(Dataset):
         return tensor, int(label) if self.labels.ndim == 1 else torch.from_numpy(label), index
 
 
-def load_cache(
-    paths: Sequence[str], heights: Sequence[int], widths: Sequence[int], limit_mb: int
-) -> list | None:
-    """All images decoded into RAM when they fit in limit_mb (None otherwise); shared with forked workers."""
-    need_mb = float(np.sum(np.asarray(heights, dtype=np.int64) * np.asarray(widths)) * 3) / 2**20
-    if need_mb > limit_mb:
-        return None
-    return [
-        read_image(p) for p in tqdm(paths, desc=f"caching images ({need_mb:.0f} MB)", unit="img", leave=False)
-    ]
-
-
 def usable_cores() -> int:
     """The CPU cores this process may run on (its affinity mask, which containers and taskset narrow)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -156,8 +150,8 @@ def auto_workers(cached: bool) -> int:
 
     Training on the CPU, torch's threads already keep every core busy, so a loader process takes time from
     the model rather than adding a core. On 2 cores (benchmarks/RESULTS.md) augmenting in the main process
-    matched or beat 1 and 2 workers in every case measured, from the RAM cache or decoding 32 px and 512 px
-    JPEGs: so none there when there is no GPU, and none for cached images up to 4 cores.
+    matched or beat 1 and 2 workers in every case measured, from decoded images or decoding 32 px and 512 px
+    JPEGs: so none there when there is no GPU, and none for stored (`cached`) images up to 4 cores.
     """
     cores = usable_cores()
     if cores <= 2 and pick_device().type == "cpu":
@@ -215,10 +209,11 @@ def build_loader(
     Training's loader shuffles (or with sampler="balanced" draws rows inversely to their class's
     frequency, `balanced_weights`) and augments with the fold's seed, in batches of batch_size (full batches
     only with mixup or cutmix, which pair images); the others keep the rows' order, resize only, in batches
-    of twice that. Images are decoded into RAM first when cache_images is on and their sizes are known.
+    of twice that. With `store` on, the images the dataset's store holds at this size are read from it.
     `num_replicas` > 1 gives process `rank` its share (data-parallel training). cfg.img_size must be set.
     """
     size = cfg.img_size
+    side = store_side(size, cfg.crop_pct)
     transform = (
         build_train_transform(cfg.augment, size) if train else build_eval_transform(size, cfg.crop_pct)
     )
@@ -230,14 +225,9 @@ def build_loader(
                 "build_loader: a multilabel table's targets need num_classes (DataInfo.num_classes)"
             )
         labels = target_array(rows, num_classes, task)
-    sized = {"height", "width"} <= set(rows.columns)
-    cache = (
-        load_cache(rows["path"], rows["height"], rows["width"], cfg.cache_mb)
-        if cfg.cache_images and sized
-        else None
-    )
+    store = open_view(store_folder(dataset_folder(cfg), side), rows["path"].tolist()) if cfg.store else None
     seed = cfg.seed + fold
-    dataset = ImageDataset(rows["path"], labels, transform, seed, cache)
+    dataset = ImageDataset(rows["path"], labels, transform, seed, side, store)
     mixing = train and (cfg.mixup > 0 or cfg.cutmix > 0)
     per_process = -(-len(dataset) // num_replicas)
     if mixing and per_process < cfg.batch_size:
@@ -245,7 +235,11 @@ def build_loader(
             f"mixup/cutmix drop the last partial batch, and fold {fold} has only {per_process} "
             f"training images per process for batch_size={cfg.batch_size}: lower batch_size"
         )
-    workers = cfg.num_workers if cfg.num_workers >= 0 else auto_workers(cache is not None)
+    workers = (
+        cfg.num_workers
+        if cfg.num_workers >= 0
+        else auto_workers(store is not None and store.stored == len(rows))
+    )
     return make_loader(
         dataset,
         cfg.batch_size if train else cfg.batch_size * 2,

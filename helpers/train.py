@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from helpers.augment import InputPrep
 from helpers.checkpoints import load_checkpoint, save_checkpoint, unwrap
 from helpers.config import Config, ConfigError
-from helpers.dataset import DataInfo
+from helpers.dataset import DataInfo, build_store
 from helpers.loaders import build_loader, sample_seed
 from helpers.losses import build_loss
 from helpers.model import create_model, data_config_for, default_img_size
@@ -472,7 +472,8 @@ def _say_trained(cfg: Config, run: RunFolder, fold: int, state: dict[str, Any]) 
 
 
 def _fold_model(cfg: Config, num_classes: int, device: torch.device) -> nn.Module:
-    """A fresh model on the device, channels_last and with SyncBatchNorm across processes when asked."""
+    """A fresh model on the device, channels_last, with SyncBatchNorm across processes and compiled
+    (`nn.Module.compile`: in place, so its state dict and checkpoints keep their keys) when asked."""
     model = create_model(cfg.backbone, num_classes, cfg.pretrained, cfg.weights_file).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -480,6 +481,8 @@ def _fold_model(cfg: Config, num_classes: int, device: torch.device) -> nn.Modul
         if device.type != "cuda":
             raise ValueError("sync_bn=True needs CUDA: PyTorch's SyncBatchNorm has no CPU implementation")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.compile:
+        model.compile()
     return model
 
 
@@ -642,6 +645,7 @@ def train_folds(
             f"folds={cfg.folds}: the data's split ({info.split.describe()}) has no fold {unknown}; "
             f"choose among {info.split.folds}, or [] for all"
         )
+    build_store(cfg, info)  # the images at the resolved size, when 01 stored another one
     for fold in cfg.folds or info.split.folds:
         train_fold(cfg, info, fold, run, device)
     return run.read_metrics()

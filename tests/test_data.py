@@ -286,8 +286,9 @@ def test_health_cache_skips_unchanged_files_and_rechecks_changed(outputs, csv_da
     cfg = config(csv_dataset)
     first = prepare_dataset(cfg)
     assert (first.folder / "image_check.csv").is_file()
+    real = helpers.health._check_one
 
-    def must_not_decode(path):
+    def must_not_decode(path, side=0):
         raise AssertionError(f"decoded {path} again")
 
     monkeypatch.setattr(helpers.health, "_check_one", must_not_decode)
@@ -295,15 +296,10 @@ def test_health_cache_skips_unchanged_files_and_rechecks_changed(outputs, csv_da
     pd.testing.assert_frame_equal(first.table, second.table)
 
     checked: list[str] = []
-    real = helpers.health.read_image
 
-    def recording(path):
+    def recording(path, side=0):
         checked.append(path)
-        try:
-            image = real(path)
-        except helpers.health.ImageError as e:
-            return e.reason, 0, 0
-        return "", image.shape[0], image.shape[1]
+        return real(path, side)
 
     monkeypatch.setattr(helpers.health, "_check_one", recording)
     changed = csv_dataset / "train_image" / "fox_02.jpg"
@@ -321,7 +317,8 @@ def test_health_cache_rechecks_same_size_new_mtime(outputs, csv_dataset, monkeyp
     cfg = config(csv_dataset)
     prepare_dataset(cfg)
     checked: list[str] = []
-    monkeypatch.setattr(helpers.health, "_check_one", lambda p: (checked.append(p), ("", 16, 16))[1])
+    real = helpers.health._check_one
+    monkeypatch.setattr(helpers.health, "_check_one", lambda p, side=0: (checked.append(p), real(p, side))[1])
     path = csv_dataset / "train_image" / "cat_04.jpg"
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
@@ -344,11 +341,11 @@ def test_an_interrupted_check_keeps_what_it_checked(tmp_path, csv_dataset, monke
     cache = tmp_path / "image_check.csv"
     real_check, calls = helpers.health._check_one, []
 
-    def crash_on_the_seventh(path):
+    def crash_on_the_seventh(path, side=0):
         calls.append(path)
         if len(calls) == 7:
             raise KeyboardInterrupt
-        return real_check(path)
+        return real_check(path, side)
 
     monkeypatch.setattr(helpers.health, "_check_one", crash_on_the_seventh)
     with pytest.raises(KeyboardInterrupt):
@@ -356,7 +353,9 @@ def test_an_interrupted_check_keeps_what_it_checked(tmp_path, csv_dataset, monke
     assert sorted(pd.read_csv(cache)["path"]) == paths[:6]
 
     calls.clear()
-    monkeypatch.setattr(helpers.health, "_check_one", lambda path: (calls.append(path), real_check(path))[1])
+    monkeypatch.setattr(
+        helpers.health, "_check_one", lambda path, side=0: (calls.append(path), real_check(path, side))[1]
+    )
     result = helpers.health.check_images(paths, cache, workers=1)
     assert calls == paths[6:], "the second run should check only what the first did not reach"
     assert (result["problem"] == "").all() and list(result["path"]) == paths

@@ -419,7 +419,7 @@ def test_resuming_a_finished_fold_trains_nothing(prepared):
     last_path = run.checkpoint(0, "last")
     stamp = last_path.stat().st_mtime_ns
     # settings that do not change what is trained may differ
-    metrics = train_fold(cfg.replace(num_workers=1, cache_images=False), info, 0, run, CPU)
+    metrics = train_fold(cfg.replace(num_workers=1, store=False), info, 0, run, CPU)
     assert last_path.stat().st_mtime_ns == stamp
     assert metrics["epoch"].tolist() == [0]
 
