@@ -127,6 +127,7 @@ def run(args: argparse.Namespace, outputs: Path) -> int:
         augment="none",
         run_name="bench_resnet18",
         seed=0,
+        task="multiclass",  # the digits: one label per image, as 01 would resolve it
     )
     device = pick_device()
     precision = resolve_precision(cfg.precision, device)

@@ -35,7 +35,7 @@ TEMPERATURE_RANGE = (
 FLOOR = 1e-12  # probabilities clipped here before the log, so a zero stays finite
 MULTILABEL = (
     "temperature scaling is for multiclass runs (one softmax over the classes); a multilabel run's "
-    "probabilities are one sigmoid per class and are not calibrated here: set calibrate=False"
+    "probabilities are one sigmoid per class, which this kit does not calibrate"
 )
 
 
@@ -179,7 +179,7 @@ def run_temperature(run: RunFolder, cfg: Config) -> float:
     """The temperature 04 fitted for this run, refusing one fitted on another checkpoint or other views:
     those give other probabilities, which the temperature was not fitted on."""
     if task_of(cfg.task) == "multilabel":
-        raise ValueError(MULTILABEL)
+        raise ValueError(f"calibrate=True: {MULTILABEL}; set calibrate=False")
     if not run.calibration.exists():
         raise FileNotFoundError(
             f"calibrate=True, but {run.calibration} does not exist: run notebooks/04_evaluate.ipynb for run "

@@ -67,7 +67,10 @@ COLUMNS = [
     "images_per_s",  # training images per second, mean over epochs
     "parameters",  # tensor elements in a fold's best_score state dict (buffers included)
 ]
-ACCURACIES = ["val_acc_tta", "val_acc", "best_val_acc", "oof_acc", "test_acc"]
+# the plot's score axis: a multiclass accuracy (multilabel panels show its mAP counterpart) or an mAP
+# (multiclass panels show its accuracy counterpart)
+ACCURACIES = ["val_acc_tta", "val_acc", "best_val_acc", "oof_acc", "test_acc", "val_map_tta", "val_map",
+              "best_val_map", "test_map"]  # fmt: skip
 LOWER_IS_BETTER = {"best_val_loss", "test_log_loss", "train_seconds", "seconds_per_epoch", "parameters"}
 SORTABLE = [c for c in COLUMNS if c not in {"run", "task", "rank", "backbone", "finished"}]
 TASK_ORDER = ("multiclass", "multilabel")

@@ -306,17 +306,19 @@ def show_set_grid(
     most = max((len(ls) for ls in lines), default=1)
     ncols = max(1, min(ncols, len(images)))
     nrows = math.ceil(len(images) / ncols)
+    line = 9  # points between lines
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(ncols * size * 1.15, nrows * (size + 0.22 * most)), squeeze=False
+        nrows, ncols, figsize=(ncols * size * 1.15, nrows * (size + 0.1 + most * line / 72)), squeeze=False
     )
     for ax in axes.flat[len(images) :]:
         ax.axis("off")
     for ax, image, image_lines in zip(axes.flat, images, lines, strict=False):
         show_image(ax, image)
         for row, (text, color) in enumerate(image_lines):
-            ax.text(0.5, -0.04 - 0.16 * row, text, transform=ax.transAxes, ha="center", va="top",
-                    fontsize=7, color=color)  # fmt: skip
-    fig.tight_layout()
+            ax.annotate(text, (0.5, 0), xycoords="axes fraction", xytext=(0, -2 - line * row),
+                        textcoords="offset points", ha="center", va="top", fontsize=7, color=color)  # fmt: skip
+    # the lines hang below the axes, which tight_layout does not count: pad the rows by them (font sizes)
+    fig.tight_layout(h_pad=(most * line + 4) / plt.rcParams["font.size"])
     return fig
 
 

@@ -198,8 +198,14 @@ def evaluate_oof(
     identity view, what 03 scored) and with the run's views, and write oof.csv and evaluation.json. A
     multilabel run's thresholds are tuned on the TTA probabilities and saved in thresholds.json; its
     F1, subset accuracy and Hamming loss are at 0.5 in the summary and at the tuned thresholds in
-    evaluation.json's `*_tuned_tta` keys."""
-    task = task_of(cfg.task)
+    evaluation.json's `*_tuned_tta` keys.
+
+    The task is the run config's, as 01 saved it; a config that still says 'auto' (a library call before
+    any config.json) takes what prepare_dataset resolved from it, DataInfo.task."""
+    task = info.task if cfg.task == "auto" else task_of(cfg.task)
+    if task != info.task:
+        raise ValueError(f"the run's task is {task!r}, but its data was prepared as {info.task!r}")
+    cfg = cfg.replace(task=task)  # the prediction path reads the task from the config
     views = check_views(cfg.tta_views)
     rows, prediction = predict_folds(cfg, info.table, checkpoints, list(VIEWS), device)
     labels = target_array(rows, len(info.classes), task)

@@ -88,7 +88,9 @@ def test_the_plot_has_a_panel_per_task_with_its_own_score(mixed):
     fig = leaderboard.show_leaderboard(leaderboard.build_leaderboard(), "val_acc_tta")
     assert [ax.get_ylabel() for ax in fig.axes] == ["val_acc_tta", "val_map_tta"]
     assert sorted(t.get_text().split(" ")[0] for t in fig.axes[1].texts) == ["ml_high", "ml_low"]
-    plt.close(fig)
+    by_map = leaderboard.show_leaderboard(leaderboard.build_leaderboard(), "val_map")
+    assert [ax.get_ylabel() for ax in by_map.axes] == ["val_acc", "val_map"]
+    plt.close("all")
 
 
 def test_a_multilabel_runs_test_columns_are_map_and_f1_at_its_thresholds(outputs, tmp_path):

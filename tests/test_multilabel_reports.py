@@ -295,3 +295,15 @@ def test_multilabel_label_issues_rank_corrupted_sets_first():
     assert len(set(ranked.loc[ranked["issue"], "id"]) & {ids[i] for i in corrupted}) >= 8
     first = ranked.set_index("id").loc[ids[corrupted[0]]]
     assert first["suggested"] == " ".join(np.asarray(list("abcd"))[np.flatnonzero(truth[corrupted[0]])])
+
+
+def test_a_config_still_auto_takes_the_prepared_task(prepared):
+    """A library call before any config.json: the task prepare_dataset resolved; a contradiction stops."""
+    cfg, info, run = prepared
+    checkpoints = {
+        0: save_checkpoint(run.checkpoint(0, "best_score"), random_model(0), cfg.to_dict(), CLASSES, {})
+    }
+    oof = evaluate_oof(cfg.replace(task="auto"), run, info, checkpoints, CPU)
+    assert oof.task == "multilabel" and oof.labels.shape == (len(oof.rows), 3)
+    with pytest.raises(ValueError, match="prepared as 'multilabel'"):
+        evaluate_oof(cfg.replace(task="multiclass"), run, info, checkpoints, CPU)
