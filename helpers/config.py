@@ -267,6 +267,12 @@ class Config:
             "focal is for multiclass tasks; a multilabel task takes 'default' (BCE) or 'asl'",
         )
         need(
+            not (self.calibrate and self.task == "multilabel"),
+            "calibrate",
+            "temperature scaling is for multiclass runs (one softmax over the classes); a multilabel run "
+            "predicts through its tuned thresholds: set calibrate=False",
+        )
+        need(
             not (self.loss == "asl" and self.task == "multiclass"),
             "loss",
             "asl is for multilabel tasks; a multiclass task takes 'default' (cross-entropy) or 'focal'",

@@ -13,9 +13,11 @@ import pandas as pd
 
 from helpers.allocator import retain_freed_memory
 from helpers.config import PARAMETER_MARKER, Config, Stage, passed_values, settle_run_config
+from helpers.dataset import DataInfo
 from helpers.images import read_image
-from helpers.plots import save_figure, show_images
+from helpers.plots import save_figure, show_images, show_label_sets
 from helpers.run_folder import RunFolder
+from helpers.targets import decode_label_set
 
 PARAMETER_CELLS: list[str] = []
 
@@ -81,6 +83,16 @@ def show_samples(table: pd.DataFrame, run: RunFolder, n: int = 24, seed: int = 0
     rows = table.sample(min(n, len(table)), random_state=seed)
     images = [read_image(p) for p in rows["path"]]
     return save_figure(show_images(images, list(rows["label"].astype(str))), run, "samples")
+
+
+def show_label_structure(info: DataInfo, run: RunFolder) -> Any:
+    """A multilabel dataset's label sets (labels per image, classes together), saved as
+    plots/label_sets.png; a multiclass dataset has one label per image, which one line says instead."""
+    if info.task == "multiclass":
+        print("one label per image (multiclass): no label sets to show")
+        return None
+    index_sets = info.table["label_idx"].map(decode_label_set).tolist()
+    return save_figure(show_label_sets(index_sets, info.classes), run, "label_sets")
 
 
 def fold_class_table(table: pd.DataFrame, shown: int = 20) -> pd.DataFrame:

@@ -251,3 +251,9 @@ def test_constructor_checks_types_too():
 
 def test_bracketed_list_text_accepted():
     assert Config.from_dict({"folds": "[0, 1]"}).folds == [0, 1]
+
+
+def test_calibrate_is_refused_for_a_multilabel_run_before_anything_is_predicted():
+    with pytest.raises(ConfigError, match="calibrate=True: temperature scaling is for multiclass"):
+        Config(task="multilabel", calibrate=True)
+    assert Config(task="multiclass", calibrate=True).calibrate
