@@ -22,7 +22,7 @@ from scipy.special import log_softmax
 
 from helpers.config import Config
 from helpers.reports import EnsemblePrediction, write_test_predictions
-from helpers.run_folder import RunFolder
+from helpers.run_folder import RunFolder, require_fitted_for
 from helpers.targets import task_of
 
 ECE_BINS = (
@@ -186,12 +186,7 @@ def run_temperature(run: RunFolder, cfg: Config) -> float:
             f"{run.name!r} first (it fits the temperature), or set calibrate=False"
         )
     saved = Calibration(**run.read_calibration())
-    if saved.checkpoint != cfg.checkpoint or saved.tta_views != list(cfg.tta_views):
-        raise ValueError(
-            f"{run.calibration} was fitted on checkpoint={saved.checkpoint!r}, tta_views={saved.tta_views}, "
-            f"and this prediction uses checkpoint={cfg.checkpoint!r}, tta_views={list(cfg.tta_views)}: run 04 "
-            "with the same checkpoint and tta_views first, or predict with the ones it was fitted on"
-        )
+    require_fitted_for(run.calibration, "fitted", saved.checkpoint, saved.tta_views, cfg)
     if cfg.ensemble_runs:
         raise ValueError(
             f"calibrate=True with ensemble_runs={cfg.ensemble_runs}: the temperature of {run.name!r} was fitted "

@@ -50,6 +50,17 @@ CHECKPOINT_KINDS = ("best_score", "best_loss", "last", "ema")
 EVALUATION_KEYS = ("task", "checkpoint", "tta_views", "folds", "images")
 
 
+def require_fitted_for(file: Path, fitted: str, checkpoint: str, tta_views: list[str], cfg: Config) -> None:
+    """Refuse what 04 fitted on one checkpoint and set of TTA views (a temperature, thresholds) for a
+    prediction with others: those give other probabilities, which it was not fitted on."""
+    if checkpoint != cfg.checkpoint or tta_views != list(cfg.tta_views):
+        raise ValueError(
+            f"{file} was {fitted} on checkpoint={checkpoint!r}, tta_views={tta_views}, and this prediction uses "
+            f"checkpoint={cfg.checkpoint!r}, tta_views={list(cfg.tta_views)}: run 04 with the same checkpoint "
+            f"and tta_views first, or predict with the ones it was {fitted} on"
+        )
+
+
 def metric_key(metric: str, tta: bool) -> str:
     """The evaluation.json key of one of summary_metrics' metrics, without or with TTA."""
     return f"val_{'acc' if metric == 'accuracy' else metric}" + ("_tta" if tta else "")

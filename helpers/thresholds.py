@@ -21,7 +21,7 @@ from helpers.multilabel_metrics import (
     tune_class_thresholds,
     tune_global_threshold,
 )
-from helpers.run_folder import RunFolder
+from helpers.run_folder import RunFolder, require_fitted_for
 
 USED = "per_class"  # the thresholds 05 applies
 
@@ -90,12 +90,7 @@ def run_thresholds(run: RunFolder, cfg: Config, classes: Sequence[str]) -> Tuned
             f"run notebooks/04_evaluate.ipynb for run {run.name!r} first"
         )
     saved = TunedThresholds(**run.read_thresholds())
-    if saved.checkpoint != cfg.checkpoint or saved.tta_views != list(cfg.tta_views):
-        raise ValueError(
-            f"{run.thresholds} was tuned on checkpoint={saved.checkpoint!r}, tta_views={saved.tta_views}, and "
-            f"this prediction uses checkpoint={cfg.checkpoint!r}, tta_views={list(cfg.tta_views)}: run 04 with "
-            "the same checkpoint and tta_views first, or predict with the ones it was tuned on"
-        )
+    require_fitted_for(run.thresholds, "tuned", saved.checkpoint, saved.tta_views, cfg)
     if saved.classes != list(classes):
         raise ValueError(
             f"{run.thresholds} is for classes {saved.classes}, the models predict {list(classes)}"
