@@ -2,6 +2,7 @@
 against timm's own loader, eager and compiled; then one short torchrun training on CUDA.
 
     python benchmarks/gpu_bench.py [--photos N] [--workers W] [--out-dir benchmarks/results]
+    python benchmarks/gpu_bench.py --device cpu   # a dry run of every step on a small set, no figures
 
 For each backbone (resnet50, tf_efficientnet_b2) at 224 px in bf16 with channels_last, through the kit's
 own `train_one_epoch` and model (`train._fold_model`, so `compile` is the kit's setting):
@@ -17,7 +18,9 @@ epoch of a small run on CUDA: the NCCL process group, the CUDA device per rank a
 of the training loop, which CPU tests cannot reach.
 
 The photos are benchmarks/photos.py's (1280x960 JPEG q90). Figures go to <out-dir>/gpu_photos_<backbone>.json
-and gpu_photos_torchrun.json, with the device and the date. On a machine without CUDA it stops at once.
+and gpu_photos_torchrun.json, with the device and the date. On a machine without CUDA it stops at once,
+unless `--device cpu` asks for the dry run: the same steps in fp32 on a few photos with resnet18, so a
+broken step shows up here and not in the few minutes a GPU is lent (tests/test_gpu_bench.py runs it).
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ BACKBONES = ("resnet50", "tf_efficientnet_b2")
 SIZE = 224
 
 
-def sync() -> None:
-    torch.cuda.synchronize()
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def timed(model, batches, parts, device, repeats: int) -> float:
@@ -56,10 +60,10 @@ def timed(model, batches, parts, device, repeats: int) -> float:
 
     rates = []
     for _ in range(repeats):
-        sync()
+        sync(device)
         started = time.perf_counter()
         seen = train_one_epoch(model, batches, parts, device, desc="bench")["train_images"]
-        sync()
+        sync(device)
         rates.append(seen / (time.perf_counter() - started))
     return statistics.median(rates)
 
@@ -101,13 +105,14 @@ def bench_backbone(backbone: str, root: Path, args: argparse.Namespace, device: 
     from helpers.loaders import build_loader
     from helpers.train import _fold_model, build_parts, fold_rows, fold_targets
 
-    torch.cuda.reset_peak_memory_stats()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     cfg = Config(
         data_dir=str(root),
         backbone=backbone,
         img_size=SIZE,
         batch_size=args.batch_size,
-        precision="bf16",
+        precision=args.precision,
         channels_last=True,
         augment="light",
         num_workers=args.workers,
@@ -123,7 +128,7 @@ def bench_backbone(backbone: str, root: Path, args: argparse.Namespace, device: 
             break
     reference = Triples(timm_loader(root / "train_image", args.batch_size, args.workers, device))
     result: dict = {"backbone": backbone, "images": len(rows), "batches_in_memory": len(staged)}
-    for compiled in (False, True):
+    for compiled in args.compiled:
         torch.manual_seed(0)
         model = _fold_model(cfg.replace(compile=compiled), info.num_classes, device)
         parts = build_parts(cfg, model, info.num_classes, 100_000, device, fold_targets(info, 0))
@@ -138,17 +143,19 @@ def bench_backbone(backbone: str, root: Path, args: argparse.Namespace, device: 
         result[f"timm_loader_{tag}"] = timed(model, reference, parts, device, args.repeats)
         result[f"loader_ratio_{tag}"] = result[f"loader_{tag}"] / result[f"in_memory_{tag}"]
         result[f"vs_timm_{tag}"] = result[f"loader_{tag}"] / result[f"timm_loader_{tag}"]
-    result["compile_speedup_in_memory"] = result["in_memory_compiled"] / result["in_memory_eager"]
-    result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    if {"in_memory_compiled", "in_memory_eager"} <= result.keys():
+        result["compile_speedup_in_memory"] = result["in_memory_compiled"] / result["in_memory_eager"]
+    if device.type == "cuda":
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return result
 
 
-def torchrun_once(root: Path) -> dict:
-    """One epoch of a small run through `torchrun --nproc_per_node 1 -m helpers.distributed` on CUDA."""
+def torchrun_once(root: Path, precision: str) -> dict:
+    """One epoch of a small run through `torchrun --nproc_per_node 1 -m helpers.distributed` on the device."""
     from helpers.config import Config
     from helpers.run_folder import RunFolder
 
-    name = "torchrun_cuda"
+    name = "torchrun_once"
     cfg = Config(
         data_dir=str(root),
         run_name=name,
@@ -157,7 +164,7 @@ def torchrun_once(root: Path) -> dict:
         crop_pct=1.0,
         epochs=1,
         batch_size=32,
-        precision="bf16",
+        precision=precision,
         folds=[0],
     )
     run = RunFolder.named(name).create()  # under KIT_OUTPUTS, which torchrun's process inherits
@@ -169,30 +176,48 @@ def torchrun_once(root: Path) -> dict:
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     metrics = run.read_metrics().to_dict("records") if done.returncode == 0 else []
+    launched = [line for line in done.stdout.splitlines() if line.startswith("helpers.distributed: run")]
     return {
         "command": " ".join(command),
         "returncode": done.returncode,
+        "launch": launched[0] if launched else "",  # the process group's backend, device and precision
         "seconds": time.perf_counter() - started,
         "metrics": metrics,
         "log_tail": (done.stdout + done.stderr)[-3000:],
     }
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--photos", type=int, default=6000, help="photos in the set (400 distinct)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--batches", type=int, default=30, help="in-memory batches per timed pass")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: the dry run")
+    parser.add_argument("--photos", type=int, help="photos in the set (400 distinct); default 6000")
+    parser.add_argument("--batch-size", type=int, help="default 128")
+    parser.add_argument("--batches", type=int, help="in-memory batches per timed pass; default 30")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--backbones", default=",".join(BACKBONES))
-    parser.add_argument("--out-dir", type=Path, default=HERE / "results")
+    parser.add_argument("--repeats", type=int, help="timed passes, the median kept; default 3")
+    parser.add_argument("--backbones", help=f"default {','.join(BACKBONES)}")
+    parser.add_argument(
+        "--out-dir", type=Path, help="default benchmarks/results (the dry run: <work>/results)"
+    )
     parser.add_argument(
         "--work", type=Path, help="folder for the photos and outputs (default: a temp folder)"
     )
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("gpu_bench.py needs CUDA; this machine has none", file=sys.stderr)
+    args = parser.parse_args(argv)
+    # the GPU figures, or the dry run's smallest set that still takes every step (two batches a pass)
+    full = {"photos": 6000, "batch_size": 128, "batches": 30, "repeats": 3, "backbones": ",".join(BACKBONES)}
+    dry = {"photos": 60, "batch_size": 8, "batches": 2, "repeats": 1, "backbones": "resnet18"}
+    for name, value in (full if args.device == "cuda" else dry).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.precision = "bf16" if args.device == "cuda" else "fp32"
+    args.compiled = (False, True) if args.device == "cuda" else (False,)  # CPU compiles for minutes
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_bench.py needs CUDA; this machine has none (--device cpu: the dry run)", file=sys.stderr)
         return 2
     retain_freed_memory()
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu_bench_"))
@@ -200,28 +225,29 @@ def main() -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     torch.backends.cudnn.benchmark = True
-    device = torch.device("cuda")
+    device = torch.device(args.device)
+    out_dir = args.out_dir or (HERE / "results" if device.type == "cuda" else work / "results")
     root = make_photo_set(work / "photos", args.photos)
     machine = {
-        "device": torch.cuda.get_device_name(),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (dry run)",
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cpu_cores": os.cpu_count(),
         "loader_workers": args.workers,
         "batch_size": args.batch_size,
         "img_size": SIZE,
-        "precision": "bf16",
+        "precision": args.precision,
         "channels_last": True,
         "photos": args.photos,
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for backbone in args.backbones.split(","):
         figures = {**machine, **bench_backbone(backbone, root, args, device)}
-        (args.out_dir / f"gpu_photos_{backbone}.json").write_text(json.dumps(figures, indent=2) + "\n")
+        (out_dir / f"gpu_photos_{backbone}.json").write_text(json.dumps(figures, indent=2) + "\n")
         print(json.dumps(figures, indent=2), flush=True)
-    launched = {**machine, **torchrun_once(root)}
-    (args.out_dir / "gpu_photos_torchrun.json").write_text(json.dumps(launched, indent=2) + "\n")
+    launched = {**machine, **torchrun_once(root, args.precision)}
+    (out_dir / "gpu_photos_torchrun.json").write_text(json.dumps(launched, indent=2) + "\n")
     print(json.dumps({k: v for k, v in launched.items() if k != "log_tail"}, indent=2))
     return 0 if launched["returncode"] == 0 else 1
 

@@ -26,7 +26,7 @@ from helpers.allocator import retain_freed_memory
 from helpers.atomic import atomic_write_text
 from helpers.config import Config
 from helpers.dataset import DataInfo, prepare_dataset
-from helpers.precision import pick_device
+from helpers.precision import pick_device, resolve_precision
 from helpers.run_folder import RunFolder
 from helpers.train import resolve_settings, train_folds
 
@@ -150,6 +150,12 @@ def train_run(run: str, launch: Launch) -> pd.DataFrame:
         cfg = resolved
         if launch.rank == 0:
             folder.write_config(cfg)
+    if launch.rank == 0:
+        print(
+            f"helpers.distributed: run {run!r} in {launch.world_size} process(es), {dist.get_backend()} on "
+            f"{launch.device.type}, {resolve_precision(cfg.precision, launch.device).dtype}",
+            flush=True,
+        )
     return train_folds(cfg, info, folder, launch.device)
 
 
