@@ -86,9 +86,11 @@ def planned_side(cfg: Config) -> int:
     """The store side 03 will train at with this config, before it has seen the data: img_size or the
     backbone's own size, over the eval crop (the pretrained weights' own one when pretrained, else none).
 
-    It differs from 03's resolved side only when the images are smaller than the backbone's size (03 then
-    lowers img_size to their median side) or when 03 changes img_size, crop_pct or the backbone; 03 then
-    stores that side too (`build_store`), decoding each image once more.
+    01 reads these training settings from the run's config, which the runner saves with the whole series'
+    parameters before 01 starts (helpers.runner.plan_run_config). The side differs from 03's resolved one
+    only when the images are smaller than the backbone's size (03 then lowers img_size to their median
+    side), or when a notebook run by hand gives 03 another img_size, crop_pct, pretrained or backbone than
+    01 saw; 03 then stores that side too (`build_store`), decoding each image once more.
     """
     size = cfg.img_size or default_img_size(cfg.backbone)
     crop = cfg.crop_pct or (

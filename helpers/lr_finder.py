@@ -26,7 +26,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from helpers.config import Config
-from helpers.dataset import DataInfo
+from helpers.dataset import DataInfo, build_store
 from helpers.loaders import build_loader
 from helpers.model import create_model
 from helpers.precision import pick_device
@@ -161,10 +161,14 @@ def find_lr(
     start_lr: float = START_LR,
     end_lr: float = END_LR,
 ) -> LrFinderResult:
-    """Run the range test on a fresh copy of the fold's model (the first configured fold by default)."""
+    """Run the range test on a fresh copy of the fold's model (the first configured fold by default).
+
+    It reads the images as training will: from the store at cfg's size, which it builds first when 01
+    stored another size (the training that follows then finds it built)."""
     fold = (cfg.folds or [0])[0] if fold is None else fold
     device = device or pick_device()
     cfg = resolve_task(cfg, info)
+    build_store(cfg, info)
     with preserved_random_state():
         seed_everything(cfg.seed + fold)
         model = create_model(cfg.backbone, info.num_classes, cfg.pretrained, cfg.weights_file).to(device)

@@ -79,6 +79,17 @@ def parse_value(text: str, name: str = "") -> Any:
     return yaml.safe_load(text) if text.strip() else ""
 
 
+def plan_run_config(run: RunFolder, params: dict[str, Any]) -> None:
+    """Save the whole series' parameters as the run's config before its first notebook, unless a fold has
+    trained (the notebooks then check them against the run's). 01 declares only the data settings, yet it
+    stores the images at the size 03 will train at (helpers.dataset.planned_side: img_size, crop_pct,
+    pretrained), which it reads from this config: each photo is then decoded once for the whole series."""
+    if run.trained():
+        return
+    saved = run.read_config().to_dict() if run.config.exists() else {}
+    run.write_config(Config.from_dict({**saved, **params}))
+
+
 def run_series(params: dict[str, Any], notebooks: list[str] | None = None, log: bool = True) -> RunFolder:
     """Execute the notebooks in order for one run; return the run folder. Raises NotebookFailed.
 
@@ -90,6 +101,7 @@ def run_series(params: dict[str, Any], notebooks: list[str] | None = None, log: 
     params = {**params, "run_name": run.name}
     run.notebooks.mkdir(parents=True, exist_ok=True)
     run.clear_finished()
+    plan_run_config(run, params)
     for nb in paths:
         own = {k: v for k, v in params.items() if k in declared_parameters(nb)}
         executed = run.notebooks / nb.name

@@ -9,11 +9,13 @@ import pytest
 import torch
 from train_fixtures import tiny_config
 
+import helpers.loaders
 import helpers.lr_finder as lr_finder
 from helpers.checkpoints import load_checkpoint
-from helpers.dataset import prepare_dataset
+from helpers.dataset import dataset_folder, prepare_dataset
 from helpers.lr_finder import find_lr, show_lr_finder, valley
 from helpers.run_folder import RunFolder
+from helpers.store import open_view, store_folder, store_side
 from helpers.train import train_fold
 
 CPU = torch.device("cpu")
@@ -79,6 +81,23 @@ def test_finder_runs_the_training_step_at_growing_rates(prepared, monkeypatch):
     assert fig.axes[0].get_xscale() == "log"
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert f"suggested {result.suggested:.1e}" in legend
+
+
+def test_finder_reads_the_store_at_the_training_size_and_leaves_it_built(prepared, monkeypatch):
+    cfg, info, _ = prepared("stored", img_size=24)  # 01 planned 24 px; 03 then trains at 40
+    cfg = cfg.replace(img_size=40)
+    reads = []
+    monkeypatch.setattr(
+        helpers.loaders,
+        "read_image",
+        lambda path, side=0: reads.append(path) or np.zeros((40, 40, 3), np.uint8),
+    )
+    find_lr(cfg, info, 0, CPU, updates=4)
+    assert reads == [], "the range test read files: the store at its size was not built first"
+    view = open_view(
+        store_folder(dataset_folder(cfg), store_side(40, cfg.crop_pct)), info.table["path"].tolist()
+    )
+    assert view is not None and view.stored == len(info.table)
 
 
 def test_finder_stops_when_the_loss_diverges(prepared):

@@ -323,3 +323,32 @@ def test_a_lost_pixel_file_is_never_read_and_the_store_starts_again(outputs, pho
     view = open_view(store_of(cfg), paths)
     assert view.stored == len(paths)
     np.testing.assert_array_equal(view.image(3), read_image(paths[3], IMG_SIZE))
+
+
+# -- the series: one decode per photo --------------------------------------------------------------------
+def test_the_runner_saves_the_series_parameters_before_01_unless_a_fold_trained(outputs):
+    from helpers.run_folder import RunFolder
+    from helpers.runner import plan_run_config
+
+    run = RunFolder.named("planned").create()
+    run.write_config(Config(run_name="planned", label_col="kind"))
+    plan_run_config(run, {"run_name": "planned", "img_size": 48, "crop_pct": 0.875})
+    planned = run.read_config()
+    assert (planned.img_size, planned.crop_pct, planned.label_col) == (48, 0.875, "kind")
+    assert planned_side(planned) == store_side(48, 0.875)  # what 01 stores at, from this config
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    (run.checkpoints / "fold0_last.pt").write_bytes(b"")
+    plan_run_config(run, {"run_name": "planned", "img_size": 64})
+    assert run.read_config().img_size == 48, "a trained run's config is the notebooks' to check"
+
+
+@pytest.mark.slow
+def test_the_series_decodes_each_photo_once_at_the_size_03_trains_at(outputs, photos):
+    """01 declares no training size, yet stores at the one 03 gets from the runner (img_size / crop_pct)."""
+    from helpers.runner import run_series
+
+    params = {"data_dir": str(photos), "run_name": "once", "backbone": "test_resnet", "n_folds": 3}
+    training = {"img_size": IMG_SIZE, "crop_pct": 0.875, "epochs": 1, "batch_size": 8, "num_workers": 0}
+    run_series({**params, **training}, ["01_data", "03_train"], log=False)
+    stores = sorted(p.name for p in (dataset_folder(config(photos)) / "store").iterdir())
+    assert stores == [store_folder(Path(), store_side(IMG_SIZE, 0.875)).name]
