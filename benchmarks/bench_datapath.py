@@ -23,15 +23,14 @@ Accuracy: `train_fold` with the Config defaults on the demo digits, fold 0 (one 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from cli import report, temporary_outputs
 
 from helpers.allocator import retain_freed_memory
 
@@ -365,20 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     retain_freed_memory()
-    own_outputs = "KIT_OUTPUTS" not in os.environ  # folds, class map, checkpoints: a temp folder, removed
-    if own_outputs:
-        os.environ["KIT_OUTPUTS"] = tempfile.mkdtemp(prefix="bench_datapath_")
-    try:
+    with temporary_outputs("bench_datapath_"):
         result = run_accuracy(args.quick) if args.accuracy else run_datapath(args.quick)
-    finally:
-        if own_outputs:
-            shutil.rmtree(os.environ["KIT_OUTPUTS"], ignore_errors=True)
-    text = json.dumps(result, indent=2)
-    if args.json:
-        args.json.write_text(text)
-    render = accuracy_markdown if args.accuracy else datapath_markdown
-    print("\n".join(render(result)))
-    return 0
+    return report(result, args.json, accuracy_markdown if args.accuracy else datapath_markdown)
 
 
 if __name__ == "__main__":

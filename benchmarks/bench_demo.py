@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from cli import ROOT, report, timed_series
+
 COMMAND = ["-m", "helpers.runner", "--backbone", "resnet18", "-p", "img_size", "32"]
 GOAL_S = 180
 IMPORTS = (
@@ -72,36 +71,17 @@ def import_seconds(repeats: int = 2) -> float:
 
 
 def run(keep: Path | None = None) -> dict:
-    outputs = keep or Path(tempfile.mkdtemp(prefix="bench_demo_"))
-    env = {
-        **os.environ,
-        "KIT_OUTPUTS": str(outputs),
-        "NO_ALBUMENTATIONS_UPDATE": "1",
-        "MPLBACKEND": "Agg",
-    }
-    load = [os.getloadavg()[0]]
-    try:
-        started = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, *COMMAND], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800
-        )
-        wall = time.perf_counter() - started
-        load.append(os.getloadavg()[0])
-        if done.returncode != 0:
-            raise RuntimeError(f"the demo failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-        notebooks = sorted((outputs / "runs" / "resnet18" / "notebooks").glob("*.ipynb"))
+    with timed_series(COMMAND, keep, "bench_demo_") as series:
+        notebooks = sorted((series.outputs / "runs" / "resnet18" / "notebooks").glob("*.ipynb"))
         per_notebook = [notebook_times(nb) for nb in notebooks]
-    finally:
-        if keep is None:
-            shutil.rmtree(outputs, ignore_errors=True)
     return {
         "command": "python " + " ".join(COMMAND),
-        "wall_seconds": wall,
+        "wall_seconds": series.wall_seconds,
         "goal_seconds": GOAL_S,
         "notebooks": per_notebook,
-        "runner_outside_notebooks_seconds": wall - sum(n["seconds"] for n in per_notebook),
+        "runner_outside_notebooks_seconds": series.wall_seconds - sum(n["seconds"] for n in per_notebook),
         "import_seconds": import_seconds(),
-        "load_avg": load,
+        "load_avg": series.load_avg,
     }
 
 
@@ -145,11 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", type=Path, help="KIT_OUTPUTS to use and keep (default: a temp folder)")
     args = parser.parse_args(argv)
-    result = run(args.keep)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    print("\n".join(markdown(result)))
-    return 0
+    return report(run(args.keep), args.json, markdown)
 
 
 if __name__ == "__main__":

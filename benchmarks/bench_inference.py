@@ -144,7 +144,7 @@ def run(args: argparse.Namespace, outputs: Path) -> int:
     paths = list(trained_checkpoints(run, "best_score", cfg.n_folds).values())
     print(f"trained {len(paths)} fold(s) of {cfg.backbone} at {cfg.img_size} px in {train_seconds:.1f} s")
 
-    test = checked_test_images(list_test_images(cfg, data_dir, "csv"))
+    test = checked_test_images(list_test_images(cfg, data_dir, "csv"), cfg)
     if args.test_images:
         test = test.head(args.test_images)
     n_images, n_models = len(test), len(paths)

@@ -12,16 +12,12 @@ metrics.csv and the series' wall time. Goal: macro mAP >= 0.95 within two minute
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from cli import report, timed_series
+
 RUN = "resnet18_multilabel"
 # the series `make demo-multilabel` runs (Makefile: demo-multilabel, MULTILABEL_PARAMS)
 COMMAND = [
@@ -63,23 +59,14 @@ def scores(outputs: Path) -> dict:
 
 
 def run(keep: Path | None = None) -> dict:
-    outputs = keep or Path(tempfile.mkdtemp(prefix="bench_multilabel_"))
-    env = {**os.environ, "KIT_OUTPUTS": str(outputs), "NO_ALBUMENTATIONS_UPDATE": "1", "MPLBACKEND": "Agg"}
-    load = [os.getloadavg()[0]]
-    try:
-        started = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, *COMMAND], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800
-        )
-        wall = time.perf_counter() - started
-        load.append(os.getloadavg()[0])
-        if done.returncode != 0:
-            raise RuntimeError(f"the multi-label demo failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-        result = scores(outputs)
-    finally:
-        if keep is None:
-            shutil.rmtree(outputs, ignore_errors=True)
-    return {"command": "python " + " ".join(COMMAND), "wall_seconds": wall, "load_avg": load, **result}
+    with timed_series(COMMAND, keep, "bench_multilabel_") as series:
+        result = scores(series.outputs)
+    return {
+        "command": "python " + " ".join(COMMAND),
+        "wall_seconds": series.wall_seconds,
+        "load_avg": series.load_avg,
+        **result,
+    }
 
 
 def markdown(r: dict) -> list[str]:
@@ -112,11 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", type=Path, help="KIT_OUTPUTS to use and keep (default: a temp folder)")
     args = parser.parse_args(argv)
-    result = run(args.keep)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    print("\n".join(markdown(result)))
-    return 0
+    return report(run(args.keep), args.json, markdown)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cli import report
+
 from helpers.allocator import retain_freed_memory
 
 SIDE = 32
@@ -272,11 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         folder, n, cached, workers = args.loader_memory
         print(json.dumps(loader_memory(Path(folder), int(n), cached == "1", int(workers))))
         return 0
-    result = run(args.quick, args.folder)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    print("\n".join(markdown(result)))
-    return 0
+    return report(run(args.quick, args.folder), args.json, markdown)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ and every draw's accuracy after the last epoch. --quick: one draw, the three mai
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -23,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cli import report, temporary_outputs
 
 from helpers.allocator import retain_freed_memory
 
@@ -201,18 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     retain_freed_memory()
-    own_outputs = "KIT_OUTPUTS" not in os.environ  # folds, class maps, checkpoints: a temp folder, removed
-    if own_outputs:
-        os.environ["KIT_OUTPUTS"] = tempfile.mkdtemp(prefix="bench_transfer_out_")
-    try:
+    with temporary_outputs("bench_transfer_out_"):
         result = run(args.quick)
-    finally:
-        if own_outputs:
-            shutil.rmtree(os.environ["KIT_OUTPUTS"], ignore_errors=True)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    print("\n".join(markdown(result)))
-    return 0
+    return report(result, args.json, markdown)
 
 
 if __name__ == "__main__":

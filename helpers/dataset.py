@@ -105,13 +105,20 @@ def _store_writer(
     return open_store(folder, side) if cfg.store else contextlib.nullcontext()
 
 
+def check_and_store(cfg: Config, paths: list[str], side: int) -> pd.DataFrame:
+    """`check_images` over these paths with the dataset's check cache; in the same decode each readable
+    image the dataset's store lacks is added to it at `side` (unless store=False). Training images (01, 03)
+    and test images (05) alike: one decode per image for every run at that side."""
+    folder = dataset_folder(cfg)
+    with _store_writer(cfg, folder, side) as store:
+        return check_images(paths, folder / CHECK_CACHE, store=store)
+
+
 def build_store(cfg: Config, info: DataInfo) -> None:
     """Store the dataset's images at the side cfg (its img_size and crop_pct resolved) trains at, for the
     images the store lacks (none when 01 planned this side): 03 calls it before training."""
-    side = store_side(cfg.img_size, cfg.crop_pct)
-    with _store_writer(cfg, info.folder, side) as store:
-        if store is not None:
-            check_images(info.table["path"].tolist(), info.folder / CHECK_CACHE, store=store)
+    if cfg.store:
+        check_and_store(cfg, info.table["path"].tolist(), store_side(cfg.img_size, cfg.crop_pct))
 
 
 def prepare_dataset(cfg: Config, run: RunFolder | None = None) -> DataInfo:
@@ -136,8 +143,7 @@ def prepare_dataset(cfg: Config, run: RunFolder | None = None) -> DataInfo:
 
     outside = problems[problems["problem"].str.contains("outside")]
     checkable = ~row_keys(frame).isin(row_keys(outside))
-    with _store_writer(cfg, folder, planned_side(cfg)) as store:
-        checks = check_images(frame.loc[checkable, "path"].tolist(), folder / CHECK_CACHE, store=store)
+    checks = check_and_store(cfg, frame.loc[checkable, "path"].tolist(), planned_side(cfg))
     frame = frame.merge(
         checks[["path", "problem", "height", "width"]].drop_duplicates("path"), on="path", how="left"
     )

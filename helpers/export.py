@@ -138,7 +138,7 @@ def export_model(wrapped: nn.Module, example: torch.Tensor, path: Path) -> None:
 def parity_images(cfg: Config, n: int) -> torch.Tensor:
     """The first n test images as the kit's loader gives them (resized uint8 NCHW RGB)."""
     data_dir = data_dir_of(cfg)
-    test = checked_test_images(list_test_images(cfg, data_dir, detect_layout(cfg, data_dir)).head(n))
+    test = checked_test_images(list_test_images(cfg, data_dir, detect_layout(cfg, data_dir)).head(n), cfg)
     loader = build_loader(cfg, test, False, PREDICTION_FOLD, torch.device("cpu"))
     return torch.cat([x for x, _, _ in loader])
 

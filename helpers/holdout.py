@@ -15,17 +15,23 @@ import numpy as np
 import pandas as pd
 
 from helpers.config import Config
-from helpers.health import FIXES, check_images
+from helpers.dataset import check_and_store
+from helpers.health import FIXES
 from helpers.label_sets import split_label
+from helpers.store import store_side
 from helpers.tables import DataError, problem_frame
 from helpers.targets import multi_hot
 
 TEST_LABELS = "test_labels.csv"
 
 
-def checked_test_images(test: pd.DataFrame) -> pd.DataFrame:
-    """The test table with image sizes; a DataError listing every unreadable test image otherwise."""
-    checks = check_images(test["path"].tolist())
+def checked_test_images(test: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """The test table with image sizes; a DataError listing every unreadable test image otherwise.
+
+    The check decodes each image once and stores it at the side the run (cfg) predicts at, so the
+    predictions read the store (helpers.dataset.check_and_store): a photo-size test set is decoded once
+    for every run, view and fold at that size, and not at all when 05 runs again."""
+    checks = check_and_store(cfg, test["path"].tolist(), store_side(cfg.img_size, cfg.crop_pct))
     bad = checks[checks["problem"] != ""]
     if not bad.empty:
         raise DataError(

@@ -221,7 +221,7 @@ def test_folder_without_sample_submission_gets_the_default_format(tmp_path):
     np.testing.assert_allclose(filled[["cat", "dog"]].to_numpy(), probabilities)
 
 
-def test_sample_submission_and_test_folder_disagree(tmp_path):
+def test_sample_submission_and_test_folder_disagree(outputs, tmp_path):
     for name in ("s1", "extra"):
         write_image(tmp_path / "test_image" / f"{name}.jpg", random_rgb(RNG, 8))
     pd.DataFrame({"id": ["s1", "s2"], "label": [0, 0]}).to_csv(
@@ -232,7 +232,7 @@ def test_sample_submission_and_test_folder_disagree(tmp_path):
     ):
         test = list_test_images(cfg_of(tmp_path), tmp_path, "csv")
     with pytest.raises(DataError, match="listed in the test table, or the sample submission") as err:
-        checked_test_images(test)
+        checked_test_images(test, cfg_of(tmp_path, img_size=32))
     assert "s2.jpg" in str(err.value) and "image missing" in str(err.value)
 
 

@@ -45,7 +45,9 @@ def test_the_dry_run_takes_every_step_and_writes_the_figures(tmp_path):
     assert figures["device"] == "cpu (dry run)" and figures["precision"] == "fp32"
     for source in ("in_memory", "loader", "timm_loader"):
         assert figures[f"{source}_eager"] > 0
-    assert figures["loader_ratio_eager"] == pytest.approx(figures["loader_eager"] / figures["in_memory_eager"])
+    assert figures["loader_ratio_eager"] == pytest.approx(
+        figures["loader_eager"] / figures["in_memory_eager"]
+    )
     assert figures["images"] == 48  # fold 0's training rows of 60 photos in 5 folds
     launched = json.loads((results / "gpu_photos_torchrun.json").read_text())
     assert launched["returncode"] == 0, launched["log_tail"]

@@ -318,23 +318,23 @@ def table_of(root: Path, ids: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"id": ids, "path": [str(root / f"{i}.jpg") for i in ids]})
 
 
-def test_checked_test_images_adds_sizes(tmp_path):
+def test_checked_test_images_adds_sizes(outputs, tmp_path):
     rng = np.random.default_rng(0)
     write_image(tmp_path / "a.jpg", random_rgb(rng, 16))
     write_image(tmp_path / "b.jpg", rng.integers(0, 256, (20, 12, 3), dtype=np.uint8))
-    checked = checked_test_images(table_of(tmp_path, ["a", "b"]))
+    checked = checked_test_images(table_of(tmp_path, ["a", "b"]), tiny_config(tmp_path))
     assert list(checked["id"]) == ["a", "b"]
     assert list(checked["height"]) == [16, 20]
     assert list(checked["width"]) == [16, 12]
 
 
-def test_checked_test_images_lists_every_unreadable_image(tmp_path):
+def test_checked_test_images_lists_every_unreadable_image(outputs, tmp_path):
     rng = np.random.default_rng(0)
     write_image(tmp_path / "good.jpg", random_rgb(rng))
     (tmp_path / "junk.jpg").write_text("not an image")
     (tmp_path / "empty.jpg").write_bytes(b"")
     with pytest.raises(DataError, match="3 test image") as err:
-        checked_test_images(table_of(tmp_path, ["good", "junk", "missing", "empty"]))
+        checked_test_images(table_of(tmp_path, ["good", "junk", "missing", "empty"]), tiny_config(tmp_path))
     problems = err.value.problems
     assert list(problems["id"]) == ["junk", "missing", "empty"]
     assert list(problems["problem"]) == ["image not an image", "image missing", "image empty"]

@@ -352,3 +352,31 @@ def test_the_series_decodes_each_photo_once_at_the_size_03_trains_at(outputs, ph
     run_series({**params, **training}, ["01_data", "03_train"], log=False)
     stores = sorted(p.name for p in (dataset_folder(config(photos)) / "store").iterdir())
     assert stores == [store_folder(Path(), store_side(IMG_SIZE, 0.875)).name]
+
+
+def test_test_images_are_stored_by_their_check_and_predicted_from_the_store(outputs, photos, monkeypatch):
+    """05: the test images' check stores them at the run's side; prediction and a second 05 decode none."""
+    from helpers.holdout import checked_test_images
+    from helpers.inference import PREDICTION_FOLD
+
+    cfg = config(photos, crop_pct=0.875)
+    test_dir = photos / "test_image"
+    test_dir.mkdir()
+    rng = np.random.default_rng(5)
+    ids = [f"t{i}" for i in range(5)]
+    for name in ids:
+        save_jpeg(test_dir / f"{name}.jpg", photo(rng, 300, 400))
+    table = pd.DataFrame({"id": ids, "path": [str(test_dir / f"{i}.jpg") for i in ids]})
+    checked = checked_test_images(table, cfg)
+    assert list(checked["height"]) == [300] * 5
+
+    def must_not_decode(path, side=0):
+        raise AssertionError(f"decoded {path} again")
+
+    monkeypatch.setattr(helpers.health, "_check_one", must_not_decode)
+    monkeypatch.setattr(helpers.loaders, "read_image", must_not_decode)
+    checked = checked_test_images(table, cfg)  # 05 again, for another run at the same size
+    batch = next(iter(build_loader(cfg, checked, False, PREDICTION_FOLD, CPU)))[0]
+    assert batch.shape == (5, 3, IMG_SIZE, IMG_SIZE)
+    index = read_index(store_of(cfg))
+    assert set(table["path"]) <= set(index["path"]) and index["height"].max() == store_side(IMG_SIZE, 0.875)
