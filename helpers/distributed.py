@@ -151,8 +151,9 @@ def train_run(run: str, launch: Launch) -> pd.DataFrame:
         if launch.rank == 0:
             folder.write_config(cfg)
     if launch.rank == 0:
+        backend = dist.get_backend() if dist.is_initialized() else "no process group"
         print(
-            f"helpers.distributed: run {run!r} in {launch.world_size} process(es), {dist.get_backend()} on "
+            f"helpers.distributed: run {run!r} in {launch.world_size} process(es), {backend} on "
             f"{launch.device.type}, {resolve_precision(cfg.precision, launch.device).dtype}",
             flush=True,
         )
