@@ -26,6 +26,7 @@ import math
 import os
 import random
 import shutil
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,10 @@ except ImportError:  # Windows: no advisory lock; one build at a time is then up
     fcntl = None
 
 PIXELS, INDEX, LOCK = "pixels.bin", "index.npz", ".lock"
-COMMIT_EVERY = 256  # images between index writes: what a killed build loses at most
+# images between index writes: at least COMMIT_EVERY and an eighth of those indexed. Each write rewrites the
+# whole index (tens of MB at 100k paths), so a fixed interval would make a large build's writes quadratic;
+# this way they are O(log n) and a killed build decodes again at most an eighth of what it had stored.
+COMMIT_EVERY, COMMIT_SHARE = 256, 8
 ESTIMATE_SAMPLE = 256  # image headers read to estimate the disk a build needs
 DISK_MARGIN = 1.05  # the estimate's margin, and room left for the index
 
@@ -155,7 +159,7 @@ def open_view(folder: Path, paths: Sequence[str]) -> StoreView | None:
 class StoreWriter:
     """Adds images to one store (one dataset, one side); use as a context manager (`open_store`).
 
-    `add` appends an image's pixels; every COMMIT_EVERY images, and on leaving, the pixels are flushed to
+    `add` appends an image's pixels; every so often (COMMIT_EVERY), and on leaving, the pixels are flushed to
     disk and then the index is replaced atomically, so the index never names bytes that are not there.
     """
 
@@ -223,7 +227,7 @@ class StoreWriter:
                 "KIT_OUTPUTS at a larger disk, or set store=False"
             ) from error
         self._pending.append((path, size, mtime_ns, offset, *image.shape[:2], *full))
-        if len(self._pending) >= COMMIT_EVERY:
+        if len(self._pending) >= max(COMMIT_EVERY, len(self._index["path"]) // COMMIT_SHARE):
             self.commit()
 
     def commit(self) -> None:
@@ -250,9 +254,23 @@ class StoreWriter:
     def close(self) -> None:
         try:
             self.commit()
+            self._warn_when_mostly_stale()
         finally:
             self._file.close()
             self._lock.close()  # releases the lock
+
+    def _warn_when_mostly_stale(self) -> None:
+        """A changed file's old pixels stay in pixels.bin (readers may hold them mapped, so they are never
+        moved); when they outweigh the current ones, say how to reclaim the space."""
+        live = int((self._index["height"] * self._index["width"] * 3).sum())
+        stale = _indexed_end(self._index) - live
+        if stale > live:
+            warnings.warn(
+                f"{stale / 1e6:.0f} MB of {self.folder / PIXELS} hold images whose files changed after they "
+                f"were stored (the current ones take {live / 1e6:.0f} MB): delete {self.folder} to reclaim it; "
+                "the next run stores the current files again.",
+                stacklevel=4,
+            )
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -183,6 +184,22 @@ def test_a_changed_file_is_stored_again(outputs, photos, monkeypatch):
     assert within_tolerance(view.image(at), fit_side(new, IMG_SIZE))
 
 
+def test_a_store_mostly_of_changed_files_says_how_to_reclaim_the_space(tmp_path):
+    image = np.zeros((4, 4, 3), np.uint8)
+    with open_store(tmp_path, 4) as store:
+        for i in range(4):
+            store.add(f"/photos/{i}.jpg", 1, 1, image, (4, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # two of four files exported again: a third of the pixels stale
+        with open_store(tmp_path, 4) as store:
+            for i in range(2):
+                store.add(f"/photos/{i}.jpg", 1, 2, image, (4, 4))
+    match = r"files changed after they were stored.*delete .*side4"
+    with pytest.warns(UserWarning, match=match), open_store(tmp_path, 4) as store:
+        for i in range(3):  # three exported again: five old copies against four current
+            store.add(f"/photos/{i}.jpg", 1, 3, image, (4, 4))
+
+
 def test_a_stale_entry_is_never_served(outputs, photos):
     cfg = config(photos)
     info = prepare_dataset(cfg)
@@ -250,6 +267,18 @@ def test_a_killed_build_leaves_a_valid_store_and_the_next_run_finishes_it(tmp_pa
         np.testing.assert_array_equal(view.image(i), read_image(path, IMG_SIZE))
     ends = read_index(store)["offset"] + 3 * read_index(store)["height"] * read_index(store)["width"]
     assert (store / "pixels.bin").stat().st_size == ends.max(), "the killed build's tail was cut off"
+
+
+def test_a_large_build_rewrites_its_index_a_logarithmic_number_of_times(tmp_path, monkeypatch):
+    """Each commit rewrites the whole index: at a fixed interval 20,000 images would write it 79 times."""
+    writes, real = [], helpers.store.atomic_write
+    monkeypatch.setattr(helpers.store, "atomic_write", lambda *a: (writes.append(1), real(*a))[1])
+    image = np.zeros((2, 2, 3), np.uint8)
+    with open_store(tmp_path, 2) as store:
+        for i in range(20_000):
+            store.add(f"/photos/{i:06d}.jpg", 1, 1, image, (2, 2))
+    assert len(read_index(store_folder(tmp_path, 2))["path"]) == 20_000
+    assert len(writes) <= 8 + 20 + 1  # 256 at a time to 2,048, then an eighth more each time, the last
 
 
 def test_a_short_disk_stops_before_writing_with_the_bytes_and_the_place(outputs, photos, monkeypatch):
