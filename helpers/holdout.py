@@ -17,9 +17,8 @@ import pandas as pd
 from helpers.config import Config
 from helpers.dataset import check_and_store
 from helpers.health import FIXES
-from helpers.label_sets import split_label
 from helpers.store import store_side
-from helpers.tables import DataError, problem_frame
+from helpers.tables import DataError, problem_frame, split_label
 from helpers.targets import multi_hot
 
 TEST_LABELS = "test_labels.csv"

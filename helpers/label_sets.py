@@ -17,19 +17,12 @@ from collections.abc import Collection, Sequence
 import pandas as pd
 
 from helpers.config import Config
-from helpers.tables import WIDE_PREFIX, DataError, problem_frame
+from helpers.tables import WIDE_PREFIX, DataError, problem_frame, split_label
 from helpers.targets import Task, decode_label_set
 
 SEPARATORS = {" ": "spaces", ",": "commas", "|": "pipes", ";": "semicolons"}
 MIN_SEPARATED_SHARE = 0.1  # auto: at least this share of the labels must hold the separator to look like sets
 ONES, ZEROS = {"1", "1.0", "true"}, {"0", "0.0", "false"}
-
-
-def split_label(value: object, sep: str) -> list[str]:
-    """The labels of one written value: split at `sep`, each stripped, empty parts left out."""
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return []
-    return [part.strip() for part in str(value).split(sep) if part.strip()]
 
 
 def wide_tokens(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[list[list[str]], list[list[str]]]:

@@ -123,7 +123,7 @@ def read_labels(cfg: Config, data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame
         val, val_problems = read_csv_layout(cfg, data_dir, cfg.val_csv)
         frame = pd.concat([frame.assign(given_fold=-1), val.assign(given_fold=0)], ignore_index=True)
         problems = pd.concat([problems, val_problems], ignore_index=True)
-        across = problem_frame(_duplicate_problems(frame))
+        across = problem_frame(_duplicate_problems(frame, cfg))
         across = across[~row_keys(across).isin(row_keys(problems))]
         return frame, pd.concat([problems, across], ignore_index=True)
     if not cfg.split_col:
@@ -253,7 +253,7 @@ def read_csv_layout(
                     f"{key} must name a file inside image_dir; fix or delete the line",
                 )
             )
-    problems += _duplicate_problems(frame)
+    problems += _duplicate_problems(frame, cfg)
     return frame, problem_frame(problems)
 
 
@@ -293,10 +293,23 @@ def _problem(row, problem: str, fix: str) -> dict:
     }
 
 
-def _duplicate_problems(frame: pd.DataFrame) -> list[dict]:
+def split_label(value: object, sep: str) -> list[str]:
+    """The labels of one written value: split at `sep`, each stripped, empty parts left out."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return []
+    return [part.strip() for part in str(value).split(sep) if part.strip()]
+
+
+def _duplicate_problems(frame: pd.DataFrame, cfg: Config) -> list[dict]:
+    """Every line of an id written more than once: a conflict when their labels differ (a multilabel set
+    compared as a set: "cat dog" and "dog cat" are the same labels), else a duplicate of the first line."""
+    sep = cfg.label_sep if cfg.task == "multilabel" and not cfg.label_cols else None
     problems = []
     for image_id, rows in frame[frame["id"].duplicated(keep=False)].groupby("id", sort=False):
-        labels = sorted(rows["label"].dropna().astype(str).unique())
+        written = rows["label"].dropna().astype(str)
+        if sep is not None:
+            written = written.map(lambda v: sep.join(sorted(set(split_label(v, sep)))))
+        labels = sorted(written.unique())
         first = rows.iloc[0]
         where = f"{first['table']} line {first['line']}" if first["table"] else f"line {first['line']}"
         for i, r in enumerate(rows.itertuples()):

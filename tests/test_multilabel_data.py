@@ -182,6 +182,19 @@ def test_every_label_set_problem_named_by_line(outputs, make_table):
     assert problems["line"].notna().all() and len(problems) == 3
 
 
+def test_a_repeated_id_is_compared_by_its_label_set_not_its_order(outputs, make_table):
+    written = [" ".join(s) for s in label_sets()]
+    written[0], written[1] = "ant bee", "cat dog"
+    root = make_table({"label": written})
+    table = pd.read_csv(root / "train.csv")
+    again = pd.DataFrame({"id": ["img000", "img001"], "label": ["bee  ant", "cat"]})  # lines 32 and 33
+    pd.concat([table, again]).to_csv(root / "train.csv", index=False)
+    by_line = problems_of(config(root, task="multilabel")).set_index("line")["problem"]
+    assert sorted(by_line.index) == [3, 32, 33]
+    assert by_line[32] == "duplicate of line 2", "the same set written in another order"
+    assert "conflicting labels ['cat', 'cat dog']" in by_line[3] and by_line[3] == by_line[33]
+
+
 def test_a_label_with_a_space_in_a_pipe_separated_table_is_one_label(outputs, make_table):
     written = ["|".join(s) for s in label_sets()]
     written[0] = "No Finding"  # NIH chest X-rays: "No" and "Finding" are no labels of their own
