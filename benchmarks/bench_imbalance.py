@@ -13,7 +13,6 @@ medians and every seed's figure. --quick: one seed, one budget of 2 epochs.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -24,9 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cli import report, temporary_outputs
-
-from helpers.allocator import retain_freed_memory
+from cli import quick_main
 
 BACKBONE, IMG_SIZE = "test_resnet", 32
 RARE = range(5, 10)  # the digits kept at a tenth
@@ -112,6 +109,7 @@ def one_run(data: Path, demo: Path, variant: Variant, seed: int, epochs: int) ->
         **variant.settings,
     )
     info, run = prepare_dataset(cfg), RunFolder.of(cfg).create()
+    cfg = cfg.replace(task=info.task)  # resolved as 01 resolves it: prediction needs it
     started = time.perf_counter()
     train_fold(cfg, info, 0, run, torch.device("cpu"))
     seconds = time.perf_counter() - started
@@ -211,16 +209,5 @@ def markdown(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", type=Path, help="write the figures here")
-    args = parser.parse_args(argv)
-    retain_freed_memory()
-    with temporary_outputs("bench_imbalance_out_"):
-        result = run(args.quick)
-    return report(result, args.json, markdown)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quick_main(__doc__, "bench_imbalance_out_", run, markdown))

@@ -12,7 +12,6 @@ and every draw's accuracy after the last epoch. --quick: one draw, the three mai
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -23,9 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cli import report, temporary_outputs
-
-from helpers.allocator import retain_freed_memory
+from cli import quick_main
 
 BACKBONE, IMG_SIZE = "resnet18", 32
 PRETRAIN_EPOCHS = 4
@@ -196,16 +193,5 @@ def markdown(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", type=Path, help="write the figures here")
-    args = parser.parse_args(argv)
-    retain_freed_memory()
-    with temporary_outputs("bench_transfer_out_"):
-        result = run(args.quick)
-    return report(result, args.json, markdown)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quick_main(__doc__, "bench_transfer_out_", run, markdown))

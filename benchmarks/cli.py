@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -30,6 +31,23 @@ def temporary_outputs(prefix: str) -> Iterator[None]:
         yield
     finally:
         shutil.rmtree(os.environ.pop("KIT_OUTPUTS"), ignore_errors=True)
+
+
+def quick_main(
+    doc: str, prefix: str, run: Callable[[bool], dict], render: Callable[[dict], list[str]]
+) -> int:
+    """The command line of a benchmark that takes only --quick and --json: run it with its run folders in a
+    temporary KIT_OUTPUTS, then report."""
+    from helpers.allocator import retain_freed_memory
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args()
+    retain_freed_memory()
+    with temporary_outputs(prefix):
+        result = run(args.quick)
+    return report(result, args.json, render)
 
 
 def report(result: dict[str, Any], json_path: Path | None, render: Callable[[dict], list[str]]) -> int:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from helpers.atomic import atomic_to_csv
 from helpers.images import ImageError, read_image_sized
-from helpers.store import StoreWriter
+from helpers.store import StoreWriter, file_stamp
 
 CHECK_COLUMNS = ["path", "size", "mtime_ns", "problem", "height", "width"]
 FIXES = {
@@ -29,14 +29,6 @@ FIXES = {
     "truncated": "the file stops early (interrupted copy?): copy it again",
     "unreadable": "the file cannot be opened (permissions?): make it readable",
 }
-
-
-def _stat(path: str) -> tuple[int, int]:
-    try:
-        st = os.stat(path)
-        return st.st_size, st.st_mtime_ns
-    except OSError:
-        return -1, -1
 
 
 def _check_one(path: str, side: int = 0) -> tuple[str, int, int, np.ndarray | None]:
@@ -73,7 +65,7 @@ def check_images(
     so far are still written to the cache and the store, so the next call resumes where this one stopped.
     """
     unique = list(dict.fromkeys(paths))
-    stats = pd.DataFrame([(p, *_stat(p)) for p in unique], columns=["path", "size", "mtime_ns"])
+    stats = pd.DataFrame([(p, *file_stamp(p)) for p in unique], columns=["path", "size", "mtime_ns"])
     cached = _read_cache(cache_file)
     merged = stats.merge(cached, on=["path", "size", "mtime_ns"], how="left")
     if store is not None:

@@ -89,7 +89,9 @@ def _indexed_end(index: dict[str, np.ndarray]) -> int:
     return int(ends.max()) if len(ends) else 0
 
 
-def _stat(path: str) -> tuple[int, int]:
+def file_stamp(path: str) -> tuple[int, int]:
+    """The file's (size, mtime_ns): what the image-check cache and the store key an image by, so a changed
+    file is decoded again by both; (-1, -1) when it cannot be read."""
     try:
         st = os.stat(path)
         return st.st_size, st.st_mtime_ns
@@ -140,7 +142,7 @@ def open_view(folder: Path, paths: Sequence[str]) -> StoreView | None:
         return None  # nothing stored, or pixels.bin lost or cut short: every image from its file
     slot = {p: i for i, p in enumerate(index["path"].tolist())}
     rows = np.array([slot.get(p, -1) for p in paths], dtype=np.int64)
-    stats = np.array([_stat(p) for p in paths], dtype=np.int64).reshape(-1, 2)
+    stats = np.array([file_stamp(p) for p in paths], dtype=np.int64).reshape(-1, 2)
     found = rows >= 0
     valid = found.copy()
     at = rows[found]
