@@ -240,7 +240,8 @@ def run_accuracy(quick: bool) -> dict:
     from helpers.config import Config
     from helpers.dataset import prepare_dataset
     from helpers.run_folder import RunFolder
-    from helpers.train import resolve_settings, train_fold
+    from helpers.settings import resolve_settings
+    from helpers.train import train_fold
 
     started = time.perf_counter()
     cfg = Config(run_name="bench_accuracy")

@@ -25,7 +25,7 @@ COMMAND = ["-m", "helpers.runner", "--backbone", "resnet18", "-p", "img_size", "
 GOAL_S = 180
 IMPORTS = (
     "import torch, timm, albumentations, pandas, matplotlib.pyplot; "
-    "import helpers.train, helpers.inference, helpers.evaluate, helpers.plots"
+    "import helpers.train, helpers.inference, helpers.reports, helpers.plots"
 )
 
 

@@ -48,7 +48,7 @@ def experiment(work: Path, epochs: int, flipped: int = FLIPPED) -> dict:
     from helpers.dataset import prepare_dataset
     from helpers.demo import ensure_demo_data
     from helpers.inference import trained_checkpoints
-    from helpers.label_issues import precision_at_k, rank_label_issues
+    from helpers.label_issues import precision_at_k
     from helpers.reports import evaluate_oof
     from helpers.run_folder import RunFolder
     from helpers.train import train_folds
@@ -74,7 +74,7 @@ def experiment(work: Path, epochs: int, flipped: int = FLIPPED) -> dict:
     oof = evaluate_oof(
         cfg, run, info, trained_checkpoints(run, cfg.checkpoint, cfg.n_folds), torch.device("cpu")
     )
-    ranked = rank_label_issues(oof.rows["id"], oof.labels, oof.tta, oof.classes)
+    ranked = oof.label_issues(" ")
     flagged = set(ranked.loc[ranked["issue"], "id"])
     return {
         "backbone": BACKBONE,

@@ -21,9 +21,9 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
 from helpers.config import Config
-from helpers.reports import EnsemblePrediction, write_test_predictions
+from helpers.reports import EnsemblePrediction, OofEvaluation, write_test_predictions
 from helpers.run_folder import RunFolder, require_fitted_for
-from helpers.targets import task_of
+from helpers.tasks import task_for
 
 ECE_BINS = (
     15  # equal-width confidence bins, as in Guo et al. (2017), "On Calibration of Modern Neural Networks"
@@ -33,10 +33,6 @@ TEMPERATURE_RANGE = (
     20.0,
 )  # searched on a log scale; beyond these the model is degenerate, not miscalibrated
 FLOOR = 1e-12  # probabilities clipped here before the log, so a zero stays finite
-MULTILABEL = (
-    "temperature scaling is for multiclass runs (one softmax over the classes); a multilabel run's "
-    "probabilities are one sigmoid per class, which this kit does not calibrate"
-)
 
 
 @dataclass(frozen=True)
@@ -175,11 +171,26 @@ def calibrate_run(run: RunFolder, cfg: Config, labels: np.ndarray, probabilities
     return calibration
 
 
+def calibrate_oof(run: RunFolder, cfg: Config, oof: OofEvaluation) -> Figure | None:
+    """04's calibration step: fit, save and print the temperature of the OOF probabilities with TTA and
+    return the reliability figure; for a task that is not calibrated, print why and return None."""
+    if skipped := oof.task.calibration_skipped:
+        print(f"calibration skipped: {skipped}")
+        return None
+    calibration = calibrate_run(run, cfg, oof.labels, oof.tta)
+    print(
+        f"T = {calibration.temperature:.3f}: ECE {calibration.ece_before:.4f} -> {calibration.ece_after:.4f}, "
+        f"log-loss {calibration.log_loss_before:.4f} -> {calibration.log_loss_after:.4f}; saved in "
+        f"{run.calibration}"
+    )
+    return show_reliability(oof.labels, oof.tta, calibration)
+
+
 def run_temperature(run: RunFolder, cfg: Config) -> float:
     """The temperature 04 fitted for this run, refusing one fitted on another checkpoint or other views:
     those give other probabilities, which the temperature was not fitted on."""
-    if task_of(cfg.task) == "multilabel":
-        raise ValueError(f"calibrate=True: {MULTILABEL}; set calibrate=False")
+    if skipped := task_for(cfg).calibration_skipped:
+        raise ValueError(f"calibrate=True: {skipped}; set calibrate=False")
     if not run.calibration.exists():
         raise FileNotFoundError(
             f"calibrate=True, but {run.calibration} does not exist: run notebooks/04_evaluate.ipynb for run "

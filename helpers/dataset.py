@@ -21,10 +21,10 @@ from helpers.demo import ensure_demo_data
 from helpers.diagnoses import diagnose
 from helpers.folds import TRAIN_ONLY, Split, given_split, kit_split, load_or_make_folds
 from helpers.health import FIXES, check_images
-from helpers.label_sets import canonical_label, read_label_sets
-from helpers.model import data_config_for, default_img_size
+from helpers.label_sets import read_label_sets
 from helpers.paths import datasets_dir, resolve_path
 from helpers.run_folder import RunFolder
+from helpers.settings import planned_side
 from helpers.store import StoreWriter, open_store, store_side
 from helpers.tables import (
     DataError,
@@ -35,7 +35,8 @@ from helpers.tables import (
     row_keys,
     split_source,
 )
-from helpers.targets import Task, encode_label_set
+from helpers.targets import TaskName
+from helpers.tasks import task_named
 
 CHECK_CACHE = "image_check.csv"
 
@@ -58,7 +59,7 @@ class DataInfo:
     problems: pd.DataFrame  # every problem found, dropped or not
     n_rows: int  # rows in the source table
     split: Split  # the validation parts: the kit's K folds, or the split the data gives
-    task: Task = "multiclass"  # resolved: what the labels are (`task='auto'` decided by the labels)
+    task: TaskName = "multiclass"  # resolved: what the labels are (`task='auto'` decided by the labels)
     task_reason: str = ""  # why it is that task, in one line (01 prints it)
 
     @property
@@ -80,23 +81,6 @@ def dataset_name_of(cfg: Config) -> str:
 def dataset_folder(cfg: Config) -> Path:
     """outputs/datasets/<name>: the dataset's class map, folds, image-check cache and image store."""
     return datasets_dir() / dataset_name_of(cfg)
-
-
-def planned_side(cfg: Config) -> int:
-    """The store side 03 will train at with this config, before it has seen the data: img_size or the
-    backbone's own size, over the eval crop (the pretrained weights' own one when pretrained, else none).
-
-    01 reads these training settings from the run's config, which the runner saves with the whole series'
-    parameters before 01 starts (helpers.runner.plan_run_config). The side differs from 03's resolved one
-    only when the images are smaller than the backbone's size (03 then lowers img_size to their median
-    side), or when a notebook run by hand gives 03 another img_size, crop_pct, pretrained or backbone than
-    01 saw; 03 then stores that side too (`build_store`), decoding each image once more.
-    """
-    size = cfg.img_size or default_img_size(cfg.backbone)
-    crop = cfg.crop_pct or (
-        data_config_for(cfg.backbone)["crop_pct"] if cfg.uses_pretrained_weights() else 1.0
-    )
-    return store_side(size, crop)
 
 
 def _store_writer(
@@ -143,7 +127,9 @@ def prepare_dataset(cfg: Config, run: RunFolder | None = None) -> DataInfo:
 
     outside = problems[problems["problem"].str.contains("outside")]
     checkable = ~row_keys(frame).isin(row_keys(outside))
-    checks = check_and_store(cfg, frame.loc[checkable, "path"].tolist(), planned_side(cfg))
+    checks = check_and_store(
+        cfg, frame.loc[checkable, "path"].tolist(), planned_side(cfg, frame.loc[checkable, "path"].tolist())
+    )
     frame = frame.merge(
         checks[["path", "problem", "height", "width"]].drop_duplicates("path"), on="path", how="left"
     )
@@ -198,28 +184,26 @@ def prepare_dataset(cfg: Config, run: RunFolder | None = None) -> DataInfo:
     if run is not None:
         run.write_dropped_rows(problems)
     classes = class_names(clean["tokens"].explode().dropna())
-    least = 2 if task == "multiclass" else 1  # a multilabel class may be one yes/no question
+    kind = task_named(task, cfg.allow_empty_labels)
+    least = kind.least_classes
     if len(classes) < least:
         raise DataError(
             f"after dropping bad rows, {data_dir} has fewer than {least} classes left to train on.", problems
         )
 
     order = {c: i for i, c in enumerate(classes)}
-    if task == "multiclass":
-        clean["label"] = clean["tokens"].str[0]
-        clean["label_idx"] = clean["label"].map(order)
-    else:
-        clean["label"] = clean["tokens"].map(lambda tokens: canonical_label(tokens, order, cfg.label_sep))
-        clean["label_idx"] = clean["tokens"].map(lambda tokens: encode_label_set(order[t] for t in tokens))
+    encoded = [kind.encode(tokens, order, cfg.label_sep) for tokens in clean["tokens"]]
+    clean["label"] = [label for label, _ in encoded]
+    clean["label_idx"] = [index for _, index in encoded]
     atomic_write_text(folder / "classes.json", json.dumps(classes, indent=2) + "\n")
     if source:
         clean["fold"] = clean["given_fold"].astype(int)
         split = given_split(clean["fold"].to_numpy(), source)
     else:
         clean["fold"] = load_or_make_folds(
-            clean, cfg.n_folds, cfg.seed, bool(cfg.group_col), folder, task, len(classes)
+            clean, cfg.n_folds, cfg.seed, bool(cfg.group_col), folder, kind, len(classes)
         )
-        split = kit_split(cfg.n_folds, cfg.seed, bool(cfg.group_col), task)
+        split = kit_split(cfg.n_folds, cfg.seed, bool(cfg.group_col), kind.fold_kind)
     clean = clean.drop(columns=["given_fold", "split_value", "tokens"], errors="ignore")
     if run is not None:
         run.write_split(split.to_dict())

@@ -28,7 +28,8 @@ from helpers.config import Config
 from helpers.dataset import DataInfo, prepare_dataset
 from helpers.precision import pick_device, resolve_precision
 from helpers.run_folder import RunFolder
-from helpers.train import resolve_settings, train_folds
+from helpers.settings import resolve_settings
+from helpers.train import train_folds
 
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 REFUSED = 2  # exit status of a refused launch

@@ -37,7 +37,7 @@ from helpers.loaders import build_loader
 from helpers.model import data_config_for
 from helpers.run_folder import CHECKPOINT_KINDS, RunFolder
 from helpers.tables import detect_layout, list_test_images
-from helpers.targets import Task, task_of, to_probabilities
+from helpers.tasks import Task, task_for
 
 PARITY_ATOL = 1e-4  # max |p_onnx - p_torch| over every probability: fp32 kernels differ by ~1e-7 per op
 PARITY_IMAGES = 64  # test images the parity check runs
@@ -63,7 +63,7 @@ class ParityError(AssertionError):
 
 class PixelsToProbabilities(nn.Module):
     """A classifier that takes uint8 RGB NCHW pixels, normalises them with the backbone's mean and std
-    and returns the task's probabilities (helpers.targets.to_probabilities): the whole of the kit's
+    and returns the run's task's probabilities (`Task.probabilities`): the whole of the kit's
     prediction step after resizing."""
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], task: Task):
@@ -74,7 +74,7 @@ class PixelsToProbabilities(nn.Module):
         self.register_buffer("scale", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return to_probabilities(self.model((image.float() - self.shift) / self.scale), self.task)
+        return self.task.probabilities(self.model((image.float() - self.shift) / self.scale))
 
 
 @dataclass
@@ -88,18 +88,11 @@ class Exported:
     images: int
 
 
-OUTPUT_MEANING = {
-    "multiclass": "softmax probabilities: one distribution over the classes, summing to 1",
-    "multilabel": "sigmoid probabilities: one independent probability per class (a label set); the run's "
-    "thresholds.json holds the per-class thresholds tuned on its out-of-fold predictions",
-}
-
-
 def description(cfg: Config, classes: list[str], mean: Sequence[float], std: Sequence[float]) -> dict:
     """What a user of the .onnx file needs to feed it and read its output, without the kit."""
-    task = task_of(cfg.task)
+    task = task_for(cfg)
     return {
-        "task": task,
+        "task": task.name,
         "backbone": cfg.backbone,
         "input": {
             "name": INPUT,
@@ -113,7 +106,7 @@ def description(cfg: Config, classes: list[str], mean: Sequence[float], std: Seq
             "mean": list(mean),
             "std": list(std),
         },
-        "output": {"name": OUTPUT, "shape": ["batch", len(classes)], "meaning": OUTPUT_MEANING[task]},
+        "output": {"name": OUTPUT, "shape": ["batch", len(classes)], "meaning": task.output_meaning},
         "classes": classes,
         "opset": OPSET,
     }
@@ -182,7 +175,7 @@ def export_run(
         checkpoints.items(), desc="export to ONNX", unit="fold", total=len(checkpoints)
     ):
         model, ckpt = load_model(checkpoint)
-        wrapped = PixelsToProbabilities(model, mean, std, task_of(cfg.task)).eval()
+        wrapped = PixelsToProbabilities(model, mean, std, task_for(cfg)).eval()
         path = run.onnx_model(fold, kind)
         export_model(wrapped, pixels[: min(len(pixels), 2)].clone(), path)
         try:

@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,19 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from helpers.atomic import atomic_to_csv, atomic_write_text
-from helpers.targets import Task, target_array
+
+
+class FoldingTask(Protocol):
+    """What the folds ask of the run's task (helpers.tasks.Task): its name, the tag its folds files carry
+    and how it stratifies."""
+
+    name: str
+    fold_tag: str
+
+    def assign_folds(
+        self, table: pd.DataFrame, groups: pd.Series | None, n_folds: int, seed: int, num_classes: int
+    ) -> np.ndarray: ...
+
 
 TRAIN_ONLY = -1  # the `fold` of a row no validation part holds (the training side of a fixed split)
 
@@ -49,9 +61,8 @@ class Split:
         return asdict(self)
 
 
-def kit_split(n_folds: int, seed: int, grouped: bool, task: Task = "multiclass") -> Split:
-    """The split the kit makes when the data gives none."""
-    kind = "multi-label stratified" if task == "multilabel" else "stratified"
+def kit_split(n_folds: int, seed: int, grouped: bool, kind: str) -> Split:
+    """The split the kit makes when the data gives none; `kind`: how its folds are stratified."""
     how = f"{kind}{' group' if grouped else ''} K-fold, seed {seed}"
     return Split("k-fold", how, list(range(n_folds)))
 
@@ -99,12 +110,12 @@ def assign_multilabel_folds(
     return unit_folds[members]
 
 
-def table_hash(table: pd.DataFrame, task: Task = "multiclass") -> str:
-    """A hash of what decides the folds: ids, labels (a multilabel row's set) and groups, in order, and the
-    task when it is multilabel (a multiclass table hashes as it always has)."""
+def table_hash(table: pd.DataFrame, tag: str = "") -> str:
+    """A hash of what decides the folds: ids, labels (a label-set task's sets) and groups, in order, and
+    the task's fold tag when it has one (a multiclass table hashes as it always has)."""
     text = table[["id", "label", "group"]].astype(str).to_csv(index=False)
-    if task == "multilabel":
-        text = "task=multilabel\n" + text + table["label_idx"].astype(str).str.cat(sep="\n")
+    if tag:
+        text = f"task={tag}\n" + text + table["label_idx"].astype(str).str.cat(sep="\n")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -114,29 +125,27 @@ def load_or_make_folds(
     seed: int,
     use_groups: bool,
     folder: Path,
-    task: Task = "multiclass",
+    task: FoldingTask,
     num_classes: int = 0,
 ) -> np.ndarray:
     """The persisted folds for this table, K, seed and task, made and saved first if missing or stale.
 
-    Multiclass rows are stratified by `label`; multilabel rows by their `label_idx` sets (num_classes wide).
+    The task stratifies (`Task.assign_folds`): multiclass rows by `label`, multilabel rows by their
+    `label_idx` sets (num_classes wide).
     """
     stem = f"folds_k{n_folds}_seed{seed}" + ("_grouped" if use_groups else "")
-    stem += "_multilabel" if task == "multilabel" else ""
+    stem += f"_{task.fold_tag}" if task.fold_tag else ""
     csv_path, meta_path = folder / f"{stem}.csv", folder / f"{stem}.json"
-    digest = table_hash(table, task)
+    digest = table_hash(table, task.fold_tag)
     if meta_path.exists() and csv_path.exists() and json.loads(meta_path.read_text()).get("hash") == digest:
         saved = pd.read_csv(csv_path, dtype={"id": str})
         return saved.set_index("id").loc[table["id"].astype(str), "fold"].to_numpy()
     groups = table["group"] if use_groups else None
-    if task == "multilabel":
-        folds = assign_multilabel_folds(target_array(table, num_classes, task), groups, n_folds, seed)
-    else:
-        folds = assign_folds(table["label"].astype(str), groups, n_folds, seed)
+    folds = task.assign_folds(table, groups, n_folds, seed, num_classes)
     atomic_to_csv(
         pd.DataFrame({"id": table["id"], "label": table["label"], "group": table["group"], "fold": folds}),
         csv_path,
     )
-    meta = {"hash": digest, "n_folds": n_folds, "seed": seed, "grouped": use_groups, "task": task}
+    meta = {"hash": digest, "n_folds": n_folds, "seed": seed, "grouped": use_groups, "task": task.name}
     atomic_write_text(meta_path, json.dumps(meta, indent=2))
     return folds

@@ -18,8 +18,8 @@ from helpers.config import Config
 from helpers.dataset import check_and_store
 from helpers.health import FIXES
 from helpers.store import store_side
-from helpers.tables import DataError, problem_frame, split_label
-from helpers.targets import multi_hot
+from helpers.tables import DataError, problem_frame
+from helpers.tasks import task_for
 
 TEST_LABELS = "test_labels.csv"
 
@@ -64,14 +64,14 @@ def sample_submission(
 
 
 def test_labels(cfg: Config, data_dir: Path, test: pd.DataFrame, classes: Sequence[str]) -> np.ndarray | None:
-    """The test images' targets, in test order: class indices (multiclass), or multi-hot rows of the label
-    sets split by the run's label_sep (multilabel; an empty value is the empty set). From the test table's
-    `label` column, else data_dir/test_labels.csv; None when neither exists (an unlabelled test set)."""
+    """The test images' targets, in test order, as the run's task reads them (class indices, or multi-hot
+    rows of the label sets split by the run's label_sep, an empty value the empty set). From the test
+    table's `label` column, else data_dir/test_labels.csv; None when neither exists (an unlabelled test
+    set)."""
     path = data_dir / TEST_LABELS
-    multilabel = cfg.task == "multilabel"  # as 01 resolved it; a single label otherwise
+    task = task_for(cfg)
     if "label" in test.columns:
         path, labels = Path(cfg.test_csv or "test/<class>/ folders"), test["label"]
-        labels = labels if multilabel else labels.astype(str)
     elif path.exists():
         truth = pd.read_csv(path, dtype=str).set_index(cfg.id_col)[cfg.label_col]
         missing = sorted(set(test["id"]) - set(truth.index))
@@ -80,17 +80,15 @@ def test_labels(cfg: Config, data_dir: Path, test: pd.DataFrame, classes: Sequen
         labels = truth.loc[test["id"]]
     else:
         return None
-    sets = [split_label(v, cfg.label_sep) for v in labels] if multilabel else [[v] for v in labels]
+    sets = [task.split(v, cfg.label_sep) for v in labels]
     unknown = sorted({label for s in sets for label in s} - set(classes))
     if unknown:
         raise DataError(
             f"{path} has label(s) {unknown[:10]} that the model was not trained on; classes: {list(classes)}"
-            + (f" (label sets are split by label_sep={cfg.label_sep!r})" if multilabel else "")
+            f" (labels are read with label_sep={cfg.label_sep!r} for a label-set task)"
         )
     index = {c: i for i, c in enumerate(classes)}
-    if multilabel:
-        return multi_hot([[index[label] for label in s] for s in sets], len(classes)).astype(int)
-    return labels.map(index).to_numpy()
+    return task.encode_targets([[index[label] for label in s] for s in sets], len(classes))
 
 
 def no_test_set(cfg: Config, data_dir: Path, layout: str) -> str:

@@ -3,8 +3,8 @@
 Batches are the outer loop and models the inner one, so each image is decoded once however many models
 and views there are, and every model stays in memory for the whole pass (the original pipeline reloaded
 every checkpoint for every batch). Probabilities are averaged over models and views after the
-softmax (multiclass) or the sigmoid (multilabel), as helpers.targets turns the run's logits into
-probabilities; the run's task comes from its config.
+softmax (multiclass) or the sigmoid (multilabel), as the run's task object (helpers.tasks, from its
+config) turns logits into probabilities.
 Every loader comes from `helpers.loaders.build_loader`, over a table's rows (`path`, and `height` and
 `width` when known, which lets the images come from the RAM cache).
 """
@@ -27,7 +27,7 @@ from helpers.config import Config
 from helpers.loaders import build_loader
 from helpers.precision import Precision, pick_device, resolve_precision
 from helpers.run_folder import RunFolder
-from helpers.targets import Task, task_of
+from helpers.tasks import Task, task_for
 from helpers.tta import check_views, mean_over_views, view_probabilities
 
 # the fold build_loader seeds augmentation with: prediction's transform is deterministic, so any fold will do
@@ -111,7 +111,7 @@ def predict_checkpoints(
     )
     prep = InputPrep.for_backbone(cfg.backbone, cfg.channels_last)
     precision = resolve_precision(cfg.precision, device)
-    return predict_models(models, loader, views, device, precision, prep, task_of(cfg.task))
+    return predict_models(models, loader, views, device, precision, prep, task_for(cfg))
 
 
 def probabilities_frame(
@@ -122,37 +122,6 @@ def probabilities_frame(
     return pd.concat(
         [pd.DataFrame({"id": list(ids)}), pd.DataFrame(probabilities, columns=list(classes))], axis=1
     )
-
-
-def submission_frame(
-    sample: pd.DataFrame, id_col: str, ids: Sequence[str], probabilities: np.ndarray, classes: Sequence[str]
-) -> pd.DataFrame:
-    """The sample submission's rows and columns, filled in: class probabilities when its columns are the class
-    names, the predicted class name when it has one other column, both when it has a label column followed
-    by the class names (the default format without a sample submission)."""
-    by_id = pd.DataFrame(probabilities, columns=list(classes), index=pd.Index(list(ids), name=id_col))
-    order = sample[id_col].astype(str)
-    missing = sorted(set(order) - set(by_id.index))
-    if missing:
-        raise ValueError(f"{len(missing)} sample-submission id(s) have no prediction, e.g. {missing[:5]}")
-    probs = by_id.loc[order]
-    out = sample.copy()
-    other = [c for c in sample.columns if c != id_col]
-    if set(other) == set(classes):
-        out[other] = probs[other].to_numpy()
-    elif len(other) == 1:
-        out[other[0]] = np.asarray(classes)[probs.to_numpy().argmax(1)]
-    elif (
-        set(other[1:]) == set(classes) and other[0] not in classes
-    ):  # holdout's default: label + probabilities
-        out[other[0]] = np.asarray(classes)[probs.to_numpy().argmax(1)]
-        out[other[1:]] = probs[other[1:]].to_numpy()
-    else:
-        raise ValueError(
-            f"cannot fill sample submission columns {other}: expected one label column or the "
-            f"class names {list(classes)}"
-        )
-    return out
 
 
 SEPARATORS = (" ", "|", ";", ",", "\t")  # what a sample submission may put between labels
@@ -176,44 +145,41 @@ def label_separator(values: pd.Series, classes: Sequence[str], default: str) -> 
     return default
 
 
-def multilabel_submission_frame(
+def fill_submission(
+    task: Task,
     sample: pd.DataFrame,
     id_col: str,
     ids: Sequence[str],
     probabilities: np.ndarray,
-    predicted: np.ndarray,
+    decided: np.ndarray,
     classes: Sequence[str],
     label_sep: str,
 ) -> pd.DataFrame:
-    """A multilabel run's submission in the sample's rows and columns: one probability column per class
-    when its columns are the class names; the predicted set's class names (0/1 rows `predicted`) joined by
-    the sample's separator (label_separator) when it has one other column; both when it has a label
-    column followed by the class names (the default format without a sample submission)."""
+    """The sample submission's rows and columns, filled in: one probability column per class when its
+    columns are the class names; the predicted label (the task's text of its decision: a class name, or
+    the set's names joined by the sample's own separator, `label_separator`) when it has one other column;
+    both when it has a label column followed by the class names (the default format without a sample)."""
     index = pd.Index(list(ids), name=id_col)
     order = sample[id_col].astype(str)
     missing = sorted(set(order) - set(index))
     if missing:
         raise ValueError(f"{len(missing)} sample-submission id(s) have no prediction, e.g. {missing[:5]}")
-    probs = pd.DataFrame(probabilities, columns=list(classes), index=index).loc[order]
-    sets = pd.DataFrame(predicted, columns=list(classes), index=index).loc[order].to_numpy()
+    position = pd.Series(np.arange(len(index)), index=index).loc[order].to_numpy()
+    probs = pd.DataFrame(probabilities[position], columns=list(classes))
     out = sample.copy()
     other = [c for c in sample.columns if c != id_col]
-    names = np.asarray(classes, dtype=object)
-
-    def joined(sep: str) -> list[str]:
-        return [sep.join(names[np.flatnonzero(row)]) for row in sets]
-
     if set(other) == set(classes):
         out[other] = probs[other].to_numpy()
     elif len(other) == 1:
-        out[other[0]] = joined(label_separator(sample[other[0]], classes, label_sep))
+        sep = label_separator(sample[other[0]], classes, label_sep)
+        out[other[0]] = task.label_texts(decided[position], classes, sep)
     elif set(other[1:]) == set(classes) and other[0] not in classes:
-        out[other[0]] = joined(label_sep)
+        out[other[0]] = task.label_texts(decided[position], classes, label_sep)
         out[other[1:]] = probs[other[1:]].to_numpy()
     else:
         raise ValueError(
-            f"cannot fill sample submission columns {other}: expected one column of label sets or the "
-            f"class names {list(classes)}"
+            f"cannot fill sample submission columns {other}: expected one label column or the class names "
+            f"{list(classes)}"
         )
     return out
 

@@ -6,7 +6,8 @@ thresholds contradict, and `get_label_quality_scores` (self-confidence: the prob
 label) ranks them, lowest first. The multilabel task goes through cleanlab's multi-label variants
 (`find_label_issues(..., multi_label=True)` and `multilabel_classification.get_label_quality_scores`,
 which aggregate each class's self-confidence): a row is flagged when some class of its set looks wrong or
-missing, and the suggestion is the set the run's thresholds predict.
+missing, and the suggestion is the set the run's thresholds predict. Which variant is the task object's
+choice (helpers.tasks.Task.label_quality); this module ranks, writes and shows.
 """
 
 from __future__ import annotations
@@ -16,69 +17,43 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from cleanlab.filter import find_label_issues
-from cleanlab.multilabel_classification import get_label_quality_scores as multilabel_quality_scores
-from cleanlab.rank import get_label_quality_scores
 from matplotlib.figure import Figure
 
 from helpers.images import read_image
 from helpers.plots import show_images
 from helpers.run_folder import RunFolder
+from helpers.tasks import Task
 
 COLUMNS = ["id", "given", "suggested", "score"]
+NONE = "(none)"  # how an empty label set reads in the table and the titles
 SHORT_TITLE = 14  # given and suggested longer than this together (label sets) take a line each
 
 
 def rank_label_issues(
-    ids: Sequence[str], labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]
-) -> pd.DataFrame:
-    """Every row with its given and suggested (most probable) class, its label-quality score (lower: more
-    likely mislabelled) and whether cleanlab flags it as an issue, lowest score first."""
-    missing = sorted(set(range(len(classes))) - set(np.unique(labels)))
-    if missing:
-        raise ValueError(
-            f"classes {[classes[i] for i in missing]} have no out-of-fold row: confident learning needs every "
-            "class among the rows; evaluate more folds (04 covers the folds 03 trained: set folds=[] in 03)"
-        )
-    names = np.asarray(classes, dtype=object)
-    flagged = find_label_issues(labels, probabilities, filter_by="prune_by_noise_rate", n_jobs=1)
-    table = pd.DataFrame(
-        {
-            "id": np.asarray(ids, dtype=object),
-            "given": names[labels],
-            "suggested": names[probabilities.argmax(1)],
-            "score": get_label_quality_scores(labels, probabilities, method="self_confidence"),
-            "issue": flagged,
-        }
-    )
-    return table.sort_values("score", kind="stable").reset_index(drop=True)
-
-
-def rank_multilabel_issues(
+    task: Task,
     ids: Sequence[str],
     targets: np.ndarray,
     probabilities: np.ndarray,
-    predicted: np.ndarray,
+    decided: np.ndarray,
     classes: Sequence[str],
-    sep: str,
+    sep: str = " ",
 ) -> pd.DataFrame:
-    """rank_label_issues for multi-hot targets (N, C): the given set, the predicted set (0/1 rows at the
-    run's thresholds) as the suggestion, cleanlab's multi-label quality score and flag, lowest score first."""
-    missing = [classes[c] for c in np.flatnonzero(targets.sum(0) == 0)]
+    """Every row with its given label, the suggestion (the task's decision: the most probable class, or the
+    set the run's thresholds predict; "(none)" for an empty set), its label-quality score (lower: more
+    likely mislabelled) and whether cleanlab flags it as an issue, lowest score first."""
+    missing = [classes[c] for c in np.flatnonzero(task.class_counts(targets, len(classes)) == 0)]
     if missing:
         raise ValueError(
-            f"classes {missing} are in no out-of-fold label set: confident learning needs every class among "
-            "the rows; evaluate more folds (04 covers the folds 03 trained: set folds=[] in 03)"
+            f"classes {missing} have no out-of-fold row: confident learning needs every class among the "
+            "rows; evaluate more folds (04 covers the folds 03 trained: set folds=[] in 03)"
         )
-    sets = [list(np.flatnonzero(row)) for row in targets]
-    names = np.asarray(classes, dtype=object)
-    flagged = find_label_issues(sets, probabilities, multi_label=True, n_jobs=1)
+    scores, flagged = task.label_quality(targets, probabilities)
     table = pd.DataFrame(
         {
             "id": np.asarray(ids, dtype=object),
-            "given": [sep.join(names[s]) for s in sets],
-            "suggested": [sep.join(names[np.flatnonzero(row)]) for row in predicted],
-            "score": multilabel_quality_scores(sets, probabilities),
+            "given": [t or NONE for t in task.label_texts(targets, classes, sep)],
+            "suggested": [t or NONE for t in task.label_texts(decided, classes, sep)],
+            "score": scores,
             "issue": flagged,
         }
     )

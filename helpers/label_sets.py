@@ -18,7 +18,7 @@ import pandas as pd
 
 from helpers.config import Config
 from helpers.tables import WIDE_PREFIX, DataError, problem_frame, split_label
-from helpers.targets import Task, decode_label_set
+from helpers.targets import TaskName, decode_label_set
 
 SEPARATORS = {" ": "spaces", ",": "commas", "|": "pipes", ";": "semicolons"}
 MIN_SEPARATED_SHARE = 0.1  # auto: at least this share of the labels must hold the separator to look like sets
@@ -64,7 +64,7 @@ def looks_multilabel(labels: pd.Series, first: str) -> tuple[str, float, str]:
     return "", 0.0, ""
 
 
-def resolve_task(cfg: Config, frame: pd.DataFrame, where: str) -> tuple[Task, str]:
+def resolve_task(cfg: Config, frame: pd.DataFrame, where: str) -> tuple[TaskName, str]:
     """The task of the table's rows (`label` as written, or `tokens` of wide columns) and why, in one line.
 
     `where` names the label source in messages (the table and column). Raises DataError when `auto` meets
@@ -103,7 +103,7 @@ def resolve_task(cfg: Config, frame: pd.DataFrame, where: str) -> tuple[Task, st
     return "multiclass", f"multiclass: one class per row in {where} (no label looks like a set of labels)"
 
 
-def row_tokens(cfg: Config, frame: pd.DataFrame, task: Task) -> pd.Series:
+def row_tokens(cfg: Config, frame: pd.DataFrame, task: TaskName) -> pd.Series:
     """Each row's labels as a list: the wide columns marked 1, the separated parts, or the one class."""
     if cfg.label_cols:
         return frame["tokens"]
@@ -120,7 +120,7 @@ def joined_labels(token: str, sep: str, known: Collection[str]) -> bool:
 
 
 def token_problems(
-    cfg: Config, tokens: Sequence[str], task: Task, where: str, known: Collection[str] = frozenset()
+    cfg: Config, tokens: Sequence[str], task: TaskName, where: str, known: Collection[str] = frozenset()
 ) -> list[tuple[str, str]]:
     """(problem, fix) for one row's labels under the task: none, several, repeated, or `known` labels
     (every label of the table) joined by another separator."""
@@ -170,7 +170,7 @@ def label_source(cfg: Config) -> str:
 
 def read_label_sets(
     cfg: Config, frame: pd.DataFrame, layout: str = "csv"
-) -> tuple[pd.DataFrame, Task, str, pd.DataFrame]:
+) -> tuple[pd.DataFrame, TaskName, str, pd.DataFrame]:
     """The rows with their `tokens` (a list of labels each), the resolved task, why it is that task (one
     line), and a problem per row whose labels are wrong for it (named by table and line). An ImageFolder
     tree is multiclass whatever its folder names (the reader refuses a multilabel task there)."""
@@ -178,7 +178,7 @@ def read_label_sets(
     frame = frame.copy()
     value_problems: list[list[str]] = [[] for _ in range(len(frame))]
     if layout == "imagefolder":
-        task: Task = "multiclass"
+        task: TaskName = "multiclass"
         reason = "multiclass: the ImageFolder layout gives each image the class of its folder"
     elif cfg.label_cols:
         frame["tokens"], value_problems = wide_tokens(frame, cfg.label_cols)
@@ -204,7 +204,7 @@ def read_label_sets(
     return frame, task, reason, problem_frame(rows)
 
 
-def class_rows(table: pd.DataFrame, classes: Sequence[str], task: Task) -> pd.DataFrame:
+def class_rows(table: pd.DataFrame, classes: Sequence[str], task: TaskName) -> pd.DataFrame:
     """One row per (image, class it holds), `label` the one class: a multiclass table as it is, a
     multilabel row once per label of its set (an empty set not at all). What per-class counts count."""
     if task == "multiclass":

@@ -30,11 +30,11 @@ from helpers.atomic import atomic_savefig, atomic_to_csv
 from helpers.checkpoints import load_checkpoint
 from helpers.config import Config, ConfigError, parameter_names
 from helpers.dataset import data_dir_of
-from helpers.evaluate import summary_metrics
 from helpers.holdout import test_labels
 from helpers.multilabel_metrics import macro_map, threshold_scores
 from helpers.paths import outputs_dir, runs_dir
 from helpers.run_folder import RunFolder, metric_key
+from helpers.singlelabel_metrics import summary_metrics
 from helpers.tables import detect_layout, list_test_images
 
 COLUMNS = [
@@ -109,9 +109,11 @@ def leaderboard_png() -> Path:
 def run_row(run: RunFolder) -> dict[str, Any]:
     """The leaderboard row of one run folder; a piece whose file is missing or unreadable is left out."""
     config = _read(run.config, lambda p: {"config": run.read_config()}).get("config")
+    if config is not None:
+        config = config.replace(task=run_task(config))  # a run from before the task setting: multiclass
     row: dict[str, Any] = {
         "run": run.name,
-        "task": run_task(config) if config else np.nan,
+        "task": config.task if config else np.nan,
         "backbone": config.backbone if config else np.nan,
         "img_size": config.img_size if config else np.nan,
         "epochs": config.epochs if config else np.nan,

@@ -28,7 +28,8 @@ from helpers.dataset import dataset_folder
 from helpers.images import read_image
 from helpers.precision import pick_device
 from helpers.store import StoreView, open_view, store_folder, store_side
-from helpers.targets import Task, decode_label_set, target_array
+from helpers.targets import decode_label_set
+from helpers.tasks import task_for
 
 SEED_STRIDE = 1_000_003
 
@@ -104,7 +105,7 @@ def balanced_weights(label_idx: Sequence) -> np.ndarray:
 
 class ImageDataset(Dataset):
     """Images by path, fitted to `side` (0: full size), from the store when it holds them, through an
-    albumentations transform; yields (tensor, target, index). `labels` are helpers.targets.target_array's:
+    albumentations transform; yields (tensor, target, index). `labels` are the run's task's targets (helpers.tasks):
     class indices (N,) or multi-hot rows (N, C)."""
 
     def __init__(
@@ -203,7 +204,7 @@ def build_loader(
 ) -> DataLoader:
     """The loader over a table's rows (`path`; `label_idx`, `height` and `width` when known) for one fold.
 
-    Its targets are helpers.targets.target_array's for the run's task (cfg.task): class indices, or
+    Its targets are the run's task's (helpers.tasks.task_for(cfg), a resolved task): class indices, or
     multi-hot float rows `num_classes` wide (multilabel rows with labels need num_classes).
 
     Training's loader shuffles (or with sampler="balanced" draws rows inversely to their class's
@@ -219,12 +220,7 @@ def build_loader(
     )
     labels = np.zeros(len(rows), dtype=np.int64)
     if "label_idx" in rows:
-        task: Task = "multilabel" if cfg.task == "multilabel" else "multiclass"
-        if task == "multilabel" and num_classes < 1:
-            raise ValueError(
-                "build_loader: a multilabel table's targets need num_classes (DataInfo.num_classes)"
-            )
-        labels = target_array(rows, num_classes, task)
+        labels = task_for(cfg).targets(rows, num_classes)
     store = open_view(store_folder(dataset_folder(cfg), side), rows["path"].tolist()) if cfg.store else None
     seed = cfg.seed + fold
     dataset = ImageDataset(rows["path"], labels, transform, seed, side, store)

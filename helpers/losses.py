@@ -1,5 +1,6 @@
-"""The training loss of a run, for either task: the one place that reads `loss`, `label_smoothing` and the
-class-imbalance settings.
+"""The losses a run trains with and the class weights `class_weights="balanced"` means; the run's task
+object (helpers.tasks.Task.loss) picks among them from the values of `loss`, `label_smoothing`,
+`focal_gamma` and `class_weights`.
 
 Every loss takes the model's logits and the batch's targets as the loop hands them over: class indices, or
 a float (N, C) array of soft targets once mixup/cutmix has mixed them (multiclass: smoothed one-hot rows;
@@ -19,11 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
-from timm.loss import AsymmetricLossMultiLabel, compute_class_weights
+from timm.loss import compute_class_weights
 from torch import nn
-
-from helpers.config import Config
-from helpers.targets import Task
 
 
 class SmoothedBCEWithLogits(nn.Module):
@@ -104,33 +102,3 @@ def _require_every_class(bad: np.ndarray, what: str) -> None:
             f"classes.json) {what} in this fold, so its weight is undefined. Set class_weights='none', "
             "or merge or drop that class."
         )
-
-
-def build_loss(
-    cfg: Config, task: Task, mixed_targets: bool, train_targets: np.ndarray, num_classes: int
-) -> nn.Module:
-    """The loss the run's settings ask for. `mixed_targets`: mixup/cutmix hands over soft targets (their
-    label smoothing is applied by the mixing, not here). `train_targets`: the fold's training rows' targets
-    as helpers.targets.target_array gives them, which `class_weights="balanced"` counts."""
-    smoothing = 0.0 if mixed_targets else cfg.label_smoothing
-    balanced = cfg.class_weights == "balanced"
-    if task == "multilabel":
-        if cfg.loss == "focal":
-            raise ValueError(
-                "loss='focal' is for multiclass tasks and this run's task is multilabel: "
-                "use loss='default' (BCE) or 'asl'"
-            )
-        pos_weight = balanced_pos_weight(train_targets) if balanced else None
-        if cfg.loss == "asl":
-            return AsymmetricLossMultiLabel(smoothing=smoothing, reduction="mean", pos_weight=pos_weight)
-        return SmoothedBCEWithLogits(smoothing, pos_weight)
-    if cfg.loss == "asl":
-        raise ValueError(
-            "loss='asl' is for multilabel tasks and this run's task is multiclass: "
-            "use loss='default' (cross-entropy) or 'focal'"
-        )
-    weight = balanced_class_weights(train_targets, num_classes) if balanced else None
-    if cfg.loss == "focal":
-        return FocalLoss(cfg.focal_gamma, smoothing, weight)
-    # torch's cross-entropy takes class indices and soft targets alike
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=smoothing)

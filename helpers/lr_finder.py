@@ -31,12 +31,12 @@ from helpers.loaders import build_loader
 from helpers.model import create_model
 from helpers.precision import pick_device
 from helpers.schedules import Schedule
+from helpers.settings import resolve_task
 from helpers.train import (
     NonFiniteLoss,
     build_parts,
     fold_rows,
     fold_targets,
-    resolve_task,
     seed_everything,
     train_one_epoch,
 )

@@ -4,8 +4,13 @@ probabilities (N, C) sigmoid outputs, one independent probability per class.
 Every score is scikit-learn's on the same arrays. Threshold-free: mean average precision (macro: the mean
 of the classes' APs; micro: AP of every (row, class) pair pooled) and ROC AUC per class. At thresholds:
 F1 (samples, micro, macro), subset accuracy (the whole set right) and Hamming loss (the share of wrong
-(row, class) pairs). A class without a positive row has no AP or AUC: it is left out of the macro means
-(scikit-learn would count it as 0) and shows as NaN in the per-class table.
+(row, class) pairs). A class without a positive row has no AP, AUC or recall: it is left out of the macro
+means (mAP, AUC and macro-F1; scikit-learn would count it as 0) and shows as NaN in the per-class table.
+03's per-epoch `val_map`, `val_f1_micro` and `val_f1_macro` are these same functions (helpers.tasks).
+
+Decisions: a class is predicted when its probability reaches its threshold. Where the data has no empty
+label sets (`allow_empty` False), a row with no class over its threshold is given its most probable class
+instead: an empty set is a sure miss when every true set holds a label.
 
 Thresholds: 0.5, one global threshold and one threshold per class, each tuned on the out-of-fold
 probabilities to maximise F1 (micro-F1 for the global one, the class's own F1 for each class) over
@@ -40,9 +45,14 @@ OPTIMISTIC = (
 Thresholds = float | np.ndarray  # one for every class, or one per class (C,)
 
 
-def predict_sets(probabilities: np.ndarray, thresholds: Thresholds) -> np.ndarray:
-    """(N, C) 0/1: a class is predicted when its probability reaches its threshold."""
-    return (probabilities >= np.asarray(thresholds, dtype=float)).astype(int)
+def predict_sets(probabilities: np.ndarray, thresholds: Thresholds, allow_empty: bool = True) -> np.ndarray:
+    """(N, C) 0/1: a class is predicted when its probability reaches its threshold; without `allow_empty`
+    a row with none gets its most probable class."""
+    sets = (probabilities >= np.asarray(thresholds, dtype=float)).astype(int)
+    if not allow_empty and len(sets):
+        empty = np.flatnonzero(sets.sum(1) == 0)
+        sets[empty, probabilities[empty].argmax(1)] = 1
+    return sets
 
 
 def _with_positives(targets: np.ndarray) -> np.ndarray:
@@ -87,31 +97,34 @@ def threshold_free_scores(targets: np.ndarray, probabilities: np.ndarray) -> dic
 
 
 def threshold_scores(
-    targets: np.ndarray, probabilities: np.ndarray, thresholds: Thresholds
+    targets: np.ndarray, probabilities: np.ndarray, thresholds: Thresholds, allow_empty: bool = True
 ) -> dict[str, float]:
-    """F1 (samples, micro, macro), subset accuracy and Hamming loss of the sets the thresholds predict."""
-    predicted = predict_sets(probabilities, thresholds)
+    """F1 (samples, micro, macro), subset accuracy and Hamming loss of the sets the thresholds predict
+    (`predict_sets`); macro-F1 over the classes with a positive row, NaN when none has one."""
+    predicted = predict_sets(probabilities, thresholds, allow_empty)
+    present = _with_positives(targets)
     return {
-        # a row whose set is empty and predicted empty is right (samples); a class never present nor
-        # predicted has no F1 and counts 0 in the macro mean
-        **{
-            f"f1_{average}": float(
-                f1_score(targets, predicted, average=average, zero_division=int(average == "samples"))
-            )
-            for average in ("samples", "micro", "macro")
-        },
+        # a row whose set is empty and predicted empty is right (samples)
+        "f1_samples": float(f1_score(targets, predicted, average="samples", zero_division=1)),
+        "f1_micro": float(f1_score(targets, predicted, average="micro", zero_division=0)),
+        "f1_macro": float(f1_score(targets, predicted, labels=present, average="macro", zero_division=0))
+        if len(present)
+        else np.nan,
         "subset_accuracy": float(accuracy_score(targets, predicted)),
         "hamming_loss": float(hamming_loss(targets, predicted)),
     }
 
 
 def multilabel_summary(
-    targets: np.ndarray, probabilities: np.ndarray, thresholds: Thresholds = DEFAULT_THRESHOLD
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    thresholds: Thresholds = DEFAULT_THRESHOLD,
+    allow_empty: bool = True,
 ) -> dict[str, float]:
     """Every score of the module: the threshold-free ones, then those at the thresholds."""
     return {
         **threshold_free_scores(targets, probabilities),
-        **threshold_scores(targets, probabilities, thresholds),
+        **threshold_scores(targets, probabilities, thresholds, allow_empty),
     }
 
 
@@ -157,20 +170,27 @@ def tune_class_thresholds(
 
 
 def threshold_table(
-    targets: np.ndarray, probabilities: np.ndarray, candidates: Mapping[str, Thresholds]
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    candidates: Mapping[str, Thresholds],
+    allow_empty: bool = True,
 ) -> pd.DataFrame:
     """The scores at each named set of thresholds, one row each (e.g. 0.5, global, per class)."""
     return pd.DataFrame(
-        {name: threshold_scores(targets, probabilities, t) for name, t in candidates.items()}
+        {name: threshold_scores(targets, probabilities, t, allow_empty) for name, t in candidates.items()}
     ).T.rename_axis("thresholds")
 
 
 def multilabel_per_class(
-    targets: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], thresholds: Thresholds
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+    thresholds: Thresholds,
+    allow_empty: bool = True,
 ) -> pd.DataFrame:
     """Per class: support (positive rows), AP, ROC AUC, F1 at the class's threshold, and that threshold."""
     per_class = np.broadcast_to(np.asarray(thresholds, dtype=float), (targets.shape[1],))
-    predicted = predict_sets(probabilities, per_class)
+    predicted = predict_sets(probabilities, per_class, allow_empty)
     return pd.DataFrame(
         {
             "class": list(classes),
@@ -190,7 +210,21 @@ def worst_classes(targets: np.ndarray, probabilities: np.ndarray, n: int) -> np.
     return present[np.argsort(ap[present], kind="stable")][:n]
 
 
-def sample_bce(targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+def binary_cross_entropies(targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     """Each row's mean binary cross-entropy over the classes: how far its probabilities are from its set."""
     p = np.clip(probabilities, 1e-7, 1 - 1e-7)
     return -(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean(1)
+
+
+def label_mistakes(
+    targets: np.ndarray, predicted: np.ndarray, classes: Sequence[str], top: int = 10
+) -> pd.DataFrame:
+    """The classes most often missed (in the set, not predicted) or wrongly added (predicted, not in the
+    set), most mistakes first: the multilabel counterpart of the most-confused pairs."""
+    missed = ((targets == 1) & (predicted == 0)).sum(0)
+    wrong = ((targets == 0) & (predicted == 1)).sum(0)
+    table = pd.DataFrame(
+        {"class": list(classes), "missed": missed, "wrong": wrong, "mistakes": missed + wrong}
+    )
+    table = table[table["mistakes"] > 0]
+    return table.sort_values("mistakes", ascending=False, kind="stable").head(top).reset_index(drop=True)

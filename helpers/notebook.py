@@ -15,17 +15,35 @@ from helpers.allocator import retain_freed_memory
 from helpers.config import PARAMETER_MARKER, Config, Stage, passed_values, settle_run_config
 from helpers.dataset import DataInfo
 from helpers.images import read_image
-from helpers.plots import save_figure, show_images, show_label_sets
+from helpers.plots import save_figure, show_images
 from helpers.run_folder import RunFolder
-from helpers.targets import decode_label_set
+from helpers.tasks import task_named
 
 PARAMETER_CELLS: list[str] = []
+STOPPED: list[str] = []  # why the notebook stopped early (`stop_here`); empty while it runs
 
 
 def _record_parameter_cell(info: Any) -> None:
     source = info.raw_cell or ""
     if source.lstrip().lower().startswith(PARAMETER_MARKER):
         PARAMETER_CELLS.append(source)
+
+
+def _skip_when_stopped(lines: list[str]) -> list[str]:
+    """After `stop_here`, each later cell runs nothing, until a new run begins: its parameters cell, or
+    the cell that calls `start` again."""
+    source = "".join(lines)
+    if source.lstrip().lower().startswith(PARAMETER_MARKER) or "start(globals()" in source:
+        STOPPED.clear()
+    return ["pass\n"] if STOPPED else lines
+
+
+def stop_here(message: str) -> None:
+    """End this run of the notebook here, visibly and without an error: print the message, and the cells
+    after this one run nothing (under papermill, nbval and Run All in JupyterLab alike), so a notebook with
+    nothing left to do (05 without a test set) finishes instead of testing for it in every cell."""
+    print(message)
+    STOPPED.append(message)
 
 
 def _install_recorder() -> None:
@@ -36,6 +54,8 @@ def _install_recorder() -> None:
     shell = get_ipython()
     if shell is not None and _record_parameter_cell not in shell.events.callbacks["pre_run_cell"]:
         shell.events.register("pre_run_cell", _record_parameter_cell)
+    if shell is not None and _skip_when_stopped not in shell.input_transformers_post:
+        shell.input_transformers_post.append(_skip_when_stopped)
 
 
 _install_recorder()
@@ -86,13 +106,13 @@ def show_samples(table: pd.DataFrame, run: RunFolder, n: int = 24, seed: int = 0
 
 
 def show_label_structure(info: DataInfo, run: RunFolder) -> Any:
-    """A multilabel dataset's label sets (labels per image, classes together), saved as
-    plots/label_sets.png; a multiclass dataset has one label per image, which one line says instead."""
-    if info.task == "multiclass":
-        print("one label per image (multiclass): no label sets to show")
+    """A label-set task's label sets (labels per image, classes together), saved as plots/label_sets.png;
+    a task with one label per image has none, which one line says instead."""
+    figure = task_named(info.task).label_structure(info.table, info.classes)
+    if figure is None:
+        print(f"one label per image ({info.task}): no label sets to show")
         return None
-    index_sets = info.table["label_idx"].map(decode_label_set).tolist()
-    return save_figure(show_label_sets(index_sets, info.classes), run, "label_sets")
+    return save_figure(figure, run, "label_sets")
 
 
 def fold_class_table(table: pd.DataFrame, shown: int = 20) -> pd.DataFrame:

@@ -169,9 +169,11 @@ def show_curves(history: pd.DataFrame) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, run: RunFolder, name: str) -> Figure:
-    """Write the figure to the run's plots/<name>.png and return it for display."""
-    atomic_savefig(fig, run.plot(name))
+def save_figure(fig: Figure | None, run: RunFolder, name: str) -> Figure | None:
+    """Write the figure to the run's plots/<name>.png and return it for display; None (a step that has no
+    figure for this run) writes nothing."""
+    if fig is not None:
+        atomic_savefig(fig, run.plot(name))
     return fig
 
 

@@ -6,6 +6,7 @@ import copy
 import random
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import albumentations as A
 import numpy as np
@@ -13,6 +14,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from helpers.augment import preset_transforms, to_hwc
+
+if TYPE_CHECKING:
+    from helpers.tasks import Task
 
 
 def augmented_views(image: np.ndarray, transform: A.Compose, n: int, seed: int) -> list[np.ndarray]:
@@ -63,10 +67,9 @@ def loader_throughput(
     }
 
 
-def target_titles(targets: torch.Tensor | np.ndarray, classes: Sequence[str], sep: str = " ") -> list[str]:
-    """A batch's targets as titles: the class names of class indices, or the label set of each multi-hot
-    row (its classes joined by `sep`; "(none)" for an empty set)."""
-    targets = np.asarray(targets)
-    if targets.ndim == 1:
-        return [classes[int(i)] for i in targets]
-    return [sep.join(classes[i] for i in np.flatnonzero(row > 0.5)) or "(none)" for row in targets]
+def target_titles(
+    task: Task, targets: torch.Tensor | np.ndarray, classes: Sequence[str], sep: str = " "
+) -> list[str]:
+    """A batch's targets as titles: the task's label texts (a class name, or the set's classes joined by
+    `sep`; "(none)" for an empty set)."""
+    return [text or "(none)" for text in task.label_texts(np.asarray(targets).astype(int), classes, sep)]

@@ -5,9 +5,9 @@ calls and display only.
 run's TTA views, writes oof.csv and evaluation.json (and, for a multilabel run, the thresholds it tunes to
 thresholds.json) and returns an `OofEvaluation` for the tables and figures; the `show_*` functions
 assemble its figures. 05: `predict_test` runs the ensemble over the test images and
-`write_test_predictions` writes submission.csv and test_probabilities.csv. Both serve either task, read
-from the run's config (helpers.targets.task_of); the metrics themselves are helpers.evaluate's and
-helpers.multilabel_metrics', on plain arrays.
+`write_test_predictions` writes submission.csv and test_probabilities.csv. Both serve either task
+without asking which: what differs is the run's task object's (helpers.tasks.task_for), and the metrics
+themselves are helpers.singlelabel_metrics' and helpers.multilabel_metrics', on plain arrays.
 """
 
 from __future__ import annotations
@@ -26,66 +26,61 @@ from helpers.augment import InputPrep
 from helpers.checkpoints import load_model
 from helpers.config import Config
 from helpers.dataset import DataInfo
-from helpers.evaluate import (
-    explain_batch,
-    explain_labels,
-    highest_loss_indices,
-    label_mistakes,
-    most_confused,
-    multilabel_oof_frame,
-    multilabel_tta_table,
-    normalised_confusion,
-    oof_frame,
-    per_class_table,
-    sample_losses,
-    summary_metrics,
-    tta_table,
-)
+from helpers.grad_cam import explain
 from helpers.images import read_image
 from helpers.inference import (
     Member,
     Prediction,
-    multilabel_submission_frame,
+    fill_submission,
     predict_ensemble,
     predict_folds,
     probabilities_frame,
-    submission_frame,
 )
-from helpers.label_issues import rank_label_issues, rank_multilabel_issues
+from helpers.label_issues import rank_label_issues
 from helpers.loaders import build_loader
-from helpers.multilabel_metrics import (
-    OPTIMISTIC,
-    multilabel_per_class,
-    multilabel_summary,
-    predict_sets,
-    sample_bce,
-    threshold_scores,
-    threshold_table,
-    worst_classes,
-)
-from helpers.plots import (
-    label_set_lines,
-    show_cam,
-    show_confusion,
-    show_pr_curves,
-    show_predictions,
-    show_set_grid,
-)
+from helpers.multilabel_metrics import OPTIMISTIC, threshold_table
+from helpers.plots import show_cam, show_set_grid
 from helpers.run_folder import RunFolder, metric_key
-from helpers.targets import Task, target_array, task_of, to_probabilities
-from helpers.thresholds import TunedThresholds, run_thresholds, save_thresholds, tune_thresholds
+from helpers.settings import resolve_task
+from helpers.tasks import Lines, Task, task_for
+from helpers.thresholds import TunedThresholds, run_thresholds, save_thresholds
 from helpers.tta import VIEWS, check_views
 
-PR_CURVES = 6  # the worst classes whose precision-recall curves 04 shows
-
 # --- 04: out-of-fold evaluation ----------------------------------------------------------------------------
+
+
+def oof_frame(
+    ids: Sequence[str],
+    folds: Sequence[int],
+    given: Sequence[str],
+    predicted: Sequence[str],
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+) -> pd.DataFrame:
+    """oof.csv: id, fold, the given and the predicted label as text (a class name, or a label set joined by
+    the run's label_sep) and a probability column per class."""
+    frame = pd.DataFrame(
+        {"id": list(ids), "fold": list(folds), "label": list(given), "predicted": list(predicted)}
+    )
+    probs = pd.DataFrame(probabilities, columns=[f"prob_{c}" for c in classes])
+    return pd.concat([frame, probs], axis=1)
+
+
+def tta_table(task: Task, targets: np.ndarray, prediction: Prediction, chosen: Sequence[str]) -> pd.DataFrame:
+    """The task's view score (accuracy, or macro mAP) of each view alone and of the chosen views averaged."""
+    rows = [
+        {"views": v, task.view_metric: task.view_score(targets, prediction.view(v))} for v in prediction.views
+    ]
+    combined = task.view_score(targets, prediction.mean_of(chosen))
+    rows.append({"views": " + ".join(chosen) + " (mean)", task.view_metric: combined})
+    return pd.DataFrame(rows)
 
 
 @dataclass
 class OofEvaluation:
     """04's out-of-fold predictions: the validation rows in prediction order, their targets (class indices,
-    or multi-hot rows for a multilabel run), every view's probabilities, the TTA probabilities (mean of the
-    run's views), the summary table, and a multilabel run's tuned thresholds."""
+    or multi-hot rows), every view's probabilities, the TTA probabilities (mean of the run's views), the
+    summary table, the run's task object and the thresholds it tuned (None for a task without any)."""
 
     rows: pd.DataFrame
     classes: list[str]
@@ -93,70 +88,66 @@ class OofEvaluation:
     prediction: Prediction
     views: list[str]
     tta: np.ndarray
-    summary: pd.DataFrame  # one row per metric; columns "no TTA" and "TTA <views>"
+    summary: pd.DataFrame  # one row per metric; "no TTA", and "TTA <views>" when the views are more
     task: Task
-    thresholds: TunedThresholds | None = None  # multilabel only
+    thresholds: TunedThresholds | None = None
 
     @property
     def predicted(self) -> np.ndarray:
-        """With TTA: each row's class index (multiclass), or its 0/1 set at the tuned per-class
-        thresholds (multilabel)."""
-        if self.task == "multiclass":
-            return self.tta.argmax(1)
-        return predict_sets(self.tta, self.tuned_thresholds().class_array())
+        """With TTA: the task's decisions (class indices, or 0/1 sets at the tuned thresholds)."""
+        return self.task.decide(self.tta, self.thresholds)
 
     def tuned_thresholds(self) -> TunedThresholds:
-        """A multilabel run's thresholds; an error for a multiclass run, which has none."""
+        """The run's tuned thresholds; an error for a task without any (it predicts its most probable class)."""
         if self.thresholds is None:
-            raise ValueError("no thresholds: a multiclass run predicts its most probable class")
+            raise ValueError(f"no thresholds: a {self.task.name} run predicts its most probable class")
         return self.thresholds
 
     def per_class(self) -> pd.DataFrame:
-        """With TTA, indexed by class name: precision, recall, F1 and support (multiclass; recall first and
-        the lowest first when the classes are imbalanced, helpers.evaluate.per_class_table); support, AP,
-        ROC AUC, F1 and the tuned threshold (multilabel)."""
-        if self.task == "multiclass":
-            return per_class_table(self.labels, self.tta, self.classes).set_index("class")
-        table = multilabel_per_class(
-            self.labels, self.tta, self.classes, self.tuned_thresholds().class_array()
-        )
-        return table.set_index("class")
+        """The task's per-class table with TTA, indexed by class name."""
+        return self.task.per_class(self.labels, self.tta, self.classes, self.thresholds).set_index("class")
 
     def tta_table(self) -> pd.DataFrame:
-        """Each view alone and the chosen views averaged: accuracy (multiclass) or macro mAP (multilabel)."""
-        if self.task == "multiclass":
-            return tta_table(self.labels, self.prediction, self.views)
-        return multilabel_tta_table(self.labels, self.prediction, self.views)
+        """Each view alone and the chosen views averaged, by the task's view score."""
+        return tta_table(self.task, self.labels, self.prediction, self.views)
 
     def threshold_table(self) -> pd.DataFrame:
-        """Multilabel: the scores with TTA at 0.5, at the tuned global threshold and at the tuned per-class
-        thresholds (the last two optimistic: tuned on these rows)."""
-        return threshold_table(self.labels, self.tta, self.tuned_thresholds().candidates())
+        """The scores with TTA at 0.5, at the tuned global threshold and at the tuned per-class thresholds
+        (the last two optimistic: tuned on these rows)."""
+        candidates = self.tuned_thresholds().candidates()
+        return threshold_table(self.labels, self.tta, candidates, self.task.allow_empty)
 
     def mistakes(self, top: int = 10) -> pd.DataFrame:
-        """The most frequent mistakes: (true, predicted) pairs (multiclass), or the classes most often
-        missed or wrongly added (multilabel)."""
-        if self.task == "multiclass":
-            return most_confused(self.labels, self.predicted, self.classes, top)
-        return label_mistakes(self.labels, self.predicted, self.classes, top)
+        """The most frequent mistakes: (true, predicted) pairs, or the classes most often missed or added."""
+        return self.task.mistakes(self.labels, self.predicted, self.classes, top)
 
     def label_issues(self, sep: str) -> pd.DataFrame:
         """Every row ranked by cleanlab's label-quality score, lowest (most likely mislabelled) first."""
         ids = self.rows["id"]
-        if self.task == "multiclass":
-            return rank_label_issues(ids, self.labels, self.tta, self.classes)
-        return rank_multilabel_issues(ids, self.labels, self.tta, self.predicted, self.classes, sep)
+        return rank_label_issues(self.task, ids, self.labels, self.tta, self.predicted, self.classes, sep)
+
+    def describe_label_issues(self, issues: pd.DataFrame, path: Path) -> str:
+        """04's line on the flagged rows written to `path`, with a caution when the model is too weak for
+        its disagreements with the labels to point at label errors (Task.reliability_note)."""
+        line = f"{len(issues)} likely label error(s) among {len(self.rows)} out-of-fold rows: {path}"
+        caution = self.task.reliability_note(self.labels, self.tta)
+        return f"{line}\n{caution}" if caution else line
 
 
-def threshold_note(oof: OofEvaluation) -> str:
-    """04's line about thresholds: what 05 uses and why the tuned OOF scores are optimistic."""
-    if oof.task == "multiclass":
-        return "a multiclass run predicts the most probable class: no thresholds"
-    t = oof.tuned_thresholds()
-    return (
-        f"05 turns probabilities into label sets with the per-class thresholds (saved in thresholds.json; "
-        f"the global one is {t.global_threshold:g}). Note: {OPTIMISTIC}."
+def show_thresholds(oof: OofEvaluation) -> pd.DataFrame | None:
+    """04's thresholds step: prints what 05 decides with (and why tuned OOF scores are optimistic) and
+    returns the scores at each candidate, or None for a run without thresholds."""
+    if oof.thresholds is None:
+        print(f"a {oof.task.name} run predicts the most probable class: no thresholds")
+        return None
+    print(
+        f"05 turns probabilities into label sets with the per-class thresholds (saved in thresholds.json; the "
+        f"global one is {oof.thresholds.global_threshold:g})."
     )
+    print(f"Note: {OPTIMISTIC}.")
+    if note := oof.task.decision_note(oof.tta, oof.thresholds):
+        print(note)
+    return oof.threshold_table().round(4)
 
 
 def evaluation_record(
@@ -173,7 +164,7 @@ def evaluation_record(
     metric without TTA (val_<metric>) and with it (val_<metric>_tta), then those scored with TTA only (a
     multilabel run's scores at the thresholds tuned on the TTA probabilities)."""
     record: dict = {
-        "task": task,
+        "task": task.name,
         "checkpoint": checkpoint,
         "tta_views": list(views),
         "folds": list(folds),
@@ -195,93 +186,83 @@ def evaluate_oof(
     device: torch.device | None = None,
 ) -> OofEvaluation:
     """Predict every TTA view of each trained fold's validation images once, score them without TTA (the
-    identity view, what 03 scored) and with the run's views, and write oof.csv and evaluation.json. A
-    multilabel run's thresholds are tuned on the TTA probabilities and saved in thresholds.json; its
-    F1, subset accuracy and Hamming loss are at 0.5 in the summary and at the tuned thresholds in
-    evaluation.json's `*_tuned_tta` keys.
+    identity view, what 03 scored) and with the run's views, and write oof.csv and evaluation.json. Thresholds
+    the task tunes (a multilabel run's) are tuned on the TTA probabilities and saved in thresholds.json; the
+    summary's decisions are at 0.5, and evaluation.json's `*_tuned_tta` keys at the tuned thresholds.
 
-    The task is the run config's, as 01 saved it; a config that still says 'auto' (a library call before
-    any config.json) takes what prepare_dataset resolved from it, DataInfo.task."""
-    task = info.task if cfg.task == "auto" else task_of(cfg.task)
-    if task != info.task:
-        raise ValueError(f"the run's task is {task!r}, but its data was prepared as {info.task!r}")
-    cfg = cfg.replace(task=task)  # the prediction path reads the task from the config
+    The task is the run config's, as 01 saved it (helpers.settings.resolve_task: a config that still says
+    'auto', as a library call before any config.json, takes what prepare_dataset resolved)."""
+    cfg = resolve_task(cfg, info)
+    task = task_for(cfg)
     views = check_views(cfg.tta_views)
     rows, prediction = predict_folds(cfg, info.table, checkpoints, list(VIEWS), device)
-    labels = target_array(rows, len(info.classes), task)
+    labels = task.targets(rows, len(info.classes))
     tta, plain_p = prediction.mean_of(views), prediction.view("identity")
-    thresholds, tuned = None, {}
-    if task == "multiclass":
-        plain, with_tta = summary_metrics(labels, plain_p), summary_metrics(labels, tta)
-        frame = oof_frame(rows["id"], rows["fold"], labels, tta, info.classes)
-    else:
-        thresholds = tune_thresholds(labels, tta, info.classes, cfg.checkpoint, views)
+    thresholds = task.fit_thresholds(labels, tta, info.classes, cfg.checkpoint, views)
+    if thresholds is not None:
         save_thresholds(run, thresholds)
-        plain, with_tta = multilabel_summary(labels, plain_p), multilabel_summary(labels, tta)
-        per_class = thresholds.class_array()
-        tuned = {f"{m}_tuned": v for m, v in threshold_scores(labels, tta, per_class).items()}
-        predicted = predict_sets(tta, per_class)
-        frame = multilabel_oof_frame(
-            rows["id"], rows["fold"], rows["label"], predicted, tta, info.classes, cfg.label_sep
-        )
-    run.write_oof(frame)
+    plain, with_tta = task.summary(labels, plain_p), task.summary(labels, tta)
+    tuned = task.tuned_summary(labels, tta, thresholds)
+    given = task.label_texts(labels, info.classes, cfg.label_sep)
+    predicted = task.label_texts(task.decide(tta, thresholds), info.classes, cfg.label_sep)
+    run.write_oof(oof_frame(rows["id"], rows["fold"], given, predicted, tta, info.classes))
     run.write_evaluation(
         evaluation_record(task, cfg.checkpoint, views, list(checkpoints), len(rows), plain, with_tta, tuned)
     )
-    summary = pd.DataFrame({"no TTA": plain, f"TTA {'+'.join(views)}": with_tta})
+    summary = pd.DataFrame({"no TTA": plain})
+    if views != ["identity"]:  # the identity view alone is what "no TTA" shows
+        summary[f"TTA {'+'.join(views)}"] = pd.Series(with_tta)
     return OofEvaluation(rows, list(info.classes), labels, prediction, views, tta, summary, task, thresholds)
 
 
 def show_class_errors(oof: OofEvaluation) -> tuple[Figure, str]:
-    """The figure of which classes go wrong, and its plot name: the confusion matrix (multiclass), or the
-    precision-recall curves of the classes with the lowest AP (multilabel)."""
-    if oof.task == "multiclass":
-        matrix = normalised_confusion(oof.labels, oof.predicted, len(oof.classes))
-        return show_confusion(matrix, oof.classes), "confusion_matrix"
-    shown = worst_classes(oof.labels, oof.tta, PR_CURVES)
-    return show_pr_curves(oof.labels, oof.tta, oof.classes, shown), "pr_curves"
+    """The figure of which classes go wrong, and its plot name: the confusion matrix, or the
+    precision-recall curves of the classes with the lowest AP."""
+    return oof.task.class_errors(oof.labels, oof.tta, oof.predicted, oof.classes)
 
 
-def show_set_predictions(
+def show_prediction_grid(
+    task: Task,
     rows: pd.DataFrame,
-    predicted: np.ndarray,
+    decided: np.ndarray,
+    probabilities: np.ndarray,
     classes: Sequence[str],
     targets: np.ndarray | None = None,
     extra: Sequence[str] = (),
     n: int = 32,
 ) -> Figure:
-    """The first n rows' images with their predicted sets (0/1 rows): right labels in green, wrong ones in
-    red, missed ones in orange (plots.label_set_lines), and an optional extra line each."""
-    lines = [
-        label_set_lines(predicted[i], classes, None if targets is None else targets[i])
-        + ([(extra[i], "black")] if extra else [])
-        for i in range(min(n, len(rows)))
-    ]
-    images = [read_image(p) for p in rows["path"].head(n)]
-    return show_set_grid(images, lines)
+    """The first n rows' images (`path`) with the task's lines under each (right in green, wrong in red;
+    without targets the prediction in black) and an optional extra line each."""
+    n = min(n, len(rows))
+    lines: list[Lines] = task.grid_lines(
+        decided[:n], probabilities[:n], classes, None if targets is None else targets[:n]
+    )
+    if extra:
+        lines = [image_lines + [(extra[i], "black")] for i, image_lines in enumerate(lines)]
+    return show_set_grid([read_image(p) for p in rows["path"].head(n)], lines)
 
 
 def show_predicted_batch(oof: OofEvaluation, n: int = 32) -> Figure:
     """The first n out-of-fold images with their true and predicted labels (wrong ones marked)."""
-    if oof.task == "multiclass":
-        return show_predictions(oof.rows, oof.tta, oof.classes, oof.labels, n=n)
-    return show_set_predictions(oof.rows, oof.predicted, oof.classes, oof.labels, n=n)
+    return show_prediction_grid(oof.task, oof.rows, oof.predicted, oof.tta, oof.classes, oof.labels, n=n)
+
+
+def highest_losses(losses: np.ndarray, n: int) -> np.ndarray:
+    """The indices of the n rows with the highest loss, highest first (ties in row order): the images
+    worth a look, for wrong labels or hard cases."""
+    return np.argsort(-losses, kind="stable")[:n]
 
 
 def show_highest_loss(oof: OofEvaluation, n: int = 16) -> Figure:
-    """The n images the model got most wrong (highest loss with TTA: cross-entropy, or the mean binary
-    cross-entropy over the classes for a multilabel run), highest first, with their loss."""
-    if oof.task == "multilabel":
-        losses = sample_bce(oof.labels, oof.tta)
-        worst = np.argsort(-losses, kind="stable")[:n]
-        extra = [f"loss {v:.2f}" for v in losses[worst]]
-        return show_set_predictions(
-            oof.rows.iloc[worst], oof.predicted[worst], oof.classes, oof.labels[worst], extra, n
-        )
-    worst = highest_loss_indices(oof.labels, oof.tta, n)
-    labels, probabilities = oof.labels[worst], oof.tta[worst]
-    losses = [f"loss {v:.2f}" for v in sample_losses(labels, probabilities)]
-    return show_predictions(oof.rows.iloc[worst], probabilities, oof.classes, labels, losses, n)
+    """The n images the model got most wrong (the task's loss per row with TTA: cross-entropy, or the mean
+    binary cross-entropy over the classes), highest first (ties in row order), with their loss."""
+    losses = oof.task.sample_losses(oof.labels, oof.tta)
+    worst = highest_losses(losses, n)
+    extra = [f"loss {v:.2f}" for v in losses[worst]]
+    return show_prediction_grid(
+        oof.task, oof.rows.iloc[worst], oof.predicted[worst], oof.tta[worst], oof.classes,
+        oof.labels[worst], extra, n,
+    )  # fmt: skip
 
 
 def show_grad_cam(
@@ -292,34 +273,22 @@ def show_grad_cam(
     thresholds: TunedThresholds | None = None,
 ) -> Figure:
     """Grad-CAM maps for the first validation images of the first trained fold (on the CPU: a single batch
-    needs no accelerator). Multiclass: the predicted class of each of n images, titled 'true → predicted'.
-    Multilabel: one map for each predicted label of an image (its most probable class when none reaches
-    its threshold), n maps in all, titled 'true set → label (probability)', green when the label is in
-    the set and red when not."""
+    needs no accelerator): one map per predicted class of each image (the task's `cam_targets`), n maps in
+    all, titled 'true → predicted', green when the class is the image's, red when not."""
+    task = task_for(resolve_task(cfg, info))
     fold, path = next(iter(checkpoints.items()))
     model, _ = load_model(path)
     rows = info.table[info.table["fold"] == fold].head(n)
     x, _, _ = next(iter(build_loader(cfg, rows.drop(columns="label_idx"), False, fold, torch.device("cpu"))))
     prep = InputPrep.for_backbone(cfg.backbone)
-    names = np.asarray(info.classes)
-    if task_of(cfg.task) == "multiclass":
-        images, cams, predicted = explain_batch(model, x, prep)
-        titles = [f"{t} → {p}" for t, p in zip(rows["label"], names[predicted], strict=True)]
-        return show_cam(images, cams, titles)
-    if thresholds is None:
-        raise ValueError("a multilabel run's Grad-CAM needs the thresholds 04 tuned (oof.thresholds)")
     with torch.no_grad():
-        probabilities = to_probabilities(model(prep(x, torch.device("cpu"))), "multilabel").numpy()
-    chosen = predict_sets(probabilities, thresholds.class_array())
-    pairs = []
-    for i, row in enumerate(chosen):
-        labels = np.flatnonzero(row) if row.any() else [int(probabilities[i].argmax())]
-        pairs += [(i, int(c)) for c in labels]
-    pairs = pairs[:n]
-    images, cams = explain_labels(model, x, prep, pairs)
-    truth = target_array(rows, len(names), "multilabel")
-    titles = [f"{rows['label'].iloc[i]} → {names[c]} ({probabilities[i, c]:.2f})" for i, c in pairs]
-    colors = ["tab:green" if truth[i, c] else "tab:red" for i, c in pairs]
+        probabilities = task.probabilities(model(prep(x, torch.device("cpu")))).numpy()
+    pairs = task.cam_targets(probabilities, task.decide(probabilities, thresholds))[:n]
+    images, cams = explain(model, x, prep, pairs)
+    truth, names = task.targets(rows, len(info.classes)), np.asarray(info.classes)
+    given = task.label_texts(truth, info.classes, cfg.label_sep)
+    titles = [f"{given[i]} → {names[c]}" for i, c in pairs]
+    colors = ["tab:green" if task.holds(truth, i, c) else "tab:red" for i, c in pairs]
     return show_cam(images, cams, titles, colors=colors)
 
 
@@ -328,8 +297,8 @@ def show_grad_cam(
 
 @dataclass
 class EnsemblePrediction:
-    """05's ensemble prediction of the test images (rows in test order), how long it took, and for a
-    multilabel run the thresholds 04 tuned, which turn its probabilities into label sets."""
+    """05's ensemble prediction of the test images (rows in test order), how long it took, the run's task
+    object and the thresholds 04 tuned (None for a task without any)."""
 
     rows: pd.DataFrame
     classes: list[str]
@@ -344,12 +313,10 @@ class EnsemblePrediction:
         """Averaged over models and views."""
         return self.prediction.probabilities
 
-    def sets(self, probabilities: np.ndarray | None = None) -> np.ndarray:
-        """Multilabel: the predicted 0/1 sets at the run's per-class thresholds."""
-        if self.thresholds is None:
-            raise ValueError("label sets need a multilabel run's thresholds")
-        return predict_sets(
-            self.probabilities if probabilities is None else probabilities, self.thresholds.class_array()
+    def decided(self, probabilities: np.ndarray | None = None) -> np.ndarray:
+        """The task's decisions: class indices, or 0/1 sets at the run's tuned thresholds."""
+        return self.task.decide(
+            self.probabilities if probabilities is None else probabilities, self.thresholds
         )
 
     def throughput(self) -> str:
@@ -369,11 +336,11 @@ def predict_test(
     device: torch.device | None = None,
 ) -> EnsemblePrediction:
     """The ensemble's probabilities for the test table's images (`path`, and `height`/`width` for the
-    cache). A multilabel run's thresholds (thresholds.json of the first member, for its checkpoint and
+    store). The thresholds the task needs (thresholds.json of the first member, for its checkpoint and
     views) are read first, so a missing or mismatched file stops 05 before the prediction."""
-    task = task_of(members[0].cfg.task)
     first = members[0]
-    thresholds = run_thresholds(first.run, first.cfg, first.classes) if task == "multilabel" else None
+    task = task_for(first.cfg)
+    thresholds = run_thresholds(first.run, first.cfg, first.classes) if task.tunes_thresholds else None
     started = time.perf_counter()
     prediction = predict_ensemble(members, test, views, device)
     models = sum(len(m.checkpoints) for m in members)
@@ -391,41 +358,37 @@ def write_test_predictions(
     """Write submission.csv (the sample submission filled in: classes, label sets at the run's thresholds,
     or probabilities, as its columns ask) and test_probabilities.csv (what the leaderboard scores) from the
     ensemble's probabilities, or from others of the same images (calibrated ones); returns the
-    submission."""
+    submission. Rows whose decision needed a rule beyond the thresholds are counted in one printed line."""
     ids = predicted.rows["id"]
     probabilities = predicted.probabilities if probabilities is None else probabilities
-    if predicted.task == "multiclass":
-        submission = submission_frame(sample, cfg.id_col, ids, probabilities, predicted.classes)
-    else:
-        submission = multilabel_submission_frame(
-            sample,
-            cfg.id_col,
-            ids,
-            probabilities,
-            predicted.sets(probabilities),
-            predicted.classes,
-            cfg.label_sep,
-        )
+    decided = predicted.decided(probabilities)
+    submission = fill_submission(
+        predicted.task, sample, cfg.id_col, ids, probabilities, decided, predicted.classes, cfg.label_sep
+    )
+    if note := predicted.task.decision_note(probabilities, predicted.thresholds):
+        print(f"submission: {note}")
     run.write_submission(submission)
     run.write_test_probabilities(probabilities_frame(ids, probabilities, predicted.classes))
     return submission
 
 
 def score_test_set(
-    labels: np.ndarray, probabilities: np.ndarray, task: Task, thresholds: TunedThresholds | None = None
+    task: Task, labels: np.ndarray, probabilities: np.ndarray, thresholds: TunedThresholds | None = None
 ) -> pd.DataFrame:
-    """The summary metrics on the test set, as a one-column table (a multilabel run's F1, subset accuracy
-    and Hamming loss at its tuned per-class thresholds)."""
-    if task == "multiclass":
-        return pd.Series(summary_metrics(labels, probabilities)).to_frame("test")
-    if thresholds is None:
-        raise ValueError("a multilabel test score needs the run's thresholds")
-    return pd.Series(multilabel_summary(labels, probabilities, thresholds.class_array())).to_frame("test")
+    """The summary metrics on the test set, as a one-column table (decisions at the run's tuned
+    thresholds, where the task has them)."""
+    return pd.Series(task.summary(labels, probabilities, thresholds)).to_frame("test")
 
 
 def show_test_predictions(predicted: EnsemblePrediction, truth: np.ndarray | None, n: int = 24) -> Figure:
-    """The first n test images with their predictions: true → predicted (multiclass) or the predicted set
-    marked against the true one (multilabel), wrong in red; without labels the predictions in black."""
-    if predicted.task == "multiclass":
-        return show_predictions(predicted.rows, predicted.probabilities, predicted.classes, truth, n=n)
-    return show_set_predictions(predicted.rows, predicted.sets(), predicted.classes, truth, n=n)
+    """The first n test images with their predictions marked against the true labels (wrong in red);
+    without labels the predictions in black."""
+    return show_prediction_grid(
+        predicted.task,
+        predicted.rows,
+        predicted.decided(),
+        predicted.probabilities,
+        predicted.classes,
+        truth,
+        n=n,
+    )

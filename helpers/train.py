@@ -26,8 +26,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from sklearn.metrics import average_precision_score, f1_score
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -39,21 +37,15 @@ from helpers.checkpoints import load_checkpoint, save_checkpoint, unwrap
 from helpers.config import Config, ConfigError
 from helpers.dataset import DataInfo, build_store
 from helpers.loaders import build_loader, sample_seed
-from helpers.losses import build_loss
-from helpers.model import create_model, data_config_for, default_img_size
+from helpers.model import create_model
 from helpers.precision import Precision, pick_device, resolve_precision
 from helpers.run_folder import RunFolder
 from helpers.schedules import Schedule, build_schedule
-from helpers.targets import Task, target_array, to_probabilities
+from helpers.settings import resolve_task
+from helpers.tasks import SingleLabel, Task, task_for, task_named
 from helpers.transfer import build_optimizer, freeze_body, keep_frozen_statistics, lr_range
 
 NAN_CHECK_EVERY = 10  # optimizer-loop steps between loss checks (each check waits for the device)
-THRESHOLD = 0.5  # multilabel: a class is predicted when its probability reaches this (val_f1_*)
-# the metrics a task's monitor may follow; the first is what monitor='auto' means
-MONITORS: dict[str, tuple[str, ...]] = {
-    "multiclass": ("val_acc", "val_loss"),
-    "multilabel": ("val_map", "val_loss"),
-}
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -75,7 +67,7 @@ class TrainParts:
     mixup: Mixup | None = None
     prep: InputPrep = InputPrep((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # uint8 -> 0..1 unless given
     updates: int = 0  # optimizer updates so far in this fold
-    task: Task = "multiclass"  # what validation measures (helpers.targets)
+    task: Task = field(default_factory=SingleLabel)  # what validation measures (helpers.tasks)
 
 
 def seed_everything(seed: int) -> None:
@@ -204,10 +196,10 @@ def evaluate(
     device: torch.device,
     precision: Precision,
     prep: InputPrep,
-    task: Task = "multiclass",
+    task: Task,
 ) -> dict[str, float]:
-    """The validation metrics over the whole set (not the last batch): multiclass, the mean cross-entropy
-    and accuracy; multilabel, those of `multilabel_metrics`.
+    """The task's validation metrics over the whole set (not the last batch): `Task.epoch_metrics`, the
+    same functions 04 reports under those keys.
 
     In a multi-process run each process predicts its share of the set and the shares are gathered, so
     every process returns the same metrics, over exactly the set.
@@ -216,47 +208,7 @@ def evaluate(
     if world()[0] > 1:
         predictions = gather_predictions(*predictions)
     logits, labels, _ = predictions
-    if task == "multilabel":
-        return multilabel_metrics(logits, labels)
-    t_logits, t_labels = torch.from_numpy(logits), torch.from_numpy(labels)
-    loss = F.cross_entropy(t_logits, t_labels, reduction="mean").item()
-    acc = float((t_logits.argmax(1) == t_labels).float().mean())
-    return {"val_loss": loss, "val_acc": acc}
-
-
-def multilabel_metrics(
-    logits: np.ndarray, targets: np.ndarray, threshold: float = THRESHOLD
-) -> dict[str, float]:
-    """A multilabel epoch's validation metrics from logits and multi-hot targets (N, C):
-
-    - val_loss: binary cross-entropy with logits, the mean over every image and class (no smoothing);
-    - val_map: macro mean average precision (scikit-learn's average_precision_score) over the classes with
-      a positive image in the set: a class with none has no precision to average, so it is left out
-      (NaN when no class has one);
-    - val_f1_micro, val_f1_macro: F1 of the sigmoid probabilities at `threshold`, micro over every
-      (image, class) decision, macro over the same classes as val_map.
-    """
-    t_logits, t_targets = torch.from_numpy(logits), torch.from_numpy(targets).float()
-    loss = F.binary_cross_entropy_with_logits(t_logits, t_targets).item()
-    probabilities = to_probabilities(t_logits, "multilabel").numpy()
-    present = np.flatnonzero(targets.sum(axis=0) > 0)
-    predicted = (probabilities >= threshold).astype(int)
-    truth = targets.astype(int)
-    if len(present) == 0:
-        return {
-            "val_loss": loss,
-            "val_map": float("nan"),
-            "val_f1_micro": float("nan"),
-            "val_f1_macro": float("nan"),
-        }
-    return {
-        "val_loss": loss,
-        "val_map": float(
-            average_precision_score(truth[:, present], probabilities[:, present], average="macro")
-        ),
-        "val_f1_micro": float(f1_score(truth, predicted, average="micro", zero_division=0)),
-        "val_f1_macro": float(f1_score(truth, predicted, labels=present, average="macro", zero_division=0)),
-    }
+    return task.epoch_metrics(logits, labels)
 
 
 def gather_predictions(
@@ -271,65 +223,6 @@ def gather_predictions(
     return logits[first], labels[first], indices
 
 
-def choose_img_size(cfg: Config, info: DataInfo) -> tuple[int, str]:
-    """The configured size, or the backbone's own (for pretrained weights, the size they were trained at),
-    capped at the data's median side (rounded up to 32) only when the images are smaller; with the reason."""
-    if cfg.img_size:
-        return cfg.img_size, "as configured"
-    own = default_img_size(cfg.backbone)
-    whose = "pretrained input size" if cfg.uses_pretrained_weights() else "default input size"
-    median = int(np.median(np.maximum(info.table["height"], info.table["width"])))
-    if median >= own:
-        return own, f"{cfg.backbone}'s {whose} (timm's data config; the images' median side is {median} px)"
-    size = min(own, max(32, math.ceil(median / 32) * 32))
-    return size, f"the images' median side {median} px rounded up to 32, below {cfg.backbone}'s {whose} {own}"
-
-
-def choose_crop(cfg: Config) -> tuple[float, str]:
-    """The configured eval crop, or the one the pretrained weights were validated with (timm's data config);
-    from scratch, no crop: the model is validated on the whole image, as it trains."""
-    if cfg.crop_pct:
-        return cfg.crop_pct, "as configured"
-    if cfg.uses_pretrained_weights():
-        crop = float(data_config_for(cfg.backbone)["crop_pct"])
-        return (
-            crop,
-            f"{cfg.backbone}'s pretrained eval crop (timm's data config): resize to img_size / {crop:g}, centre crop",
-        )
-    return 1.0, "no crop: training from scratch sees the whole image"
-
-
-def resolve_task(cfg: Config, info: DataInfo) -> Config:
-    """The config with the data's task (prepare_dataset resolved `auto`) and the monitor for it: `auto` is
-    val_acc for multiclass and val_map for multilabel. A task or monitor the data contradicts is an error."""
-    if cfg.task not in ("auto", info.task):
-        raise ConfigError(
-            f"task={cfg.task!r}, but the prepared data is {info.task} ({info.task_reason}); set task={info.task!r} "
-            "or run 01_data again with the task you mean"
-        )
-    own = MONITORS[info.task]
-    monitor = own[0] if cfg.monitor == "auto" else cfg.monitor
-    if monitor not in own:
-        raise ConfigError(
-            f"monitor={cfg.monitor!r}: a {info.task} run reports {list(own)}; choose one, or 'auto'"
-        )
-    return cfg.replace(task=info.task, monitor=monitor)
-
-
-def resolve_settings(cfg: Config, info: DataInfo) -> tuple[Config, list[str]]:
-    """The config with its automatic settings chosen (task, monitor, img_size, crop_pct), and a line per
-    choice saying what was chosen and why: what 03 saves and shows before training."""
-    resolved = resolve_task(cfg, info)
-    size, why_size = choose_img_size(cfg, info)
-    crop, why_crop = choose_crop(cfg)
-    return resolved.replace(img_size=size, crop_pct=crop), [
-        f"img_size {size}: {why_size}",
-        f"crop_pct {crop:g}: {why_crop}",
-        f"task {info.task}: {info.task_reason}",
-        f"monitor {resolved.monitor}: {'as configured' if cfg.monitor != 'auto' else f'the {info.task} default'}",
-    ]
-
-
 def build_parts(
     cfg: Config,
     model: nn.Module,
@@ -341,7 +234,7 @@ def build_parts(
     """Optimizer (with layer decay), loss, precision, scaler, schedule, EMA and mixup for a fresh fold.
     `train_targets`: the fold's training targets (`fold_targets`), which balanced class weights count."""
     optimizer = build_optimizer(cfg, model)
-    task: Task = "multilabel" if cfg.task == "multilabel" else "multiclass"  # resolve_task settled it
+    task = task_for(cfg)  # resolve_task settled it
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
         # multi-hot targets are mixed with the images' lambda and smoothed towards 0.5 (timm's multi_label)
@@ -350,9 +243,11 @@ def build_parts(
             cutmix_alpha=cfg.cutmix,
             label_smoothing=cfg.label_smoothing,
             num_classes=num_classes,
-            multi_label=task == "multilabel",
+            multi_label=task.mixes_multi_label,
         )
-    loss_fn = build_loss(cfg, task, mixup is not None, train_targets, num_classes).to(device)
+    smoothing = 0.0 if mixup is not None else cfg.label_smoothing  # mixup smooths the targets it mixes
+    balanced = cfg.class_weights == "balanced"
+    loss_fn = task.loss(cfg.loss, smoothing, cfg.focal_gamma, balanced, train_targets, num_classes).to(device)
     precision = resolve_precision(cfg.precision, device)
     schedule = build_schedule(
         cfg.scheduler, optimizer, cfg.lr, cfg.epochs, updates_per_epoch, cfg.warmup_epochs, cfg.monitor
@@ -432,8 +327,8 @@ def fold_rows(info: DataInfo, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def fold_targets(info: DataInfo, fold: int) -> np.ndarray:
-    """Fold k's training targets (helpers.targets.target_array), what the loss's class weights count."""
-    return target_array(fold_rows(info, fold)[0], info.num_classes, info.task)
+    """Fold k's training targets (the task's `targets`), what the loss's class weights count."""
+    return task_named(info.task).targets(fold_rows(info, fold)[0], info.num_classes)
 
 
 def _resume_state(cfg: Config, path: Path) -> dict[str, Any] | None:

@@ -9,13 +9,16 @@ multilabel one: helpers.targets) are averaged over the views.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from helpers.precision import Precision
-from helpers.targets import Task, to_probabilities
+
+if TYPE_CHECKING:
+    from helpers.tasks import Task
 
 View = Callable[[torch.Tensor], torch.Tensor]
 
@@ -53,7 +56,7 @@ def view_probabilities(
         batch = batch.contiguous(memory_format=torch.channels_last)
     with precision.context():
         logits = model(batch)
-    return to_probabilities(logits.float(), task).view(len(views), x.shape[0], -1)
+    return task.probabilities(logits.float()).view(len(views), x.shape[0], -1)
 
 
 def mean_over_views(per_view: np.ndarray) -> np.ndarray:

@@ -154,7 +154,10 @@ def test_eval_crop_resizes_to_size_over_crop_then_keeps_the_centre():
 def test_the_eval_crop_follows_the_pretrained_weights_only():
     from helpers.config import Config
     from helpers.model import data_config_for
-    from helpers.train import choose_crop
+    from helpers.settings import choose_crop as choose
+
+    def choose_crop(cfg: Config) -> tuple[float, str]:
+        return choose(cfg.crop_pct, cfg.backbone, cfg.uses_pretrained_weights())
 
     assert choose_crop(Config(backbone="resnet18"))[0] == 1.0
     pretrained = Config(backbone="resnet18", weights_file="/weights/resnet18.safetensors")

@@ -14,9 +14,9 @@ from train_fixtures import tiny_config
 
 from helpers.dataset import prepare_dataset
 from helpers.demo import ensure_demo_data
-from helpers.evaluate import rare_classes
 from helpers.loaders import EpochSampler, balanced_weights, build_loader
 from helpers.paths import project_root
+from helpers.singlelabel_metrics import rare_classes
 
 CPU = torch.device("cpu")
 # 900 rows of class 0, 90 of class 1, 10 of class 2

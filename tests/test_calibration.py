@@ -21,6 +21,7 @@ from helpers.config import Config
 from helpers.inference import Prediction
 from helpers.reports import EnsemblePrediction
 from helpers.run_folder import RunFolder
+from helpers.tasks import SingleLabel
 
 CLASSES = ["a", "b", "c", "d"]
 
@@ -85,7 +86,7 @@ def ensemble(n: int = 20, seed: int = 3) -> EnsemblePrediction:
     _, probabilities = overconfident(n=n, seed=seed)
     rows = pd.DataFrame({"id": [f"t{i}" for i in range(n)]})
     return EnsemblePrediction(
-        rows, CLASSES, Prediction(probabilities[None], ["identity"], np.arange(n)), 1, 1.0, "multiclass"
+        rows, CLASSES, Prediction(probabilities[None], ["identity"], np.arange(n)), 1, 1.0, SingleLabel()
     )
 
 

@@ -17,13 +17,14 @@ from conftest import random_rgb, write_image
 from helpers import holdout, leaderboard
 from helpers.config import Config, ConfigError
 from helpers.dataset import health_summary, prepare_dataset
-from helpers.evaluate import most_confused, normalised_confusion, per_class_table, summary_metrics
 from helpers.holdout import checked_test_images, no_test_set, sample_submission
-from helpers.inference import submission_frame
+from helpers.inference import fill_submission
 from helpers.notebook import fold_class_table
 from helpers.plots import show_class_counts, show_confusion
 from helpers.run_folder import RunFolder
+from helpers.singlelabel_metrics import most_confused, normalised_confusion, per_class_table, summary_metrics
 from helpers.tables import DataError, list_test_images
+from helpers.tasks import SingleLabel
 from helpers.train import train_folds
 
 RNG = np.random.default_rng(0)
@@ -173,7 +174,8 @@ def test_imagefolder_test_with_class_folders_is_labelled(tmp_path):
     test = list_test_images(cfg, tmp_path / "d", "imagefolder")
     assert list(test["label"]) == ["ant", "bee"]
     np.testing.assert_array_equal(
-        holdout.test_labels(cfg, tmp_path / "d", test, ["ant", "bee", "wasp"]), [0, 1]
+        holdout.test_labels(cfg.replace(task="multiclass"), tmp_path / "d", test, ["ant", "bee", "wasp"]),
+        [0, 1],
     )
 
 
@@ -184,7 +186,10 @@ def test_flat_imagefolder_test_is_unlabelled(tmp_path):
     cfg = cfg_of(tmp_path / "d")
     test = list_test_images(cfg, tmp_path / "d", "imagefolder")
     assert list(test["id"]) == ["x0.png", "x1.png"] and "label" not in test
-    assert holdout.test_labels(cfg, tmp_path / "d", test, ["ant", "bee", "wasp"]) is None
+    assert (
+        holdout.test_labels(cfg.replace(task="multiclass"), tmp_path / "d", test, ["ant", "bee", "wasp"])
+        is None
+    )
 
 
 def test_test_table_with_a_label_column(tmp_path):
@@ -194,7 +199,9 @@ def test_test_table_with_a_label_column(tmp_path):
     cfg = cfg_of(tmp_path, test_csv="test.csv")
     test = list_test_images(cfg, tmp_path, "csv")
     assert list(test["id"]) == ["q2", "q1"]
-    np.testing.assert_array_equal(holdout.test_labels(cfg, tmp_path, test, ["a", "b"]), [1, 0])
+    np.testing.assert_array_equal(
+        holdout.test_labels(cfg.replace(task="multiclass"), tmp_path, test, ["a", "b"]), [1, 0]
+    )
     pd.DataFrame({"id": ["q2", "q1"], "label": ["b", None]}).to_csv(tmp_path / "test.csv", index=False)
     with pytest.raises(DataError, match=r"not on lines \[3\]"):
         list_test_images(cfg, tmp_path, "csv")
@@ -215,7 +222,9 @@ def test_folder_without_sample_submission_gets_the_default_format(tmp_path):
     test = list_test_images(cfg, tmp_path, "csv")
     sample = sample_submission(cfg, tmp_path, "csv", test, ["cat", "dog"])
     probabilities = np.array([[0.2, 0.8], [0.9, 0.1]])
-    filled = submission_frame(sample, "id", test["id"], probabilities, ["cat", "dog"])
+    task = SingleLabel()
+    decided = task.decide(probabilities, None)
+    filled = fill_submission(task, sample, "id", test["id"], probabilities, decided, ["cat", "dog"], " ")
     assert list(filled.columns) == ["id", "label", "cat", "dog"]
     assert list(filled["id"]) == ["n0.jpg", "n1.jpg"] and list(filled["label"]) == ["dog", "cat"]
     np.testing.assert_allclose(filled[["cat", "dog"]].to_numpy(), probabilities)

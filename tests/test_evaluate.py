@@ -18,21 +18,25 @@ from sklearn.metrics import (
 )
 
 from helpers.augment import InputPrep
-from helpers.evaluate import (
-    cam_layer,
-    explain_batch,
-    grad_cam,
-    highest_loss_indices,
+from helpers.grad_cam import cam_layer, explain, grad_cam
+from helpers.inference import Prediction
+from helpers.reports import highest_losses, oof_frame, tta_table
+from helpers.singlelabel_metrics import (
     most_confused,
     normalised_confusion,
-    oof_frame,
     per_class_table,
     rare_classes,
-    sample_losses,
     summary_metrics,
-    tta_table,
 )
-from helpers.inference import Prediction
+from helpers.tasks import SingleLabel
+
+TASK = SingleLabel()
+sample_losses = TASK.sample_losses
+
+
+def highest_loss_indices(labels: np.ndarray, probabilities: np.ndarray, n: int) -> np.ndarray:
+    """The rows 04's highest-loss grid shows, for single-label targets."""
+    return highest_losses(sample_losses(labels, probabilities), n)
 
 
 def random_case(n: int = 300, n_classes: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +117,7 @@ def test_tta_table_scores_each_view_and_the_chosen_mean() -> None:
     labels, probs = random_case(n=50, n_classes=3, seed=5)
     _, other = random_case(n=50, n_classes=3, seed=6)
     prediction = Prediction(np.stack([probs, other]), ["identity", "hflip"], np.arange(50))
-    table = tta_table(labels, prediction, ["identity", "hflip"])
+    table = tta_table(TASK, labels, prediction, ["identity", "hflip"])
     assert list(table["views"]) == ["identity", "hflip", "identity + hflip (mean)"]
     expected = [
         accuracy_score(labels, probs.argmax(1)),
@@ -192,7 +196,9 @@ def test_oof_frame_columns_and_values() -> None:
     labels = np.array([2, 0, 1])
     probs = np.array([[0.1, 0.2, 0.7], [0.3, 0.6, 0.1], [0.2, 0.5, 0.3]])
     ids = pd.Series(["c", "a", "b"], index=[7, 3, 5])  # a table slice's index must not leak in
-    frame = oof_frame(ids, [2, 0, 1], labels, probs, classes)
+    given = TASK.label_texts(labels, classes, " ")
+    predicted = TASK.label_texts(TASK.decide(probs, None), classes, " ")
+    frame = oof_frame(ids, [2, 0, 1], given, predicted, probs, classes)
     assert list(frame.columns) == ["id", "fold", "label", "predicted", "prob_cat", "prob_dog", "prob_fox"]
     assert frame["id"].tolist() == ["c", "a", "b"]
     assert frame["fold"].tolist() == [2, 0, 1]
@@ -225,10 +231,15 @@ def test_grad_cam_maps_a_conv_net() -> None:
     assert targets.min() >= 0.0 and targets.max() <= 1.0 + 1e-6
 
 
-def test_explain_batch_returns_images_maps_and_predictions() -> None:
+def test_explain_returns_images_and_maps_of_the_predicted_classes() -> None:
     model = tiny_model("test_resnet")
     x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    images, cams, predicted = explain_batch(model, x, InputPrep((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
+    prep = InputPrep((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    with torch.no_grad():
+        probabilities = TASK.probabilities(model(prep(x, torch.device("cpu")))).numpy()
+    pairs = TASK.cam_targets(probabilities, TASK.decide(probabilities, None))
+    images, cams = explain(model, x, prep, pairs)
+    predicted = np.array([c for _, c in pairs])
     assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
     assert np.array_equal(images, x.permute(0, 2, 3, 1).numpy())
     assert cams.shape == (3, 32, 32)

@@ -26,12 +26,12 @@ from helpers.inference import (
     Member,
     describe_ensemble,
     ensemble_members,
+    fill_submission,
     load_models,
     predict_checkpoints,
     predict_ensemble,
     predict_folds,
     predict_models,
-    submission_frame,
     trained_checkpoints,
 )
 from helpers.loaders import build_loader
@@ -39,12 +39,21 @@ from helpers.model import _meta_model, data_config_for
 from helpers.precision import Precision
 from helpers.run_folder import RunFolder
 from helpers.tables import DataError
+from helpers.tasks import SingleLabel
 from helpers.train import train_fold
 
 CPU = torch.device("cpu")
 FP32 = Precision("cpu", torch.float32)
 PASS = InputPrep((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # uint8 batches become 0..1, float ones pass through
 CLASSES = ["cat", "dog", "fox"]
+
+
+def submission_frame(sample, id_col, ids, probabilities, classes):
+    """05's submission of a single-label run (its decision: the most probable class)."""
+    task = SingleLabel()
+    return fill_submission(
+        task, sample, id_col, ids, probabilities, task.decide(probabilities, None), classes, " "
+    )
 
 
 def random_model(seed: int, boost_class: int | None = None, scale: float = 1.0) -> torch.nn.Module:
@@ -114,8 +123,8 @@ def test_a_model_listed_twice_counts_like_once(prepared, image_rows):
     model = random_model(0, scale=5.0)
     loader = loader_of(cfg, image_rows)
     views = ["identity", "hflip"]
-    once = predict_models([model], loader, views, CPU, FP32, PASS, "multiclass")
-    twice = predict_models([model, model], loader, views, CPU, FP32, PASS, "multiclass")
+    once = predict_models([model], loader, views, CPU, FP32, PASS, SingleLabel())
+    twice = predict_models([model, model], loader, views, CPU, FP32, PASS, SingleLabel())
     np.testing.assert_allclose(twice.per_view, once.per_view, atol=1e-6)
     np.testing.assert_array_equal(twice.indices, np.arange(len(image_rows)))
 
@@ -132,7 +141,7 @@ def test_the_ensemble_averages_probabilities_not_logits(prepared, image_rows):
     cfg, _ = prepared
     a, b = random_model(1, scale=20.0), random_model(2, scale=20.0)
     loader = loader_of(cfg, image_rows)
-    ensemble = predict_models([a, b], loader, ["identity"], CPU, FP32, PASS, "multiclass").view("identity")
+    ensemble = predict_models([a, b], loader, ["identity"], CPU, FP32, PASS, SingleLabel()).view("identity")
     pa, pb = softmax_of(a, loader), softmax_of(b, loader)
     np.testing.assert_allclose(ensemble, (pa + pb) / 2, atol=1e-6)
     np.testing.assert_allclose(ensemble.sum(1), 1.0, atol=1e-6)
@@ -147,7 +156,7 @@ def test_tta_probabilities_are_the_mean_of_the_views(prepared, image_rows):
     cfg, _ = prepared
     model = random_model(3, scale=5.0)
     prediction = predict_models(
-        [model], loader_of(cfg, image_rows), ["identity", "hflip"], CPU, FP32, PASS, "multiclass"
+        [model], loader_of(cfg, image_rows), ["identity", "hflip"], CPU, FP32, PASS, SingleLabel()
     )
     assert prediction.per_view.shape == (2, len(image_rows), len(CLASSES))
     np.testing.assert_allclose(
@@ -242,7 +251,7 @@ def test_predict_folds_gives_each_validation_row_once_from_its_own_fold(prepared
     for fold, model in models.items():
         mask = (rows["fold"] == fold).to_numpy()
         loader = loader_of(cfg, rows.loc[mask, ["path"]])
-        direct = predict_models([model], loader, views, CPU, FP32, PASS, "multiclass")
+        direct = predict_models([model], loader, views, CPU, FP32, PASS, SingleLabel())
         np.testing.assert_allclose(prediction.per_view[:, mask], direct.per_view, atol=1e-6)
 
 

@@ -23,12 +23,19 @@ from helpers.label_issues import (
 from helpers.paths import project_root
 from helpers.reports import evaluate_oof
 from helpers.run_folder import RunFolder
+from helpers.tasks import SingleLabel
 from helpers.train import train_folds
 
 sys.path.insert(0, str(project_root() / "benchmarks"))
 from bench_label_issues import flip_labels  # noqa: E402
 
 CLASSES = ["cat", "dog", "fox"]
+
+
+def rank_single(ids, labels, probabilities, classes):
+    """rank_label_issues for a single-label run (its suggestion: the most probable class)."""
+    task = SingleLabel()
+    return rank_label_issues(task, ids, labels, probabilities, task.decide(probabilities, None), classes)
 
 
 def confident_oof(n: int = 300, flipped: int = 15, seed: int = 0):
@@ -46,7 +53,7 @@ def confident_oof(n: int = 300, flipped: int = 15, seed: int = 0):
 
 def test_flipped_rows_rank_first_with_the_true_class_suggested():
     ids, labels, probabilities, wrong, truth = confident_oof()
-    ranked = rank_label_issues(ids, labels, probabilities, CLASSES)
+    ranked = rank_single(ids, labels, probabilities, CLASSES)
     assert precision_at_k(ranked["id"], wrong, len(wrong)) == 1.0
     flagged = set(ranked.loc[ranked["issue"], "id"])
     assert flagged <= wrong and len(flagged) >= 0.7 * len(wrong)  # cleanlab flags its estimate of the noise
@@ -59,10 +66,10 @@ def test_flipped_rows_rank_first_with_the_true_class_suggested():
 def test_label_issues_csv_holds_the_flagged_rows_lowest_score_first(outputs):
     ids, labels, probabilities, wrong, _ = confident_oof()
     run = RunFolder.named("issues").create()
-    write_label_issues(run, rank_label_issues(ids, labels, probabilities, CLASSES))
+    write_label_issues(run, rank_single(ids, labels, probabilities, CLASSES))
     written = run.read_label_issues()
     assert list(written.columns) == COLUMNS
-    ranked = rank_label_issues(ids, labels, probabilities, CLASSES)
+    ranked = rank_single(ids, labels, probabilities, CLASSES)
     assert list(written["id"]) == list(ranked.loc[ranked["issue"], "id"])
     assert set(written["id"]) <= wrong
     assert written["score"].is_monotonic_increasing
@@ -74,14 +81,14 @@ def test_a_class_without_out_of_fold_rows_is_an_error():
     ids, labels, probabilities, _, _ = confident_oof()
     keep = labels != 2
     with pytest.raises(ValueError, match=r"\['fox'\] have no out-of-fold row"):
-        rank_label_issues(np.asarray(ids)[keep], labels[keep], probabilities[keep], CLASSES)
+        rank_single(np.asarray(ids)[keep], labels[keep], probabilities[keep], CLASSES)
 
 
 def test_show_label_issues_titles_given_suggested_and_score(tmp_path):
     from conftest import write_image
 
     ids, labels, probabilities, _, _ = confident_oof(n=60, flipped=4)
-    issues = rank_label_issues(ids, labels, probabilities, CLASSES)
+    issues = rank_single(ids, labels, probabilities, CLASSES)
     issues = issues[issues["issue"]]
     paths = {i: str(write_image(tmp_path / f"{i}.png", np.zeros((8, 8, 3), np.uint8))) for i in ids}
     fig = show_label_issues(issues, paths, n=16)
@@ -114,7 +121,7 @@ def test_flipped_demo_labels_rank_high_after_a_small_run(tmp_path, outputs, one_
     oof = evaluate_oof(
         cfg, run, info, trained_checkpoints(run, cfg.checkpoint, cfg.n_folds), torch.device("cpu")
     )
-    ranked = rank_label_issues(oof.rows["id"], oof.labels, oof.tta, oof.classes)
+    ranked = oof.label_issues(" ")
     precision = precision_at_k(ranked["id"], wrong, len(wrong))
     print(f"precision at k={len(wrong)}: {precision:.3f}")
     assert precision >= 0.8

@@ -14,9 +14,10 @@ from train_fixtures import tiny_config
 
 from helpers.config import Config, ConfigError
 from helpers.dataset import prepare_dataset
-from helpers.losses import FocalLoss, SmoothedBCEWithLogits, build_loss
+from helpers.losses import FocalLoss, SmoothedBCEWithLogits
 from helpers.model import create_model
 from helpers.run_folder import RunFolder
+from helpers.tasks import task_named
 from helpers.train import build_parts, fold_targets, train_fold
 
 CPU = torch.device("cpu")
@@ -42,7 +43,10 @@ def soft_targets(n: int = 16, classes: int = CLASSES, seed: int = 1) -> torch.Te
 
 def loss_of(mixed: bool = False, task: str = "multiclass", targets: np.ndarray = TRAIN, **settings):
     classes = targets.shape[1] if targets.ndim == 2 else CLASSES
-    return build_loss(Config(**settings), task, mixed, targets, classes)
+    cfg = Config(**settings)
+    smoothing = 0.0 if mixed else cfg.label_smoothing  # mixup smooths the targets it mixes
+    balanced = cfg.class_weights == "balanced"
+    return task_named(task).loss(cfg.loss, smoothing, cfg.focal_gamma, balanced, targets, classes)
 
 
 # --- multiclass: cross-entropy with balanced class weights ---------------------------------------------

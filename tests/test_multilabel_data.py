@@ -18,7 +18,8 @@ from helpers.demo import ensure_multilabel_demo_data
 from helpers.folds import assign_multilabel_folds, table_hash
 from helpers.label_sets import class_rows, looks_multilabel
 from helpers.tables import DataError
-from helpers.targets import decode_label_set, target_array
+from helpers.targets import decode_label_set
+from helpers.tasks import task_named
 
 N_FOLDS = 3
 CLASSES = ("ant", "bee", "cat", "dog")
@@ -72,7 +73,7 @@ def test_separated_column(outputs, make_table, sep):
     indices = [[CLASSES.index(c) for c in s] for s in sets]
     assert [decode_label_set(v) for v in info.table["label_idx"]] == indices
     assert json.loads((info.folder / "classes.json").read_text()) == list(CLASSES)
-    hot = target_array(info.table, info.num_classes, info.task)
+    hot = task_named(info.task).targets(info.table, info.num_classes)
     assert hot.shape == (len(sets), len(CLASSES)) and hot.dtype == np.float32
     assert hot.sum() == sum(len(s) for s in sets)
 
@@ -212,7 +213,7 @@ def test_empty_label_sets_allowed_when_asked(outputs, make_table):
     root = make_table({"label": written})
     info = prepare_dataset(config(root, task="multilabel", allow_empty_labels=True))
     assert info.table.loc[1, "label"] == "" and info.table.loc[1, "label_idx"] == ""
-    assert target_array(info.table, info.num_classes, "multilabel")[1].sum() == 0
+    assert task_named("multilabel").targets(info.table, info.num_classes)[1].sum() == 0
 
 
 def test_wide_value_other_than_0_or_1(outputs, make_table):
@@ -281,7 +282,7 @@ def test_multilabel_folds_hold_every_class(outputs, make_table):
     assert info.split.source.startswith("multi-label stratified K-fold")
     assert sorted(info.table["fold"].unique()) == list(range(N_FOLDS))
     assert info.table["id"].is_unique
-    hot = target_array(info.table, info.num_classes, info.task)
+    hot = task_named(info.task).targets(info.table, info.num_classes)
     per_fold = np.stack([hot[info.table["fold"].to_numpy() == k].sum(0) for k in range(N_FOLDS)])
     assert (per_fold >= 1).all()  # every class (each has >= n_folds positives) in every fold
     # stratified: each fold holds close to a third of each class's positives

@@ -16,10 +16,10 @@ from sklearn.metrics import (
 from helpers.multilabel_metrics import (
     DEFAULT_THRESHOLD,
     THRESHOLD_GRID,
+    binary_cross_entropies,
     multilabel_per_class,
     multilabel_summary,
     predict_sets,
-    sample_bce,
     threshold_table,
     tune_class_thresholds,
     tune_global_threshold,
@@ -145,4 +145,4 @@ def test_sample_bce_is_the_mean_binary_cross_entropy():
     targets = np.array([[1, 0], [0, 0]])
     probabilities = np.array([[0.8, 0.1], [0.5, 0.5]])
     expected = [-(np.log(0.8) + np.log(0.9)) / 2, -np.log(0.5)]
-    np.testing.assert_allclose(sample_bce(targets, probabilities), expected)
+    np.testing.assert_allclose(binary_cross_entropies(targets, probabilities), expected)

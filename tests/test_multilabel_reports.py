@@ -21,8 +21,8 @@ from helpers import holdout
 from helpers.checkpoints import save_checkpoint
 from helpers.config import Config
 from helpers.dataset import DataInfo, prepare_dataset
-from helpers.inference import ensemble_members, label_separator, multilabel_submission_frame
-from helpers.label_issues import rank_multilabel_issues
+from helpers.inference import ensemble_members, fill_submission, label_separator
+from helpers.label_issues import rank_label_issues
 from helpers.multilabel_metrics import multilabel_summary, predict_sets
 from helpers.plots import MISSED, RIGHT, WRONG, label_set_lines
 from helpers.reports import (
@@ -38,9 +38,17 @@ from helpers.reports import (
 )
 from helpers.run_folder import EVALUATION_KEYS, RunFolder, metric_key
 from helpers.targets import encode_label_set
+from helpers.tasks import MultiLabel
 from helpers.thresholds import run_thresholds
 
 CPU = torch.device("cpu")
+
+
+def multilabel_submission_frame(sample, id_col, ids, probabilities, sets, classes, label_sep):
+    """05's submission of a multilabel run whose decisions are `sets`."""
+    return fill_submission(MultiLabel(), sample, id_col, ids, probabilities, sets, classes, label_sep)
+
+
 CLASSES = ["cat", "dog", "fox"]
 VIEWS = ["identity", "hflip"]
 
@@ -106,9 +114,9 @@ def test_oof_scores_equal_sklearn_and_are_written_under_flat_keys(evaluated):
     np.testing.assert_allclose(oof.tta, (plain + oof.prediction.view("hflip")) / 2)
     assert evaluation["val_map"] == pytest.approx(average_precision_score(oof.labels, plain))
     assert evaluation["val_map_tta"] == pytest.approx(average_precision_score(oof.labels, oof.tta))
-    at_half = (oof.tta >= 0.5).astype(int)
+    at_half = predict_sets(oof.tta, 0.5, allow_empty=False)  # no empty sets in the data: none predicted
     assert evaluation["val_f1_micro_tta"] == pytest.approx(f1_score(oof.labels, at_half, average="micro"))
-    tuned = predict_sets(oof.tta, oof.thresholds.class_array())
+    tuned = predict_sets(oof.tta, oof.thresholds.class_array(), allow_empty=False)
     assert evaluation["val_f1_macro_tuned_tta"] == pytest.approx(f1_score(oof.labels, tuned, average="macro"))
     for metric in multilabel_summary(oof.labels, oof.tta):
         assert metric_key(metric, tta=False) in evaluation and metric_key(metric, tta=True) in evaluation
@@ -260,8 +268,8 @@ def test_test_labels_are_multi_hot_label_sets(tmp_path):
 
 def test_score_test_set_is_the_multilabel_summary_at_the_thresholds(evaluated):
     _, _, _, oof = evaluated
-    table = score_test_set(oof.labels, oof.tta, "multilabel", oof.thresholds)
-    expected = multilabel_summary(oof.labels, oof.tta, oof.thresholds.class_array())
+    table = score_test_set(oof.task, oof.labels, oof.tta, oof.thresholds)
+    expected = multilabel_summary(oof.labels, oof.tta, oof.thresholds.class_array(), allow_empty=False)
     assert table["test"].to_dict() == pytest.approx(expected)
 
 
@@ -288,7 +296,7 @@ def test_multilabel_label_issues_rank_corrupted_sets_first():
         column = int(rng.integers(4))
         given[row, column] = 1 - given[row, column]
     ids = [f"r{i}" for i in range(300)]
-    ranked = rank_multilabel_issues(ids, given, probabilities, truth, list("abcd"), " ")
+    ranked = rank_label_issues(MultiLabel(), ids, given, probabilities, truth, list("abcd"), " ")
     assert list(ranked.columns) == ["id", "given", "suggested", "score", "issue"]
     worst = set(ranked["id"].head(len(corrupted)))
     assert len(worst & {ids[i] for i in corrupted}) >= 9
@@ -304,6 +312,6 @@ def test_a_config_still_auto_takes_the_prepared_task(prepared):
         0: save_checkpoint(run.checkpoint(0, "best_score"), random_model(0), cfg.to_dict(), CLASSES, {})
     }
     oof = evaluate_oof(cfg.replace(task="auto"), run, info, checkpoints, CPU)
-    assert oof.task == "multilabel" and oof.labels.shape == (len(oof.rows), 3)
-    with pytest.raises(ValueError, match="prepared as 'multilabel'"):
+    assert oof.task.name == "multilabel" and oof.labels.shape == (len(oof.rows), 3)
+    with pytest.raises(ValueError, match="but the prepared data is multilabel"):
         evaluate_oof(cfg.replace(task="multiclass"), run, info, checkpoints, CPU)

@@ -24,7 +24,9 @@ from helpers.plots import show_curves
 from helpers.precision import Precision
 from helpers.preview import target_titles
 from helpers.run_folder import RunFolder
+from helpers.settings import resolve_settings
 from helpers.targets import decode_label_set
+from helpers.tasks import MultiLabel, SingleLabel
 from helpers.train import (
     best_epochs,
     build_parts,
@@ -32,8 +34,6 @@ from helpers.train import (
     fold_rows,
     fold_targets,
     gather_predictions,
-    multilabel_metrics,
-    resolve_settings,
     train_fold,
 )
 
@@ -69,7 +69,7 @@ def test_multilabel_metrics_leave_out_classes_without_a_positive():
     logits = np.array(
         [[2.0, -1.0, 3.0], [-2.0, 1.0, 0.5], [0.5, 2.0, -1.0], [-1.0, -3.0, 2.0]], dtype=np.float32
     )
-    metrics = multilabel_metrics(logits, targets)
+    metrics = MultiLabel().epoch_metrics(logits, targets)
     # class 2 has no positive: the mean is over classes 0 and 1 (each ranked perfectly here)
     assert metrics["val_map"] == pytest.approx(1.0)
     assert average_precision_score(targets[:, :2], logits[:, :2], average="macro") == pytest.approx(1.0)
@@ -140,9 +140,9 @@ def test_a_multilabel_fold_trains_with_mixup(prepared):
 
 def test_target_titles_name_classes_or_label_sets():
     classes = ["ant", "bee", "cat"]
-    assert target_titles(torch.tensor([2, 0]), classes) == ["cat", "ant"]
+    assert target_titles(SingleLabel(), torch.tensor([2, 0]), classes) == ["cat", "ant"]
     hot = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
-    assert target_titles(hot, classes, "|") == ["ant|cat", "(none)"]
+    assert target_titles(MultiLabel(), hot, classes, "|") == ["ant|cat", "(none)"]
 
 
 def test_gathered_predictions_keep_multi_hot_labels(tmp_path):
@@ -199,7 +199,7 @@ def test_two_processes_validate_a_multilabel_run_like_one(tmp_path, monkeypatch,
     model, meta = load_model(run.checkpoint(0, "last"))
     assert meta["config"]["task"] == "multilabel"
     prep = InputPrep.for_backbone("test_resnet", channels_last=True)
-    alone = evaluate(model, loader, CPU, Precision("cpu", torch.float32), prep, "multilabel")
+    alone = evaluate(model, loader, CPU, Precision("cpu", torch.float32), prep, MultiLabel())
     for name in ("val_loss", "val_map", "val_f1_micro", "val_f1_macro"):
         assert row[name] == pytest.approx(alone[name], rel=1e-5), name
 

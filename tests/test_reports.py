@@ -20,22 +20,26 @@ from train_fixtures import tiny_config
 from helpers.checkpoints import load_checkpoint, save_checkpoint
 from helpers.config import Config
 from helpers.dataset import prepare_dataset
-from helpers.evaluate import oof_frame, summary_metrics
 from helpers.inference import Member, Prediction, predict_ensemble
-from helpers.plots import prediction_titles, show_predictions
+from helpers.plots import prediction_titles
 from helpers.reports import (
     OofEvaluation,
     evaluate_oof,
+    oof_frame,
     predict_test,
     score_test_set,
     show_grad_cam,
     show_highest_loss,
+    show_prediction_grid,
     write_test_predictions,
 )
 from helpers.run_folder import EVALUATION_KEYS, RunFolder, metric_key
+from helpers.singlelabel_metrics import summary_metrics
+from helpers.tasks import SingleLabel
 from helpers.train import train_fold
 
 CPU = torch.device("cpu")
+TASK = SingleLabel()
 CLASSES = ["cat", "dog", "fox"]
 
 
@@ -74,8 +78,20 @@ def evaluated(prepared) -> tuple[Config, RunFolder, OofEvaluation]:
 
 
 def titles_of(fig) -> list[tuple[str, str]]:
-    """Each shown image's title and its colour, in grid order."""
-    return [(ax.get_title(), to_hex(ax.title.get_color())) for ax in fig.axes if ax.get_title()]
+    """Each shown image's title, or its lines below it joined, and the first one's colour, in grid order."""
+    shown = []
+    for ax in fig.axes:
+        if ax.get_title():
+            shown.append((ax.get_title(), to_hex(ax.title.get_color())))
+        elif ax.texts:
+            shown.append(("\n".join(t.get_text() for t in ax.texts), to_hex(ax.texts[0].get_color())))
+    return shown
+
+
+def show_predictions(rows, probabilities, classes, labels=None, extra=(), n=32):
+    """04's and 05's prediction grid for a single-label run."""
+    decided = TASK.decide(probabilities, None)
+    return show_prediction_grid(TASK, rows, decided, probabilities, classes, labels, extra, n)
 
 
 # --- 04: the OOF evaluation ---------------------------------------------------------------------------------
@@ -122,7 +138,8 @@ def test_evaluate_oof_predicts_every_view_and_writes_the_tta_oof(evaluated):
     assert oof.prediction.views == ["identity", "hflip", "vflip", "hvflip", "transpose", "rot90"]
     assert oof.views == ["identity", "hflip"]
     written = run.read_oof()
-    expected = oof_frame(oof.rows["id"], oof.rows["fold"], oof.labels, oof.tta, CLASSES)
+    given, predicted = (TASK.label_texts(v, CLASSES, " ") for v in (oof.labels, oof.tta.argmax(1)))
+    expected = oof_frame(oof.rows["id"], oof.rows["fold"], given, predicted, oof.tta, CLASSES)
     pd.testing.assert_frame_equal(written, expected, check_dtype=False)
     np.testing.assert_array_equal(oof.predicted, oof.tta.argmax(1))
 
@@ -174,7 +191,7 @@ def test_show_highest_loss_shows_the_highest_losses_in_order(tmp_path):
     )
     oof = OofEvaluation(
         image_rows(tmp_path, 5), CLASSES, labels, Prediction(tta[None], ["identity"], np.arange(5)),
-        ["identity"], tta, pd.DataFrame(), "multiclass",
+        ["identity"], tta, pd.DataFrame(), TASK,
     )  # fmt: skip
     fig = show_highest_loss(oof, n=3)
     assert [t for t, _ in titles_of(fig)] == [
@@ -250,7 +267,7 @@ def test_predict_test_and_write_test_predictions(prepared):
 
 def test_score_test_set_is_the_summary_metrics():
     labels = np.array([0, 2, 1])
-    table = score_test_set(labels, PROBS, "multiclass")
+    table = score_test_set(TASK, labels, PROBS)
     assert list(table.columns) == ["test"]
     assert table["test"].to_dict() == summary_metrics(labels, PROBS)
 

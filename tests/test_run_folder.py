@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -87,19 +88,27 @@ def imports_of(path: Path) -> set[str]:
     return found
 
 
-def test_imports_point_one_way():
-    """No cycle in the helpers' imports: each module can be read knowing only the ones below it."""
-    graph = {p.stem: imports_of(p) - {p.stem} for p in (project_root() / "helpers").glob("*.py")}
-    done: set[str] = set()
+def module_map() -> list[str]:
+    """The helpers modules in the order of docs/design.md's module map: bottom layer first, each row's
+    modules in their order."""
+    text = (project_root() / "docs" / "design.md").read_text()
+    table = text[text.index("| layer | modules | owns |") :].split("\n\n")[0]
+    rows = [line.split("|")[2] for line in table.splitlines()[2:]]
+    return [name for row in rows for name in re.findall(r"`(\w+)`", row)]
 
-    def visit(module: str, path: tuple[str, ...]) -> None:
-        if module in path:
-            pytest.fail(f"import cycle: {' -> '.join((*path[path.index(module) :], module))}")
-        if module in done:
-            return
-        for imported in graph.get(module, ()):
-            visit(imported, (*path, module))
-        done.add(module)
 
-    for module in graph:
-        visit(module, ())
+def test_imports_follow_the_module_map():
+    """Every helpers module is in the design notes' module map, and imports only modules above it there
+    (or earlier in its own row): a wrong-way import fails here, and so does a cycle."""
+    order = module_map()
+    modules = {p.stem for p in (project_root() / "helpers").glob("*.py")} - {"__init__"}
+    assert sorted(order) == sorted(modules), "docs/design.md's module map must list each helpers module once"
+    position = {name: i for i, name in enumerate(order)}
+    wrong = [
+        f"{p.stem} -> {imported}"
+        for p in (project_root() / "helpers").glob("*.py")
+        if p.stem in position
+        for imported in imports_of(p) - {p.stem}
+        if position[imported] > position[p.stem]
+    ]
+    assert not wrong, f"imports against docs/design.md's module map: {wrong}"

@@ -24,12 +24,13 @@ import helpers.loaders
 import helpers.store
 from helpers.augment import build_eval_transform, build_train_transform
 from helpers.config import Config
-from helpers.dataset import build_store, dataset_folder, planned_side, prepare_dataset
+from helpers.dataset import build_store, dataset_folder, prepare_dataset
 from helpers.health import check_images
 from helpers.images import REDUCED_TOLERANCE, fit_side, read_image, reduction_for
 from helpers.loaders import build_loader
+from helpers.settings import planned_side, resolve_settings
 from helpers.store import StoreSpaceError, open_store, open_view, read_index, store_folder, store_side
-from helpers.train import fold_rows, resolve_settings
+from helpers.train import fold_rows
 
 CPU = torch.device("cpu")
 IMG_SIZE = 32  # small photos at a small size: the store's side is 32, the JPEGs are decoded at 1/4
@@ -65,7 +66,9 @@ def photos(tmp_path: Path) -> Path:
 
 
 def config(root: Path, **changes) -> Config:
-    return Config(data_dir=str(root), img_size=IMG_SIZE, batch_size=4, num_workers=0, **changes)
+    """A run on single-label photos, its task as 01 resolves and saves it."""
+    settings = dict(data_dir=str(root), img_size=IMG_SIZE, batch_size=4, num_workers=0, task="multiclass")
+    return Config(**{**settings, **changes})
 
 
 def store_of(cfg: Config) -> Path:
@@ -119,7 +122,7 @@ def test_fit_side_never_enlarges_and_keeps_aspect():
 def test_01_builds_the_store_in_the_check_pass_and_loaders_read_it(outputs, photos, monkeypatch):
     cfg = config(photos)
     info = prepare_dataset(cfg)
-    assert planned_side(cfg) == IMG_SIZE
+    assert planned_side(cfg, list(info.table["path"])) == IMG_SIZE
     index = read_index(store_of(cfg))
     assert sorted(index["path"]) == sorted(info.table["path"])
     rows = fold_rows(info, 0)[1]
@@ -364,7 +367,7 @@ def test_the_runner_saves_the_series_parameters_before_01_unless_a_fold_trained(
     plan_run_config(run, {"run_name": "planned", "img_size": 48, "crop_pct": 0.875})
     planned = run.read_config()
     assert (planned.img_size, planned.crop_pct, planned.label_col) == (48, 0.875, "kind")
-    assert planned_side(planned) == store_side(48, 0.875)  # what 01 stores at, from this config
+    assert planned_side(planned, []) == store_side(48, 0.875)  # what 01 stores at, from this config
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     (run.checkpoints / "fold0_last.pt").write_bytes(b"")
     plan_run_config(run, {"run_name": "planned", "img_size": 64})

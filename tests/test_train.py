@@ -24,6 +24,7 @@ from helpers.dataset import prepare_dataset
 from helpers.precision import Precision, resolve_precision
 from helpers.run_folder import RunFolder
 from helpers.schedules import build_schedule
+from helpers.tasks import SingleLabel
 from helpers.train import NonFiniteLoss, best_epochs, evaluate, train_fold, train_folds, train_one_epoch
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -259,7 +260,9 @@ def test_evaluate_averages_over_the_whole_set():
     x, y = fixed_samples(10, seed=5)
     model = linear_model(seed=3)
     loader = loader_of(x, y, 4)  # batches of 4, 4 and 2
-    metrics = evaluate(model, loader, CPU, Precision("cpu", torch.float32), InputPrep((0.0,) * 3, (1.0,) * 3))
+    metrics = evaluate(
+        model, loader, CPU, Precision("cpu", torch.float32), InputPrep((0.0,) * 3, (1.0,) * 3), SingleLabel()
+    )
     with torch.no_grad():
         logits = model(x)
     expected = F.cross_entropy(logits, y).item()

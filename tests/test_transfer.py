@@ -17,7 +17,8 @@ from helpers.dataset import prepare_dataset
 from helpers.model import create_model
 from helpers.run_folder import RunFolder
 from helpers.schedules import build_schedule
-from helpers.train import build_parts, fold_targets, resolve_settings, train_fold
+from helpers.settings import resolve_settings
+from helpers.train import build_parts, fold_targets, train_fold
 from helpers.transfer import body_is_frozen, build_optimizer, freeze_body, head_parameters
 
 CPU = torch.device("cpu")

@@ -9,6 +9,7 @@ import timm
 import torch
 
 from helpers.precision import Precision
+from helpers.tasks import MultiLabel, SingleLabel
 from helpers.tta import SQUARE_ONLY, VIEWS, check_views, mean_over_views, view_probabilities
 
 FP32 = Precision("cpu", torch.float32)
@@ -79,7 +80,7 @@ def test_view_probabilities_equal_each_view_run_alone(model: torch.nn.Module, ch
     x = random_batch((3, 3, 32, 32), seed=1)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    probs = view_probabilities(model, x, views, FP32, "multiclass")
+    probs = view_probabilities(model, x, views, FP32, SingleLabel())
     assert probs.shape == (len(views), 3, 4)
     torch.testing.assert_close(probs.sum(-1), torch.ones(len(views), 3))
     with torch.no_grad():
@@ -92,7 +93,7 @@ def test_view_probabilities_equal_each_view_run_alone(model: torch.nn.Module, ch
 def test_multilabel_view_probabilities_are_sigmoids_of_each_view(model: torch.nn.Module) -> None:
     views = ["identity", "hflip", "rot90"]
     x = random_batch((3, 3, 32, 32), seed=2)
-    probs = view_probabilities(model, x, views, FP32, "multilabel")
+    probs = view_probabilities(model, x, views, FP32, MultiLabel())
     with torch.no_grad():
         one_by_one = torch.stack([model(VIEWS[v](x)).sigmoid() for v in views])
     torch.testing.assert_close(probs, one_by_one, atol=1e-5, rtol=1e-4)
