@@ -156,7 +156,7 @@ def test_the_eval_crop_follows_the_pretrained_weights_only():
     from helpers.model import data_config_for
     from helpers.train import choose_crop
 
-    assert choose_crop(Config(backbone="resnet18"))[0] == 1.0
+    assert choose_crop(Config(backbone="resnet18", pretrained=False))[0] == 1.0
     pretrained = Config(backbone="resnet18", weights_file="/weights/resnet18.safetensors")
     crop, why = choose_crop(pretrained)
     assert crop == data_config_for("resnet18")["crop_pct"] != 1.0 and "pretrained" in why
