@@ -109,7 +109,8 @@ class Config:
     batch_size: int = setting(64, "train")  # per optimizer step is batch_size * grad_accum
     lr: float = setting(3e-3, "train")  # peak learning rate
     weight_decay: float = setting(0.05, "train")
-    # fine-tuning: off by default, pretrained or not (benchmarks/RESULTS.md, "Fine-tuning pretrained weights")
+    # fine-tuning: off by default, pretrained or not: on real ImageNet weights neither beat training every
+    # layer at lr 3e-3 (benchmarks/RESULTS.md, "Fine-tuning pretrained weights")
     # first epochs train the head alone (body and its BN stats frozen)
     freeze_epochs: int = setting(0, "train")
     layer_decay: float = setting(1.0, "train")  # timm's layer-wise lr decay per layer below the head; 1: off
