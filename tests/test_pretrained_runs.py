@@ -125,9 +125,9 @@ def test_03_offline_stops_in_its_first_cells_before_any_data_work(
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # the kernel's huggingface_hub reads it
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     params = {"data_dir": str(make_csv_dataset()), "run_name": "offline", "backbone": "test_resnet"}
-    run_series(params, ["01_data"], log=False)
     with pytest.raises(NotebookFailed) as failed:
-        run_series({**params, "img_size": 32, "num_workers": 0}, ["03_train"], log=False)
+        run_series({**params, "img_size": 32, "num_workers": 0}, ["01_data", "03_train"], log=False)
+    assert failed.value.notebook == "03_train"
     error = failed.value.error
     assert error.startswith("FileNotFoundError") and "HF_HUB_OFFLINE" in error, error
     assert str(tmp_path / "hf-home" / "hub") in error
