@@ -124,12 +124,13 @@ def _head_names(model: nn.Module) -> tuple[str, ...]:
 
 def _load_pretrained_state(model: nn.Module, state: dict[str, torch.Tensor], num_classes: int) -> None:
     """Load a full pretrained state dict (timm's names), keeping its head only at the pretrained class
-    count, as timm's own loader does."""
+    count, as timm's own loader does; only the head and batch-norm step counters may be left unloaded."""
     head = tuple(f"{name}." for name in _head_names(model))
     if num_classes != model.pretrained_cfg["num_classes"]:
         state = {k: v for k, v in state.items() if not k.startswith(head)}
     result = model.load_state_dict(state, strict=False)
-    if result.unexpected_keys or any(not k.startswith(head) for k in result.missing_keys):
+    unloaded = [k for k in result.missing_keys if not k.startswith(head) and "num_batches_tracked" not in k]
+    if result.unexpected_keys or unloaded:
         raise RuntimeError(f"pretrained weights did not fit {type(model).__name__}: {result}")
 
 

@@ -186,7 +186,8 @@ def from_efficientnet_pytorch(
 ) -> dict[str, torch.Tensor]:
     """The EfficientNet-PyTorch tensors under timm's efficientnet names, by name: block N is the Nth block of
     `target` (the timm model's state dict, its tensors on any device), and every tensor's shape must equal
-    the target's, and every target tensor must be given. A ValueError names the first mismatch."""
+    the target's, and every target tensor must be given (but batch-norm step counters, which older files
+    lack). A ValueError names the first mismatch."""
     timm_blocks = sorted({tuple(map(int, m.groups())) for k in target if (m := _TIMM_BLOCK.match(k))})
     converted: dict[str, torch.Tensor] = {}
     for key, tensor in state_dict.items():
@@ -202,7 +203,7 @@ def from_efficientnet_pytorch(
                 f"{new} has {tuple(target[new].shape)} (weights of another size of EfficientNet?)"
             )
         converted[new] = tensor
-    missing = [k for k in target if k not in converted]
+    missing = [k for k in target if k not in converted and "num_batches_tracked" not in k]
     if missing:
         raise ValueError(
             f"weights_file: the EfficientNet-PyTorch file lacks {len(missing)} of {backbone}'s tensors, "

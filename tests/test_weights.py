@@ -178,3 +178,16 @@ def test_the_converted_imagenet_weights_name_photographs_through_the_kits_prepro
         assert top[0] in classes, (name, top)
         if name == "chelsea":
             assert set(top) == classes, top
+
+
+def test_a_file_without_batch_norm_step_counters_loads(tmp_path):
+    """Older EfficientNet-PyTorch checkpoints hold no num_batches_tracked; nothing else may be missing."""
+    state = random_state("efficientnet_lite0")
+    foreign = {k: v for k, v in efficientnet_pytorch_layout(state).items() if "num_batches_tracked" not in k}
+    torch.save(foreign, tmp_path / "old.pth")
+    loaded = create_model("efficientnet_lite0", 1000, weights_file=str(tmp_path / "old.pth")).state_dict()
+    assert all(torch.equal(loaded[k], state[k]) for k in state if "num_batches_tracked" not in k)
+    del foreign["_bn1.running_var"]
+    torch.save(foreign, tmp_path / "short.pth")
+    with pytest.raises(ValueError, match="lacks 1 of efficientnet_lite0's tensors, e.g. bn2.running_var"):
+        create_model("efficientnet_lite0", 1000, weights_file=str(tmp_path / "short.pth"))
