@@ -3,7 +3,8 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-DEMO_PARAMS ?= -p img_size 32
+# the demo and the sweep train from scratch: no pretrained weights to download (a user's run starts from them)
+DEMO_PARAMS ?= -p img_size 32 -p pretrained False
 SWEEP_BACKBONES ?= resnet18,mobilenetv3_small_100
 SWEEP_ARGS ?= $(DEMO_PARAMS)
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -28,7 +29,7 @@ demo: setup
 # the same series on the multi-label demo (data/digits_multilabel: 64 px images of 1-4 digits, labelled
 # with the set of digits shown), as its own run
 MULTILABEL_DATA := $(or $(KIT_DEMO_MULTILABEL),data/digits_multilabel)
-MULTILABEL_PARAMS ?= -p img_size 32 -p epochs 15 -p run_name resnet18_multilabel
+MULTILABEL_PARAMS ?= -p img_size 32 -p pretrained False -p epochs 15 -p run_name resnet18_multilabel
 demo-multilabel: setup
 	$(PY) -m helpers.runner --backbone resnet18 -p data_dir $(MULTILABEL_DATA) -p label_col labels \
 		-p task multilabel $(MULTILABEL_PARAMS)

@@ -90,7 +90,7 @@ def measure_combo(
     # threads at these sizes: no difference).
     cv2.setNumThreads(1)
     device = torch.device("cpu")
-    cfg = Config(backbone=backbone, img_size=img_size, batch_size=BATCH_SIZE)
+    cfg = Config(backbone=backbone, img_size=img_size, batch_size=BATCH_SIZE, pretrained=False)
     info = prepare_dataset(cfg)
     rows, _ = fold_rows(info, 0)
     if max_batches:
@@ -244,7 +244,7 @@ def run_accuracy(quick: bool) -> dict:
     from helpers.train import train_fold
 
     started = time.perf_counter()
-    cfg = Config(run_name="bench_accuracy")
+    cfg = Config(run_name="bench_accuracy", pretrained=False)
     if quick:
         cfg = cfg.replace(epochs=1)
     info = prepare_dataset(cfg)

@@ -1,4 +1,4 @@
-"""The demo's wall time, and where it goes: `python -m helpers.runner --backbone resnet18 -p img_size 32`.
+"""The demo's wall time, and where it goes: `python -m helpers.runner --backbone resnet18 -p img_size 32 -p pretrained False`.
 
     python benchmarks/bench_demo.py [--json FILE] [--keep DIR]
 
@@ -21,7 +21,18 @@ from pathlib import Path
 
 from cli import ROOT, report, timed_series
 
-COMMAND = ["-m", "helpers.runner", "--backbone", "resnet18", "-p", "img_size", "32"]
+COMMAND = [
+    "-m",
+    "helpers.runner",
+    "--backbone",
+    "resnet18",
+    "-p",
+    "img_size",
+    "32",
+    "-p",
+    "pretrained",
+    "False",
+]
 GOAL_S = 180
 IMPORTS = (
     "import torch, timm, albumentations, pandas, matplotlib.pyplot; "

@@ -98,6 +98,7 @@ def one_run(data: Path, demo: Path, variant: Variant, seed: int, epochs: int) ->
     from helpers.train import train_fold
 
     cfg = Config(
+        pretrained=False,
         run_name=f"imbalance_{epochs}_{VARIANTS.index(variant)}_{seed}",
         data_dir=str(data),
         backbone=BACKBONE,

@@ -117,6 +117,7 @@ def run(args: argparse.Namespace, outputs: Path) -> int:
     repeats = 1 if args.quick else 5
     data_dir = ensure_demo_data()
     cfg = Config(
+        pretrained=False,
         data_dir=str(data_dir),
         backbone="resnet18",
         img_size=32,

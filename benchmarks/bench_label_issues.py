@@ -57,6 +57,7 @@ def experiment(work: Path, epochs: int, flipped: int = FLIPPED) -> dict:
     shutil.copytree(ensure_demo_data(), data_dir)
     wrong = flip_labels(data_dir, flipped)
     cfg = Config(
+        pretrained=False,
         data_dir=str(data_dir),
         backbone=BACKBONE,
         img_size=32,

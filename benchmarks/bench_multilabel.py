@@ -23,7 +23,7 @@ RUN = "resnet18_multilabel"
 COMMAND = [
     "-m", "helpers.runner", "--backbone", "resnet18", "-p", "data_dir", "data/digits_multilabel",
     "-p", "label_col", "labels", "-p", "task", "multilabel", "-p", "img_size", "32",
-    "-p", "epochs", "15", "-p", "run_name", RUN,
+    "-p", "epochs", "15", "-p", "pretrained", "False", "-p", "run_name", RUN,
 ]  # fmt: skip
 GOAL_MAP, GOAL_TRAIN_S = 0.95, 120
 

@@ -55,7 +55,9 @@ def _environment(threads: int = 0) -> None:
 def _cfg(root: Path, **changes):
     from helpers.config import Config
 
-    return Config(data_dir=str(root), img_size=SIZE, batch_size=BATCH, augment="light", **changes)
+    return Config(
+        data_dir=str(root), img_size=SIZE, batch_size=BATCH, augment="light", pretrained=False, **changes
+    )
 
 
 def loader_rates(root: Path, n: int, rounds: int) -> dict:

@@ -142,6 +142,7 @@ def loader_memory(folder: Path, n: int, cached: bool, workers: int) -> dict:
         {"path": image_paths(folder, n), "label_idx": np.arange(n) % 10, "height": SIDE, "width": SIDE}
     )
     cfg = Config(
+        pretrained=False,
         img_size=SIDE,
         augment="light",
         batch_size=64,

@@ -108,6 +108,7 @@ def bench_backbone(backbone: str, root: Path, args: argparse.Namespace, device: 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     cfg = Config(
+        pretrained=False,
         data_dir=str(root),
         backbone=backbone,
         img_size=SIZE,
@@ -157,6 +158,7 @@ def torchrun_once(root: Path, precision: str) -> dict:
 
     name = "torchrun_once"
     cfg = Config(
+        pretrained=False,
         data_dir=str(root),
         run_name=name,
         backbone="resnet18",

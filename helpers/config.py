@@ -95,9 +95,12 @@ class Config:
     # validation and prediction: resize to img_size / crop_pct, centre crop img_size (timm's eval crop);
     # 0: the backbone's pretrained crop when starting from pretrained weights, else 1 (no crop)
     crop_pct: float = setting(0.0, "train")
-    # load pretrained weights (local file or Hugging Face cache, never a download)
-    pretrained: bool = setting(False, "train")
-    weights_file: str = setting("", "train")  # local .pth / .safetensors of pretrained weights
+    # start from the backbone's pretrained weights: the Hugging Face cache, else downloaded into it
+    # (helpers.weights); False trains from scratch
+    pretrained: bool = setting(True, "train")
+    # local .pth / .safetensors of pretrained weights (timm's or EfficientNet-PyTorch's layout); loaded
+    # whenever given
+    weights_file: str = setting("", "train")
     channels_last: bool = setting(True, "train")  # memory format for conv nets
     compile: bool = setting(False, "train")  # torch.compile the model (benchmarks/RESULTS.md: when it pays)
     # --- training ---------------------------------------------------------------------------------
@@ -106,7 +109,8 @@ class Config:
     batch_size: int = setting(64, "train")  # per optimizer step is batch_size * grad_accum
     lr: float = setting(3e-3, "train")  # peak learning rate
     weight_decay: float = setting(0.05, "train")
-    # fine-tuning: off by default, pretrained or not (benchmarks/RESULTS.md, "Fine-tuning pretrained weights")
+    # fine-tuning: off by default, pretrained or not: on real ImageNet weights neither beat training every
+    # layer at lr 3e-3 (benchmarks/RESULTS.md, "Fine-tuning pretrained weights")
     # first epochs train the head alone (body and its BN stats frozen)
     freeze_epochs: int = setting(0, "train")
     layer_decay: float = setting(1.0, "train")  # timm's layer-wise lr decay per layer below the head; 1: off

@@ -1,9 +1,8 @@
-"""Any timm backbone with the right number of classes, and pretrained weights that never need the network.
+"""Any timm backbone with the right number of classes, from pretrained weights when asked.
 
 `timm.create_model(name, num_classes=N)` builds the head for every family, so no head is rebuilt by hand.
-Pretrained weights come from a local file (`weights_file`) or from the Hugging Face cache: the cache is
-looked up on disk first, because timm offline retries for about 47 s before it fails, and setting
-`HF_HUB_OFFLINE` after `huggingface_hub` is imported has no effect (it is read once, at import).
+Pretrained weights come from a local file (`weights_file`) or from the Hugging Face cache, downloaded into
+it when missing: `helpers.weights` says where they come from and converts foreign layouts.
 """
 
 from __future__ import annotations
@@ -16,14 +15,17 @@ from typing import Any
 
 import timm
 import torch
-from huggingface_hub import constants as hf_constants
-from huggingface_hub import try_to_load_from_cache
 from timm.data import resolve_model_data_config
 from torch import nn
 
-from helpers.paths import resolve_path
-
-NO_WEIGHTS_HINT = "pass weights_file=/path/to/weights.pth (or .safetensors), or set pretrained=False."
+from helpers.weights import (
+    check_timm_layout,
+    from_efficientnet_pytorch,
+    hub_weights_file,
+    is_efficientnet_pytorch,
+    local_weights_file,
+    read_state_dict,
+)
 
 
 def check_backbone(backbone: str) -> None:
@@ -73,73 +75,63 @@ def default_img_size(backbone: str) -> int:
     return int(data_config_for(backbone)["input_size"][-1])
 
 
-def cached_weights_file(backbone: str) -> Path | None:
-    """The backbone's pretrained weights in the Hugging Face cache, or None; a disk look-up only.
-
-    Tries the files timm itself would fetch: the safetensors alternative first, then the configured file.
-    """
-    check_backbone(backbone)
-    pretrained_cfg = timm.models.get_pretrained_cfg(backbone)
-    if not pretrained_cfg.hf_hub_id:
-        return None
-    repo_id, _, revision = pretrained_cfg.hf_hub_id.partition("@")
-    for filename in _hub_filenames(pretrained_cfg.hf_hub_filename):
-        found = try_to_load_from_cache(repo_id, filename, revision=revision or None)
-        if isinstance(found, str):  # not None and not the "known missing" sentinel
-            return Path(found)
-    return None
-
-
-def _hub_filenames(configured: str | None) -> list[str]:
-    """Weight file names to look for in a hub repo, preferred first, as timm's hub loader orders them."""
-    name = configured or "pytorch_model.bin"
-    if not name.endswith(".bin"):
-        return [name]
-    safe = {
-        "pytorch_model.bin": "model.safetensors",
-        "open_clip_pytorch_model.bin": "open_clip_model.safetensors",
-    }.get(name, name.removesuffix(".bin") + ".safetensors")
-    return [safe, name]
-
-
 def create_model(
     backbone: str, num_classes: int, pretrained: bool = False, weights_file: str = ""
 ) -> nn.Module:
-    """A timm model with a fresh `num_classes` head; pretrained weights only from disk, never downloaded.
+    """A timm model with a fresh `num_classes` head, from pretrained weights when asked.
 
     `weights_file` (absolute, or relative to the project root) is loaded whenever it is given, as a .pth,
-    .safetensors or {'state_dict': ...} file; `pretrained=True` without it uses the Hugging Face cache.
-    The head is new unless `num_classes` equals the pretrained config's (1000 for ImageNet backbones):
-    timm drops a file's head by that count, not by the file's own shape, so this is for pretrained
-    weights, not for restoring a fine-tuned checkpoint (load its state dict into the model for that).
-    Raises ValueError for an unknown backbone, FileNotFoundError (within milliseconds) for missing weights.
+    .safetensors or {'state_dict': ...} file, in timm's layout or EfficientNet-PyTorch's (renamed,
+    `helpers.weights`); `pretrained=True` without it takes the Hugging Face cache, or downloads into it
+    (`helpers.weights.hub_weights_file`). The head is new unless `num_classes` equals the pretrained
+    config's (1000 for ImageNet backbones): timm drops a file's head by that count, not by the file's own
+    shape, so this is for pretrained weights, not for restoring a fine-tuned checkpoint (load its state dict
+    into the model for that). Raises ValueError for an unknown backbone or weights layout, FileNotFoundError
+    (within seconds) for weights that are neither on disk nor downloadable.
     """
     check_backbone(backbone)
     if weights_file:
-        path = resolve_path(weights_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights_file={weights_file!r}: no such file ({path})")
-    elif pretrained:
-        path = _cached_or_raise(backbone)
-    else:
-        return timm.create_model(backbone, pretrained=False, num_classes=num_classes)
+        return _from_weights_file(backbone, num_classes, local_weights_file(weights_file))
+    if pretrained:
+        return _timm_from_file(backbone, num_classes, hub_weights_file(backbone))
+    return timm.create_model(backbone, pretrained=False, num_classes=num_classes)
+
+
+def _timm_from_file(backbone: str, num_classes: int, path: Path) -> nn.Module:
     return timm.create_model(
         backbone, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=dict(file=str(path))
     )
 
 
-def _cached_or_raise(backbone: str) -> Path:
-    """The cached pretrained weights of `backbone`, or an error that says what to do instead."""
-    hub_id = timm.models.get_pretrained_cfg(backbone).hf_hub_id
-    if not hub_id:
-        raise FileNotFoundError(f"timm lists no Hugging Face weights for {backbone!r}: {NO_WEIGHTS_HINT}")
-    found = cached_weights_file(backbone)
-    if found is None:
-        raise FileNotFoundError(
-            f"pretrained weights for {backbone!r} ({hub_id}) are not in the Hugging Face cache "
-            f"({hf_constants.HF_HUB_CACHE}) and there is no network here to download them: {NO_WEIGHTS_HINT}"
-        )
-    return found
+def _from_weights_file(backbone: str, num_classes: int, path: Path) -> nn.Module:
+    """The model with a weights file loaded: EfficientNet-PyTorch's layout renamed here, timm's loaded by
+    timm; any other layout, or a file that lacks some of the model's tensors, is a ValueError."""
+    state = read_state_dict(path)
+    expected = _meta_model(backbone, None).state_dict()
+    if is_efficientnet_pytorch(state):
+        model = timm.create_model(backbone, pretrained=False, num_classes=num_classes)
+        _load_pretrained_state(model, from_efficientnet_pytorch(state, expected, backbone), num_classes)
+        return model
+    check_timm_layout(state, expected, _head_names(_meta_model(backbone, None)), backbone)
+    return _timm_from_file(backbone, num_classes, path)
+
+
+def _head_names(model: nn.Module) -> tuple[str, ...]:
+    """The classifier's module names in timm's pretrained config (one, or several for distilled models)."""
+    head = model.pretrained_cfg["classifier"]
+    return (head,) if isinstance(head, str) else tuple(head)
+
+
+def _load_pretrained_state(model: nn.Module, state: dict[str, torch.Tensor], num_classes: int) -> None:
+    """Load a full pretrained state dict (timm's names), keeping its head only at the pretrained class
+    count, as timm's own loader does; only the head and batch-norm step counters may be left unloaded."""
+    head = tuple(f"{name}." for name in _head_names(model))
+    if num_classes != model.pretrained_cfg["num_classes"]:
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
+    result = model.load_state_dict(state, strict=False)
+    unloaded = [k for k in result.missing_keys if not k.startswith(head) and "num_batches_tracked" not in k]
+    if result.unexpected_keys or unloaded:
+        raise RuntimeError(f"pretrained weights did not fit {type(model).__name__}: {result}")
 
 
 def count_parameters(model: nn.Module) -> int:

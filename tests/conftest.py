@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,6 +10,11 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+
+# No test reaches outside this machine: huggingface_hub (read at its import, which comes after this) and
+# every child process and notebook kernel started from the tests are offline. The download test runs its
+# own child against a server on 127.0.0.1.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 SIDE = 16
 

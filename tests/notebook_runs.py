@@ -14,7 +14,14 @@ from helpers.paths import notebooks_dir
 from helpers.runner import SERIES
 
 # a test model, one epoch, on the demo data: the series in a minute or so on two cores
-TINY = {"backbone": "test_resnet", "img_size": 32, "epochs": 1, "batch_size": 32, "num_workers": 0}
+TINY = {
+    "backbone": "test_resnet",
+    "img_size": 32,
+    "pretrained": False,
+    "epochs": 1,
+    "batch_size": 32,
+    "num_workers": 0,
+}
 # the sections that are off by default, on wherever the series is tested: 03's range test, 05's calibration
 # and export
 OPTIONAL_SECTIONS = {"lr_finder": True, "calibrate": True, "export_onnx": True}

@@ -159,7 +159,7 @@ def test_the_eval_crop_follows_the_pretrained_weights_only():
     def choose_crop(cfg: Config) -> tuple[float, str]:
         return choose(cfg.crop_pct, cfg.backbone, cfg.uses_pretrained_weights())
 
-    assert choose_crop(Config(backbone="resnet18"))[0] == 1.0
+    assert choose_crop(Config(backbone="resnet18", pretrained=False))[0] == 1.0
     pretrained = Config(backbone="resnet18", weights_file="/weights/resnet18.safetensors")
     crop, why = choose_crop(pretrained)
     assert crop == data_config_for("resnet18")["crop_pct"] != 1.0 and "pretrained" in why

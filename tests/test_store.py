@@ -66,9 +66,9 @@ def photos(tmp_path: Path) -> Path:
 
 
 def config(root: Path, **changes) -> Config:
-    """A run on single-label photos, its task as 01 resolves and saves it."""
+    """A run on single-label photos from scratch, its task as 01 resolves and saves it."""
     settings = dict(data_dir=str(root), img_size=IMG_SIZE, batch_size=4, num_workers=0, task="multiclass")
-    return Config(**{**settings, **changes})
+    return Config(**{**settings, "pretrained": False, **changes})
 
 
 def store_of(cfg: Config) -> Path:
@@ -380,7 +380,14 @@ def test_the_series_decodes_each_photo_once_at_the_size_03_trains_at(outputs, ph
     from helpers.runner import run_series
 
     params = {"data_dir": str(photos), "run_name": "once", "backbone": "test_resnet", "n_folds": 3}
-    training = {"img_size": IMG_SIZE, "crop_pct": 0.875, "epochs": 1, "batch_size": 8, "num_workers": 0}
+    training = {
+        "img_size": IMG_SIZE,
+        "crop_pct": 0.875,
+        "pretrained": False,
+        "epochs": 1,
+        "batch_size": 8,
+        "num_workers": 0,
+    }
     run_series({**params, **training}, ["01_data", "03_train"], log=False)
     stores = sorted(p.name for p in (dataset_folder(config(photos)) / "store").iterdir())
     assert stores == [store_folder(Path(), store_side(IMG_SIZE, 0.875)).name]

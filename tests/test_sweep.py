@@ -30,7 +30,23 @@ from helpers.run_folder import RunFolder
 from helpers.runner import run_series
 
 COMPARE = notebooks_dir() / "06_compare.ipynb"
-TINY = ["-p", "img_size", "32", "-p", "epochs", "1", "-p", "batch_size", "32", "-p", "num_workers", "0"]
+TINY = [
+    "-p",
+    "img_size",
+    "32",
+    "-p",
+    "pretrained",
+    "False",
+    "-p",
+    "epochs",
+    "1",
+    "-p",
+    "batch_size",
+    "32",
+    "-p",
+    "num_workers",
+    "0",
+]
 
 
 class Recorder:

@@ -33,6 +33,7 @@ def tiny_config(data_dir: Path, **changes: Any) -> Config:
         augment="none",
         lr=1e-2,
         task="multiclass",  # what 01 resolves and saves for single-label data
+        pretrained=False,  # trained from scratch: no weights to fetch
     )
     values.update(changes)
     return Config(**values)
