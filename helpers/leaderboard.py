@@ -30,6 +30,7 @@ from helpers.atomic import atomic_savefig, atomic_to_csv
 from helpers.checkpoints import load_checkpoint
 from helpers.config import Config, ConfigError, parameter_names
 from helpers.dataset import data_dir_of
+from helpers.errors import KitError, exits_on_kit_error
 from helpers.evaluate import summary_metrics
 from helpers.holdout import test_labels
 from helpers.multilabel_metrics import macro_map, threshold_scores
@@ -44,7 +45,7 @@ COLUMNS = [
     "backbone",
     "img_size",
     "epochs",
-    "finished",  # the whole series completed (finished.json)
+    "finished",  # submission.csv written (05), or evaluation.json (04) for data without a test set
     "val_acc_tta",  # out-of-fold accuracy with the run's TTA views (evaluation.json)
     "val_acc",  # out-of-fold accuracy without TTA (evaluation.json)
     "best_val_acc",  # mean over trained folds of each fold's best epoch (metrics.csv)
@@ -115,7 +116,7 @@ def run_row(run: RunFolder) -> dict[str, Any]:
         "backbone": config.backbone if config else np.nan,
         "img_size": config.img_size if config else np.nan,
         "epochs": config.epochs if config else np.nan,
-        "finished": run.finished.exists(),
+        "finished": run.complete(_has_test_set(config)) if config else False,
     }
     row |= _read(run.metrics, lambda p: _training_columns(run.read_metrics()))
     row |= _read(run.evaluation, lambda p: _evaluation_columns(run.read_evaluation()))
@@ -290,6 +291,17 @@ def _evaluation_columns(evaluation: dict[str, Any]) -> dict[str, float]:
     return {column: evaluation[key] for column, key in keys.items() if key in evaluation}
 
 
+def _has_test_set(cfg: Config) -> bool:
+    """Whether the run's data has a test set for 05 to predict; one 05 cannot read counts as one."""
+    data_dir = data_dir_of(cfg)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # 05 warns about unlisted test images, not the leaderboard
+            return list_test_images(cfg, data_dir, detect_layout(cfg, data_dir)) is not None
+    except (KitError, OSError):
+        return True
+
+
 def _oof_accuracy(oof: pd.DataFrame) -> float:
     return float((oof["label"] == oof["predicted"]).mean()) if len(oof) else np.nan
 
@@ -335,6 +347,7 @@ def _count(path: Path) -> int:
     return sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
 
 
+@exits_on_kit_error("python -m helpers.leaderboard")
 def main() -> int:
     frame = write_leaderboard()
     with pd.option_context("display.max_columns", None, "display.width", 200):

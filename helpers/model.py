@@ -21,22 +21,24 @@ from huggingface_hub import try_to_load_from_cache
 from timm.data import resolve_model_data_config
 from torch import nn
 
+from helpers.config import ConfigError
+from helpers.errors import MissingFileError
 from helpers.paths import resolve_path
 
 NO_WEIGHTS_HINT = "pass weights_file=/path/to/weights.pth (or .safetensors), or set pretrained=False."
 
 
 def check_backbone(backbone: str) -> None:
-    """Raise ValueError, suggesting close timm names, unless `backbone` is a timm model (with a valid tag)."""
+    """Raise ConfigError, suggesting close timm names, unless `backbone` is a timm model (with a valid tag)."""
     arch, _, tag = backbone.partition(".")
     if not timm.is_model(arch):
         close = timm.list_models(f"*{arch}*")[:8] or difflib.get_close_matches(arch, timm.list_models(), n=8)
         hint = f"close names: {', '.join(close)}" if close else "see timm.list_models('*part_of_name*')"
-        raise ValueError(f"backbone={backbone!r} is not a timm model; {hint}")
+        raise ConfigError(f"backbone={backbone!r} is not a timm model; {hint}")
     if tag and backbone not in timm.list_pretrained(f"{arch}.*"):
         tags = timm.list_pretrained(f"{arch}.*")
         known = ", ".join(tags) or "none"
-        raise ValueError(f"backbone={backbone!r}: {arch} has no pretrained tag {tag!r}; known: {known}")
+        raise ConfigError(f"backbone={backbone!r}: {arch} has no pretrained tag {tag!r}; known: {known}")
 
 
 def data_config_for(backbone: str) -> dict[str, Any]:
@@ -112,13 +114,13 @@ def create_model(
     The head is new unless `num_classes` equals the pretrained config's (1000 for ImageNet backbones):
     timm drops a file's head by that count, not by the file's own shape, so this is for pretrained
     weights, not for restoring a fine-tuned checkpoint (load its state dict into the model for that).
-    Raises ValueError for an unknown backbone, FileNotFoundError (within milliseconds) for missing weights.
+    Raises ConfigError for an unknown backbone, MissingFileError (within milliseconds) for missing weights.
     """
     check_backbone(backbone)
     if weights_file:
         path = resolve_path(weights_file)
         if not path.is_file():
-            raise FileNotFoundError(f"weights_file={weights_file!r}: no such file ({path})")
+            raise MissingFileError(f"weights_file={weights_file!r}: no such file ({path})")
     elif pretrained:
         path = _cached_or_raise(backbone)
     else:
@@ -132,10 +134,10 @@ def _cached_or_raise(backbone: str) -> Path:
     """The cached pretrained weights of `backbone`, or an error that says what to do instead."""
     hub_id = timm.models.get_pretrained_cfg(backbone).hf_hub_id
     if not hub_id:
-        raise FileNotFoundError(f"timm lists no Hugging Face weights for {backbone!r}: {NO_WEIGHTS_HINT}")
+        raise MissingFileError(f"timm lists no Hugging Face weights for {backbone!r}: {NO_WEIGHTS_HINT}")
     found = cached_weights_file(backbone)
     if found is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"pretrained weights for {backbone!r} ({hub_id}) are not in the Hugging Face cache "
             f"({hf_constants.HF_HUB_CACHE}) and there is no network here to download them: {NO_WEIGHTS_HINT}"
         )

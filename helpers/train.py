@@ -38,6 +38,7 @@ from helpers.augment import InputPrep
 from helpers.checkpoints import load_checkpoint, save_checkpoint, unwrap
 from helpers.config import Config, ConfigError
 from helpers.dataset import DataInfo, build_store
+from helpers.errors import KitError
 from helpers.loaders import build_loader, sample_seed
 from helpers.losses import build_loss
 from helpers.model import create_model, data_config_for, default_img_size
@@ -56,7 +57,7 @@ MONITORS: dict[str, tuple[str, ...]] = {
 }
 
 
-class NonFiniteLoss(FloatingPointError):
+class NonFiniteLoss(KitError, FloatingPointError):
     """The loss became NaN or infinite; the epoch is not checkpointed."""
 
 

@@ -124,3 +124,21 @@ def test_the_command_prints_one_table_per_task(mixed, capsys):
         < out.index("multilabel runs:")
         < out.index("ml_low")
     )
+
+
+def test_a_run_is_finished_when_its_submission_or_without_a_test_set_its_evaluation_exists(outputs, tmp_path):
+    """However the notebooks were run: by hand there is no runner's finished.json."""
+    without_test = tmp_path / "no_test"
+    without_test.mkdir()
+    pd.DataFrame({"id": ["a"], "label": ["x"]}).to_csv(without_test / "train.csv", index=False)
+    with_test = tmp_path / "with_test"
+    (with_test / "test_image").mkdir(parents=True)
+    (with_test / "test_image" / "t1.jpg").write_bytes(b"")
+    pd.DataFrame({"id": ["a"], "label": ["x"]}).to_csv(with_test / "train.csv", index=False)
+    runs = outputs / "runs"
+    write_run(runs, "evaluated_no_test", "multiclass", 0.9, without_test)
+    write_run(runs, "evaluated_with_test", "multiclass", 0.8, with_test)
+    predicted = write_run(runs, "predicted", "multilabel", 0.7, with_test)
+    (predicted / "submission.csv").write_text("id,labels\nt1,a\n")
+    finished = leaderboard.build_leaderboard().set_index("run")["finished"].to_dict()
+    assert finished == {"evaluated_no_test": True, "evaluated_with_test": False, "predicted": True}
