@@ -54,11 +54,12 @@ COLUMNS = [
     "test_acc",  # 05's test predictions against the test labels, when the test set has them (helpers.holdout)
     "test_macro_f1",
     "test_log_loss",
-    # multilabel runs (F1 at 0.5 for validation; the test's at the run's tuned per-class thresholds)
+    # multilabel runs; every F1 at the run's per-class thresholds tuned by 04 (what 05 predicts with), the
+    # validation ones optimistic (tuned on the same out-of-fold rows)
     "val_map_tta",  # out-of-fold macro mAP with the run's TTA views (evaluation.json)
     "val_map",  # out-of-fold macro mAP without TTA (evaluation.json)
-    "val_f1_micro_tta",
-    "val_f1_macro_tta",
+    "val_f1_micro_tuned_tta",
+    "val_f1_macro_tuned_tta",
     "best_val_map",  # mean over trained folds of each fold's best epoch (metrics.csv)
     "test_map",
     "test_f1_micro",
@@ -84,8 +85,12 @@ MULTICLASS_ONLY = [
     "test_macro_f1",
     "test_log_loss",
 ]
-MULTILABEL_ONLY = ["val_map_tta", "val_map", "val_f1_micro_tta", "val_f1_macro_tta", "best_val_map", "test_map",
-                   "test_f1_micro", "test_f1_macro"]  # fmt: skip
+MULTILABEL_ONLY = ["val_map_tta", "val_map", "val_f1_micro_tuned_tta", "val_f1_macro_tuned_tta", "best_val_map",
+                   "test_map", "test_f1_micro", "test_f1_macro"]  # fmt: skip
+# 06 shows each task's scores in one table and these in a second: one table of every column is wider than
+# a notebook (a 1400 px window)
+DETAILS = ["backbone", "img_size", "epochs", "best_val_loss", "train_seconds", "seconds_per_epoch", "images_per_s",
+           "parameters"]  # fmt: skip
 SCORE = {"multiclass": "val_acc_tta", "multilabel": "val_map_tta"}  # what ranks a task's runs by default
 # a multiclass column's counterpart for multilabel runs (and back): what ranks them and is their plot's axis
 MULTILABEL_COUNTERPART = {
@@ -143,7 +148,7 @@ def build_leaderboard() -> pd.DataFrame:
     return rank_runs(frame, "val_acc_tta")
 
 
-def _column_for(column: str, task: str) -> str:
+def sort_column(column: str, task: str) -> str:
     """The column that ranks (and plots) a task's runs when `column` is asked for: itself when the task
     fills it, else its counterpart of the task (or the task's default score)."""
     if task == "multilabel" and column in MULTICLASS_ONLY:
@@ -165,7 +170,7 @@ def rank_runs(frame: pd.DataFrame, by: str) -> pd.DataFrame:
         part = frame[tasks == task]
         if part.empty:
             continue
-        key = _column_for(by, task)
+        key = sort_column(by, task)
         keys = list(dict.fromkeys([key, "best_val_map" if task == "multilabel" else "best_val_acc"]))
         ascending = [k in LOWER_IS_BETTER for k in keys]
         part = part.sort_values(keys, ascending=ascending, na_position="last", kind="stable")
@@ -185,6 +190,18 @@ def by_task(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
+def display_tables(frame: pd.DataFrame, sort_by: str) -> list[tuple[str, pd.DataFrame]]:
+    """06's tables, titled: per task, its runs' scores ranked by `sort_by` (or the task's counterpart of
+    it, named in the title), then how each run was made and what it cost (DETAILS)."""
+    tables = []
+    for task, runs in by_task(rank_runs(frame, sort_by)).items():
+        tables.append(
+            (f"{task} runs, ranked by {sort_column(sort_by, task)}", runs.drop(columns=["task", *DETAILS]))
+        )
+        tables.append((f"{task} runs: backbone, size, loss and cost", runs[["run", "rank", *DETAILS]]))
+    return tables
+
+
 def show_leaderboard(frame: pd.DataFrame, accuracy: str = "val_acc_tta") -> Figure:
     """Score against seconds per epoch, one labelled point per run, marker area by parameter count: one
     panel per task, `accuracy` for multiclass runs and its mAP counterpart for multilabel ones."""
@@ -192,7 +209,7 @@ def show_leaderboard(frame: pd.DataFrame, accuracy: str = "val_acc_tta") -> Figu
     parts = by_task(frame) or {"multiclass": frame}
     fig, axes = plt.subplots(1, len(parts), figsize=(7 * len(parts), 4.5), squeeze=False)
     for ax, (task, part) in zip(axes[0], parts.items(), strict=True):
-        _plot_runs(ax, part, _column_for(accuracy, task), task if len(parts) > 1 else "")
+        _plot_runs(ax, part, sort_column(accuracy, task), task if len(parts) > 1 else "")
     fig.tight_layout()
     return fig
 
@@ -285,8 +302,8 @@ def _evaluation_columns(evaluation: dict[str, Any]) -> dict[str, float]:
         "val_acc_tta": metric_key("accuracy", tta=True),
         "val_map": metric_key("map", tta=False),
         "val_map_tta": metric_key("map", tta=True),
-        "val_f1_micro_tta": metric_key("f1_micro", tta=True),
-        "val_f1_macro_tta": metric_key("f1_macro", tta=True),
+        "val_f1_micro_tuned_tta": metric_key("f1_micro_tuned", tta=True),
+        "val_f1_macro_tuned_tta": metric_key("f1_macro_tuned", tta=True),
     }
     return {column: evaluation[key] for column, key in keys.items() if key in evaluation}
 

@@ -12,6 +12,7 @@ from nbclient import NotebookClient
 
 from helpers import distributed, errors, export, leaderboard, runner, sweep
 from helpers.errors import EXIT_KIT_ERROR, KitError, exits_on_kit_error, kit_error_names
+from helpers.paths import notebooks_dir
 
 FRAMES = ("Traceback", "File ", "Cell In", "---->", "raise ")  # what a traceback's frames print
 PROBLEMS = """\
@@ -108,3 +109,16 @@ def test_command_line_entries_print_a_kit_error_and_exit_2(capsys):
 def test_the_runner_refuses_an_unknown_parameter_with_exit_2(outputs, capsys):
     assert runner.main(["-p", "epochz", "1"]) == EXIT_KIT_ERROR
     assert "epochz" in capsys.readouterr().err
+
+
+def test_prose_is_wrapped_between_words(capsys):
+    """JupyterLab breaks a long output line anywhere: 04's threshold note read "N / ote"."""
+    from helpers.notebook import say
+
+    words = [f"word{k}" for k in range(60)]
+    say(" ".join(words) + "\nsecond paragraph")
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) <= 100 and " ".join(lines[:-1]).split() == words
+    assert lines[-1] == "second paragraph"
+    source = (notebooks_dir() / "04_evaluate.ipynb").read_text()
+    assert "say(threshold_note(oof))" in source and "print(threshold_note" not in source
