@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 
@@ -189,19 +188,7 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         drop_last=drop_last,
-        worker_init_fn=ignore_interrupts,
     )
-
-
-def ignore_interrupts(worker_id: int) -> None:
-    """A loader worker ignores SIGINT: the main process handles an interrupt and stops its workers.
-
-    A kernel's interrupt (Kernel > Interrupt, and jupyter_client's before every shutdown, which papermill
-    does after each notebook) goes to its whole process group, workers included. A worker forked during a
-    cell inherits the cell's KeyboardInterrupt handler, and one interrupted between batches unwound into
-    the kernel code it was forked from: "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel" after
-    a notebook that succeeded (02 leaves its loader's persistent workers running)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def build_loader(

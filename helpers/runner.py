@@ -46,11 +46,23 @@ class NotebookFailed(RuntimeError):
 
 class LocalKernelManager(AsyncKernelManager):
     """The notebooks' kernels, reached through local (IPC) sockets instead of TCP ports: nothing listens on
-    the network, and ipykernel has no reason to warn, once per notebook, that TCP is unencrypted."""
+    the network, and ipykernel has no reason to warn, once per notebook, that TCP is unencrypted.
+
+    Stopping one sends no interrupt. jupyter_client interrupts every kernel before its shutdown request, to
+    break a busy one; papermill stops a kernel only once its last cell has replied, and ipykernel sends
+    that reply before it ignores SIGINT again, so the interrupt could land in between: "[IPKernelApp]
+    ERROR | KeyboardInterrupt caught in kernel." after a notebook that succeeded (most often after 02,
+    whose loader workers keep the kernel's threads busy when its last cell has replied). An interrupt
+    asked for at any other time (a cell's timeout) is still sent.
+    """
 
     @default("transport")
     def _default_transport(self) -> str:
         return "ipc"
+
+    async def _async_interrupt_kernel(self) -> None:
+        if not self.shutting_down:
+            await super()._async_interrupt_kernel()
 
 
 def series_notebooks(names: list[str] | None = None) -> list[Path]:

@@ -122,3 +122,31 @@ def test_prose_is_wrapped_between_words(capsys):
     assert lines[-1] == "second paragraph"
     source = (notebooks_dir() / "04_evaluate.ipynb").read_text()
     assert "say(threshold_note(oof))" in source and "print(threshold_note" not in source
+
+
+@pytest.mark.slow
+def test_the_runners_kernels_use_local_sockets_and_are_not_interrupted_when_stopped():
+    """jupyter_client interrupts a kernel before shutting it down; papermill does that right after the last
+    cell's reply, which ipykernel sends before it ignores SIGINT again: "KeyboardInterrupt caught in
+    kernel." after a notebook that succeeded."""
+    import asyncio
+    import signal
+
+    async def start_and_stop() -> tuple[str, list[int]]:
+        manager = runner.LocalKernelManager(kernel_name="python3")
+        await manager.start_kernel()
+        sent: list[int] = []
+        send = manager.provisioner.send_signal
+
+        async def record(signum: int) -> None:
+            sent.append(signum)
+            await send(signum)
+
+        manager.provisioner.send_signal = record
+        await manager.interrupt_kernel()  # asked for (a timeout): still sent
+        await manager.shutdown_kernel()
+        return manager.transport, sent
+
+    transport, sent = asyncio.run(start_and_stop())
+    assert transport == "ipc"
+    assert sent == [signal.SIGINT], "one interrupt: the one asked for, none at shutdown"

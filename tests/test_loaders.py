@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 import torch
-from torch.utils.data import Dataset
 from train_fixtures import tiny_config
 
 import helpers.train as train_mod
 from helpers.dataset import prepare_dataset
-from helpers.loaders import build_loader, make_loader
+from helpers.loaders import build_loader
 from helpers.run_folder import RunFolder
 from helpers.train import fold_rows, train_fold
 
@@ -59,22 +56,3 @@ def test_evaluation_loaders_apply_the_runs_eval_crop(outputs, csv_dataset):
     assert torch.equal(x[0], first)
     uncropped = next(iter(build_loader(cfg.replace(crop_pct=0.0), rows, train=False, fold=0, device=CPU)))[0]
     assert not torch.equal(uncropped[0], first)
-
-
-class InterruptProbe(Dataset):
-    """Each item says whether the process that loads it ignores SIGINT."""
-
-    def __len__(self) -> int:
-        return 2
-
-    def __getitem__(self, index: int) -> int:
-        return int(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
-
-
-def test_loader_workers_leave_interrupts_to_the_main_process():
-    """A kernel's interrupt reaches its process group: workers forked during a cell (whose SIGINT handler
-    raises KeyboardInterrupt) logged "KeyboardInterrupt caught in kernel" when papermill shut the kernel."""
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # as in a running cell
-    loader = make_loader(InterruptProbe(), batch_size=2, train=False, seed=0, num_workers=1)
-    assert next(iter(loader)).tolist() == [1, 1]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the main process keeps its own"
