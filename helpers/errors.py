@@ -42,6 +42,8 @@ def kit_error_names() -> set[str]:
     import helpers
 
     for module in pkgutil.iter_modules(helpers.__path__):
+        if module.name == "notebook":  # a kernel's set-up (hooks, malloc), and it defines no error
+            continue
         try:
             importlib.import_module(f"helpers.{module.name}")
         except ImportError:  # an optional extra that is not installed defines no error used here
