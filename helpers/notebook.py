@@ -37,18 +37,16 @@ def show_kit_error(shell: Any, etype: type, error: BaseException, tb: Any, tb_of
     """IPython's handler of a kit error: its message in red as the cell's error output, without frames,
     then a DataError's problems table (its first SHOWN rows). The cell still fails: IPython records the
     error, so papermill and nbval stop there, and papermill's error carries the whole message."""
-    problems = getattr(error, "problems", None)
-    table = isinstance(error, DataError) and problems is not None and not problems.empty
-    if table:
-        lines = [error.message, *(f"likely cause: {c}" for c in error.causes)]
-        if len(problems) > DataError.SHOWN:
-            lines.append(f"the first {DataError.SHOWN} of {len(problems)} problems:")
-        shell._showtraceback(etype, error, [f"{RED}{line}{RESET}" for line in lines])
-        from IPython.display import display
-
-        display(problems.head(DataError.SHOWN))
-    else:
+    if not (isinstance(error, DataError) and len(error.problems)):
         shell._showtraceback(etype, error, red_lines(error))
+        return
+    lines = [error.message, *(f"likely cause: {c}" for c in error.causes)]
+    if len(error.problems) > DataError.SHOWN:
+        lines.append(f"the first {DataError.SHOWN} of {len(error.problems)} problems:")
+    shell._showtraceback(etype, error, [f"{RED}{line}{RESET}" for line in lines])
+    from IPython.display import display
+
+    display(error.problems.head(DataError.SHOWN))
 
 
 def _install_hooks() -> None:

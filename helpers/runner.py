@@ -48,12 +48,12 @@ class LocalKernelManager(AsyncKernelManager):
     """The notebooks' kernels, reached through local (IPC) sockets instead of TCP ports: nothing listens on
     the network, and ipykernel has no reason to warn, once per notebook, that TCP is unencrypted.
 
-    Stopping one sends no interrupt. jupyter_client interrupts every kernel before its shutdown request, to
-    break a busy one; papermill stops a kernel only once its last cell has replied, and ipykernel sends
-    that reply before it ignores SIGINT again, so the interrupt could land in between: "[IPKernelApp]
-    ERROR | KeyboardInterrupt caught in kernel." after a notebook that succeeded (most often after 02,
-    whose loader workers keep the kernel's threads busy when its last cell has replied). An interrupt
-    asked for at any other time (a cell's timeout) is still sent.
+    Stopping one sends no interrupt. jupyter_client interrupts every kernel before its shutdown request,
+    to break a busy one, by a SIGINT to the kernel's process group (its loader workers included);
+    papermill stops a kernel only after its last cell, when there is nothing to break, and the signal made
+    02 (whose loader's persistent workers, forked during a cell, are still running) log "[IPKernelApp]
+    ERROR | KeyboardInterrupt caught in kernel." after a notebook that succeeded, in one run of 02 in four
+    here. An interrupt asked for at any other time (a cell's timeout) is still sent.
     """
 
     @default("transport")

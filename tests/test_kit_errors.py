@@ -126,9 +126,8 @@ def test_prose_is_wrapped_between_words(capsys):
 
 @pytest.mark.slow
 def test_the_runners_kernels_use_local_sockets_and_are_not_interrupted_when_stopped():
-    """jupyter_client interrupts a kernel before shutting it down; papermill does that right after the last
-    cell's reply, which ipykernel sends before it ignores SIGINT again: "KeyboardInterrupt caught in
-    kernel." after a notebook that succeeded."""
+    """jupyter_client interrupts a kernel (SIGINT to its process group) before shutting it down: after 02,
+    whose loader workers are still running, that logged "KeyboardInterrupt caught in kernel." (1 run in 4)."""
     import asyncio
     import signal
 
