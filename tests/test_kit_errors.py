@@ -149,3 +149,17 @@ def test_the_runners_kernels_use_local_sockets_and_are_not_interrupted_when_stop
     transport, sent = asyncio.run(start_and_stop())
     assert transport == "ipc"
     assert sent == [signal.SIGINT], "one interrupt: the one asked for, none at shutdown"
+
+
+@pytest.mark.parametrize("ename, status", [("DataError", EXIT_KIT_ERROR), ("ZeroDivisionError", 1)])
+def test_the_runner_prints_a_notebooks_kit_error_and_exits_2_and_a_bug_1(
+    outputs, monkeypatch, capsys, ename, status
+):
+    def fail(*args, **kwargs):
+        raise papermill.PapermillExecutionError(0, 5, "source", ename, "what is wrong; how to fix it", [])
+
+    monkeypatch.setattr(papermill, "execute_notebook", fail)
+    assert runner.main(["--backbone", "test_resnet", "--notebooks", "01_data"]) == status
+    err = capsys.readouterr().err
+    assert "01_data failed in cell 5" in err and "what is wrong; how to fix it" in err
+    assert (ename in err) == (status == 1), "a kit error's message alone; a bug's type too"
