@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
-from helpers.config import Config
+from helpers.config import Config, ConfigError
+from helpers.errors import MissingFileError
 from helpers.reports import EnsemblePrediction, OofEvaluation, write_test_predictions
 from helpers.run_folder import RunFolder, require_fitted_for
 from helpers.tasks import task_for
@@ -190,16 +191,16 @@ def run_temperature(run: RunFolder, cfg: Config) -> float:
     """The temperature 04 fitted for this run, refusing one fitted on another checkpoint or other views:
     those give other probabilities, which the temperature was not fitted on."""
     if skipped := task_for(cfg).calibration_skipped:
-        raise ValueError(f"calibrate=True: {skipped}; set calibrate=False")
+        raise ConfigError(f"calibrate=True: {skipped}; set calibrate=False")
     if not run.calibration.exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"calibrate=True, but {run.calibration} does not exist: run notebooks/04_evaluate.ipynb for run "
             f"{run.name!r} first (it fits the temperature), or set calibrate=False"
         )
     saved = Calibration(**run.read_calibration())
     require_fitted_for(run.calibration, "fitted", saved.checkpoint, saved.tta_views, cfg)
     if cfg.ensemble_runs:
-        raise ValueError(
+        raise ConfigError(
             f"calibrate=True with ensemble_runs={cfg.ensemble_runs}: the temperature of {run.name!r} was fitted "
             "on that run's own out-of-fold predictions, not on this ensemble's; set calibrate=False or drop "
             "ensemble_runs"

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from helpers.atomic import atomic_torch_save
+from helpers.errors import MissingFileError
 from helpers.model import skeleton
 
 
@@ -54,7 +55,7 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """The checkpoint's contents (weights only); `mmap` maps its tensors from the file instead of reading them."""
     if not Path(path).exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"checkpoint {path} does not exist: train that fold with notebooks/03_train.ipynb"
         )
     return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from helpers.atomic import atomic_write_text
+from helpers.errors import KitError, MissingRunError
 
 Layout = Literal["auto", "csv", "imagefolder"]
 Optimizer = Literal["adamw", "sgd"]
@@ -37,7 +38,7 @@ FIXED_STAGES = ("data", "train")
 AUTOMATIC = {"img_size": 0, "crop_pct": 0.0, "task": "auto", "monitor": "auto"}
 
 
-class ConfigError(ValueError):
+class ConfigError(KitError, ValueError):
     """A setting is unknown, of the wrong type or impossible; the message names it and how to fix it."""
 
 
@@ -215,7 +216,7 @@ class Config:
     def load(cls, path: Path) -> Config:
         """Read a run's config.json; a setting this version no longer knows is an error."""
         if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: run the notebook that writes it first")
+            raise MissingRunError(f"{path} does not exist: run the notebook that writes it first")
         return cls.from_dict(json.loads(path.read_text()))
 
     # ------------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ A new data set often fails on every row for one reason (ids that already carry a
 files, images in another folder, ids saved as numbers). Each diagnosis looks at the rows whose image is
 missing, finds what the files really are, and names the setting that fixes them; it is reported when it
 explains at least half of those rows. The per-row list still follows, and stays whole in
-data_problems.csv.
+data_problems.csv. The test images a sample submission or test_csv lists get the same diagnoses, with
+test_dir as their folder.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def diagnose(cfg: Config, data_dir: Path, problems: pd.DataFrame) -> list[str]:
     causes = []
     missing = problems[problems["problem"] == "image missing"]
     if len(missing):
-        causes += _missing_image_causes(cfg, data_dir, missing)
+        causes += _missing_image_causes(cfg, data_dir, missing, "image_dir")
     small = problems[problems["line"].isna() & problems["problem"].str.contains("fewer than n_folds")]
     if len(small) > 1:
         causes.append(_small_classes_cause(small, cfg.n_folds))
@@ -41,15 +42,24 @@ def diagnose(cfg: Config, data_dir: Path, problems: pd.DataFrame) -> list[str]:
     return causes
 
 
-def _missing_image_causes(cfg: Config, data_dir: Path, missing: pd.DataFrame) -> list[str]:
-    image_dir = (data_dir / cfg.image_dir).resolve()
+def diagnose_test_images(cfg: Config, data_dir: Path, problems: pd.DataFrame) -> list[str]:
+    """diagnose's missing-image lines for the listed test images: each is test_dir/<id><image_ext>."""
+    missing = problems[problems["problem"] == "image missing"]
+    if not len(missing):
+        return []
+    return _missing_image_causes(cfg.replace(path_col=""), data_dir, missing, "test_dir")
+
+
+def _missing_image_causes(cfg: Config, data_dir: Path, missing: pd.DataFrame, setting: str) -> list[str]:
+    """`setting` names the folder the files were looked for in: image_dir, or test_dir for test images."""
+    image_dir = (data_dir / getattr(cfg, setting)).resolve()
     names = [_relative(Path(f), image_dir) for f in missing["file"]]
     ids = missing["id"].astype(str).tolist()
     n = len(missing)
     checks = [
         _ids_with_extension(cfg, image_dir, ids),
         _other_extension(cfg, image_dir, names),
-        _other_folder(data_dir, image_dir, names),
+        _other_folder(data_dir, image_dir, names, setting),
         _numeric_ids(cfg, image_dir, ids, names),
     ]
     return [f"{count} of {n} missing images: {cause}" for count, cause in checks if count and 2 * count >= n]
@@ -118,7 +128,7 @@ def _other_extension(cfg: Config, image_dir: Path, names: list[str]) -> tuple[in
     )
 
 
-def _other_folder(data_dir: Path, image_dir: Path, names: list[str]) -> tuple[int, str]:
+def _other_folder(data_dir: Path, image_dir: Path, names: list[str], setting: str) -> tuple[int, str]:
     wanted = {Path(n).name for n in names}
     where: dict[str, list[Path]] = {}
     for folder, _, files in os.walk(data_dir):
@@ -134,10 +144,8 @@ def _other_folder(data_dir: Path, image_dir: Path, names: list[str]) -> tuple[in
     if not candidates:
         return 0, ""
     folder, count = candidates.most_common(1)[0]
-    return count, (
-        f"the images are in {folder!r} under data_dir, not in image_dir {image_dir.name!r}; "
-        f"set image_dir={folder!r}"
-    )
+    where = f"there is no {image_dir.name}/" if not image_dir.is_dir() else f"not in {image_dir.name}/"
+    return count, f"the images are in {folder!r} under data_dir ({where}); set {setting}={folder!r}"
 
 
 def _numeric_ids(cfg: Config, image_dir: Path, ids: list[str], names: list[str]) -> tuple[int, str]:

@@ -26,6 +26,7 @@ from helpers.allocator import retain_freed_memory
 from helpers.atomic import atomic_write_text
 from helpers.config import Config
 from helpers.dataset import DataInfo, prepare_dataset
+from helpers.errors import KitError, exits_on_kit_error
 from helpers.precision import pick_device, resolve_precision
 from helpers.run_folder import RunFolder
 from helpers.settings import resolve_settings
@@ -35,7 +36,7 @@ LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 REFUSED = 2  # exit status of a refused launch
 
 
-class LaunchError(RuntimeError):
+class LaunchError(KitError, RuntimeError):
     """The processes were not started the way this run needs; the message says how to launch it."""
 
 
@@ -161,6 +162,7 @@ def train_run(run: str, launch: Launch) -> pd.DataFrame:
     return train_folds(cfg, info, folder, launch.device)
 
 
+@exits_on_kit_error("python -m helpers.distributed")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m helpers.distributed",

@@ -31,6 +31,7 @@ from helpers.atomic import atomic_write
 from helpers.checkpoints import load_model
 from helpers.config import Config
 from helpers.dataset import data_dir_of
+from helpers.errors import KitError, exits_on_kit_error
 from helpers.holdout import checked_test_images
 from helpers.inference import PREDICTION_FOLD, trained_checkpoints
 from helpers.loaders import build_loader
@@ -57,7 +58,7 @@ def _onnxruntime():
     return onnxruntime
 
 
-class ParityError(AssertionError):
+class ParityError(KitError, AssertionError):
     """onnxruntime's probabilities differ from torch's by more than the tolerance."""
 
 
@@ -213,6 +214,7 @@ def exported_table(exported: Sequence[Exported]) -> pd.DataFrame:
     )
 
 
+@exits_on_kit_error("python -m helpers.export")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.export", description=__doc__.splitlines()[0])
     parser.add_argument("--run-name", required=True, help="the run folder under outputs/runs")

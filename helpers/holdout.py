@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from helpers.config import Config
-from helpers.dataset import check_and_store
+from helpers.dataset import check_and_store, data_dir_of
+from helpers.diagnoses import diagnose_test_images
 from helpers.health import FIXES
 from helpers.store import store_side
 from helpers.tables import DataError, problem_frame
@@ -25,7 +26,8 @@ TEST_LABELS = "test_labels.csv"
 
 
 def checked_test_images(test: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """The test table with image sizes; a DataError listing every unreadable test image otherwise.
+    """The test table with image sizes; a DataError listing every unreadable test image otherwise, with
+    the likely cause first when many share one (another folder, extension or case: helpers.diagnoses).
 
     The check decodes each image once and stores it at the side the run (cfg) predicts at, so the
     predictions read the store (helpers.dataset.check_and_store): a photo-size test set is decoded once
@@ -33,21 +35,23 @@ def checked_test_images(test: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     checks = check_and_store(cfg, test["path"].tolist(), store_side(cfg.img_size, cfg.crop_pct))
     bad = checks[checks["problem"] != ""]
     if not bad.empty:
+        problems = problem_frame(
+            [
+                {
+                    "line": None,
+                    "id": i,
+                    "file": r.path,
+                    "problem": f"image {r.problem}",
+                    "fix": FIXES[r.problem],
+                }
+                for i, r in zip(test.loc[bad.index, "id"], bad.itertuples(), strict=True)
+            ]
+        )
         raise DataError(
             f"{len(bad)} test image(s) cannot be read (a missing one is listed in the test table, or the "
             "sample submission, but has no image in the test folder); a submission needs every one:",
-            problem_frame(
-                [
-                    {
-                        "line": None,
-                        "id": i,
-                        "file": r.path,
-                        "problem": f"image {r.problem}",
-                        "fix": FIXES[r.problem],
-                    }
-                    for i, r in zip(test.loc[bad.index, "id"], bad.itertuples(), strict=True)
-                ]
-            ),
+            problems,
+            diagnose_test_images(cfg, data_dir_of(cfg), problems),
         )
     return test.assign(height=checks["height"].to_numpy(), width=checks["width"].to_numpy())
 

@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from helpers.errors import KitError
+
 JPEG_SOS, JPEG_EOI = b"\xff\xda", b"\xff\xd9"
 PNG_IDAT, PNG_IEND = b"IDAT", b"IEND"
 # what a stored image depends on besides its file: bump when read_image's pixels change (helpers.store)
@@ -36,7 +38,7 @@ REDUCED_TOLERANCE = {"mean": 2.0, "p999": 16}
 EXIF_TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
-class ImageError(ValueError):
+class ImageError(KitError, ValueError):
     """An image that cannot be used; `reason` is one of: missing, empty, not an image, truncated, unreadable."""
 
     def __init__(self, path: Path, reason: str):

@@ -30,12 +30,14 @@ from helpers.atomic import atomic_savefig, atomic_to_csv
 from helpers.checkpoints import load_checkpoint
 from helpers.config import Config, ConfigError, parameter_names
 from helpers.dataset import data_dir_of
+from helpers.errors import KitError, exits_on_kit_error
 from helpers.holdout import test_labels
-from helpers.multilabel_metrics import macro_map, threshold_scores
+from helpers.multilabel_metrics import macro_map
 from helpers.paths import outputs_dir, runs_dir
 from helpers.run_folder import RunFolder, metric_key
-from helpers.singlelabel_metrics import summary_metrics
 from helpers.tables import detect_layout, list_test_images
+from helpers.tasks import TASKS, task_for
+from helpers.thresholds import TunedThresholds
 
 COLUMNS = [
     "run",
@@ -44,7 +46,7 @@ COLUMNS = [
     "backbone",
     "img_size",
     "epochs",
-    "finished",  # the whole series completed (finished.json)
+    "finished",  # submission.csv written (05), or evaluation.json (04) for data without a test set
     "val_acc_tta",  # out-of-fold accuracy with the run's TTA views (evaluation.json)
     "val_acc",  # out-of-fold accuracy without TTA (evaluation.json)
     "best_val_acc",  # mean over trained folds of each fold's best epoch (metrics.csv)
@@ -53,11 +55,12 @@ COLUMNS = [
     "test_acc",  # 05's test predictions against the test labels, when the test set has them (helpers.holdout)
     "test_macro_f1",
     "test_log_loss",
-    # multilabel runs (F1 at 0.5 for validation; the test's at the run's tuned per-class thresholds)
+    # multilabel runs; every F1 at the run's per-class thresholds tuned by 04 (what 05 predicts with), the
+    # validation ones optimistic (tuned on the same out-of-fold rows)
     "val_map_tta",  # out-of-fold macro mAP with the run's TTA views (evaluation.json)
     "val_map",  # out-of-fold macro mAP without TTA (evaluation.json)
-    "val_f1_micro_tta",
-    "val_f1_macro_tta",
+    "val_f1_micro_tuned_tta",
+    "val_f1_macro_tuned_tta",
     "best_val_map",  # mean over trained folds of each fold's best epoch (metrics.csv)
     "test_map",
     "test_f1_micro",
@@ -83,9 +86,12 @@ MULTICLASS_ONLY = [
     "test_macro_f1",
     "test_log_loss",
 ]
-MULTILABEL_ONLY = ["val_map_tta", "val_map", "val_f1_micro_tta", "val_f1_macro_tta", "best_val_map", "test_map",
-                   "test_f1_micro", "test_f1_macro"]  # fmt: skip
-SCORE = {"multiclass": "val_acc_tta", "multilabel": "val_map_tta"}  # what ranks a task's runs by default
+MULTILABEL_ONLY = ["val_map_tta", "val_map", "val_f1_micro_tuned_tta", "val_f1_macro_tuned_tta", "best_val_map",
+                   "test_map", "test_f1_micro", "test_f1_macro"]  # fmt: skip
+# 06 shows each task's scores in one table and these in a second: one table of every column is wider than
+# a notebook (a 1400 px window)
+DETAILS = ["backbone", "img_size", "epochs", "best_val_loss", "train_seconds", "seconds_per_epoch", "images_per_s",
+           "parameters"]  # fmt: skip
 # a multiclass column's counterpart for multilabel runs (and back): what ranks them and is their plot's axis
 MULTILABEL_COUNTERPART = {
     "val_acc_tta": "val_map_tta",
@@ -95,6 +101,12 @@ MULTILABEL_COUNTERPART = {
     "test_acc": "test_map",
     "test_macro_f1": "test_f1_macro",
     "test_log_loss": "test_map",
+}
+ONLY = {"multiclass": MULTICLASS_ONLY, "multilabel": MULTILABEL_ONLY}  # the columns only a task fills
+# the counterpart, for a task's runs, of a column another task fills
+COUNTERPART = {
+    "multilabel": MULTILABEL_COUNTERPART,
+    "multiclass": {v: k for k, v in MULTILABEL_COUNTERPART.items() if k not in ("oof_acc", "test_log_loss")},
 }
 
 
@@ -117,11 +129,11 @@ def run_row(run: RunFolder) -> dict[str, Any]:
         "backbone": config.backbone if config else np.nan,
         "img_size": config.img_size if config else np.nan,
         "epochs": config.epochs if config else np.nan,
-        "finished": run.finished.exists(),
+        "finished": run.complete(_has_test_set(config)) if config else False,
     }
     row |= _read(run.metrics, lambda p: _training_columns(run.read_metrics()))
     row |= _read(run.evaluation, lambda p: _evaluation_columns(run.read_evaluation()))
-    if config is not None and run_task(config) == "multiclass":
+    if config is not None and "oof_acc" in ONLY[config.task]:
         row |= _read(run.oof, lambda p: {"oof_acc": _oof_accuracy(run.read_oof())})
     if config is not None:
         row |= _read(run.test_probabilities, lambda p: _test_columns(run, config))
@@ -144,15 +156,12 @@ def build_leaderboard() -> pd.DataFrame:
     return rank_runs(frame, "val_acc_tta")
 
 
-def _column_for(column: str, task: str) -> str:
+def sort_column(column: str, task: str) -> str:
     """The column that ranks (and plots) a task's runs when `column` is asked for: itself when the task
-    fills it, else its counterpart of the task (or the task's default score)."""
-    if task == "multilabel" and column in MULTICLASS_ONLY:
-        return MULTILABEL_COUNTERPART[column]
-    if task == "multiclass" and column in MULTILABEL_ONLY:
-        back = {v: k for k, v in MULTILABEL_COUNTERPART.items() if k != "oof_acc" and k != "test_log_loss"}
-        return back.get(column, SCORE["multiclass"])
-    return column
+    fills it or no task owns it, else its counterpart of the task (or the task's default score)."""
+    if column in ONLY[task] or not any(column in columns for columns in ONLY.values()):
+        return column
+    return COUNTERPART[task].get(column, TASKS[task].score_column)
 
 
 def rank_runs(frame: pd.DataFrame, by: str) -> pd.DataFrame:
@@ -162,12 +171,11 @@ def rank_runs(frame: pd.DataFrame, by: str) -> pd.DataFrame:
     _require("sort_by", by, SORTABLE)
     tasks = frame["task"].fillna("multiclass")
     parts = []
-    for task in [*TASK_ORDER, *sorted(set(tasks) - set(TASK_ORDER))]:
+    for task in TASK_ORDER:
         part = frame[tasks == task]
         if part.empty:
             continue
-        key = _column_for(by, task)
-        keys = list(dict.fromkeys([key, "best_val_map" if task == "multilabel" else "best_val_acc"]))
+        keys = list(dict.fromkeys([sort_column(by, task), TASKS[task].best_column]))
         ascending = [k in LOWER_IS_BETTER for k in keys]
         part = part.sort_values(keys, ascending=ascending, na_position="last", kind="stable")
         parts.append(part.assign(rank=np.arange(1, len(part) + 1)))
@@ -181,9 +189,21 @@ def by_task(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     for task in TASK_ORDER:
         part = frame[tasks == task]
         if not part.empty:
-            other = MULTILABEL_ONLY if task == "multiclass" else MULTICLASS_ONLY
+            other = [c for name, columns in ONLY.items() if name != task for c in columns]
             out[task] = part.drop(columns=other).reset_index(drop=True)
     return out
+
+
+def display_tables(frame: pd.DataFrame, sort_by: str) -> list[tuple[str, pd.DataFrame]]:
+    """06's tables, titled: per task, its runs' scores ranked by `sort_by` (or the task's counterpart of
+    it, named in the title), then how each run was made and what it cost (DETAILS)."""
+    tables = []
+    for task, runs in by_task(rank_runs(frame, sort_by)).items():
+        tables.append(
+            (f"{task} runs, ranked by {sort_column(sort_by, task)}", runs.drop(columns=["task", *DETAILS]))
+        )
+        tables.append((f"{task} runs: backbone, size, loss and cost", runs[["run", "rank", *DETAILS]]))
+    return tables
 
 
 def show_leaderboard(frame: pd.DataFrame, accuracy: str = "val_acc_tta") -> Figure:
@@ -193,7 +213,7 @@ def show_leaderboard(frame: pd.DataFrame, accuracy: str = "val_acc_tta") -> Figu
     parts = by_task(frame) or {"multiclass": frame}
     fig, axes = plt.subplots(1, len(parts), figsize=(7 * len(parts), 4.5), squeeze=False)
     for ax, (task, part) in zip(axes[0], parts.items(), strict=True):
-        _plot_runs(ax, part, _column_for(accuracy, task), task if len(parts) > 1 else "")
+        _plot_runs(ax, part, sort_column(accuracy, task), task if len(parts) > 1 else "")
     fig.tight_layout()
     return fig
 
@@ -286,10 +306,21 @@ def _evaluation_columns(evaluation: dict[str, Any]) -> dict[str, float]:
         "val_acc_tta": metric_key("accuracy", tta=True),
         "val_map": metric_key("map", tta=False),
         "val_map_tta": metric_key("map", tta=True),
-        "val_f1_micro_tta": metric_key("f1_micro", tta=True),
-        "val_f1_macro_tta": metric_key("f1_macro", tta=True),
+        "val_f1_micro_tuned_tta": metric_key("f1_micro_tuned", tta=True),
+        "val_f1_macro_tuned_tta": metric_key("f1_macro_tuned", tta=True),
     }
     return {column: evaluation[key] for column, key in keys.items() if key in evaluation}
+
+
+def _has_test_set(cfg: Config) -> bool:
+    """Whether the run's data has a test set for 05 to predict; one 05 cannot read counts as one."""
+    data_dir = data_dir_of(cfg)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # 05 warns about unlisted test images, not the leaderboard
+            return list_test_images(cfg, data_dir, detect_layout(cfg, data_dir)) is not None
+    except (KitError, OSError):
+        return True
 
 
 def _oof_accuracy(oof: pd.DataFrame) -> float:
@@ -309,27 +340,20 @@ def _test_columns(run: RunFolder, cfg: Config) -> dict[str, float]:
     truth = test_labels(cfg, data_dir, rows, list(probabilities.columns))
     if truth is None or not len(truth):
         return {}
-    if run_task(cfg) == "multilabel":
-        return _multilabel_test_columns(run, truth, probabilities.to_numpy())
-    metrics = summary_metrics(truth, probabilities.to_numpy())
-    return {
-        "test_acc": metrics["accuracy"],
-        "test_macro_f1": metrics["macro_f1"],
-        "test_log_loss": metrics["log_loss"],
-    }
+    task = task_for(cfg)
+    # the thresholds 05 decided with, as thresholds.json holds them
+    thresholds = _saved_thresholds(run) if run.thresholds.exists() else None
+    if task.tunes_thresholds and thresholds is None:  # none tuned: only the threshold-free score
+        return {"test_map": macro_map(truth, probabilities.to_numpy())}
+    scores = task.summary(truth, probabilities.to_numpy(), thresholds)
+    return {column: scores[key] for key, column in task.test_columns.items()}
 
 
-def _multilabel_test_columns(
-    run: RunFolder, truth: np.ndarray, probabilities: np.ndarray
-) -> dict[str, float]:
-    """mAP of 05's test probabilities, and F1 at the per-class thresholds 05 used (thresholds.json)."""
-    scores = {"test_map": macro_map(truth, probabilities)}
-    if run.thresholds.exists():
-        saved = run.read_thresholds()
-        thresholds = np.array([saved["per_class"][c] for c in saved["classes"]])
-        at = threshold_scores(truth, probabilities, thresholds)
-        scores |= {"test_f1_micro": at["f1_micro"], "test_f1_macro": at["f1_macro"]}
-    return scores
+def _saved_thresholds(run: RunFolder) -> TunedThresholds:
+    """The per-class thresholds of the run's thresholds.json (what 05 decided with); the rest of the
+    record is 04's description of how they were tuned, which scoring does not need."""
+    saved = run.read_thresholds()
+    return TunedThresholds(saved["classes"], 0.5, 0.5, saved["per_class"], "per_class", "", [], 0)
 
 
 def _count(path: Path) -> int:
@@ -337,6 +361,7 @@ def _count(path: Path) -> int:
     return sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
 
 
+@exits_on_kit_error("python -m helpers.leaderboard")
 def main() -> int:
     frame = write_leaderboard()
     with pd.option_context("display.max_columns", None, "display.width", 200):

@@ -18,6 +18,7 @@ import torch
 from timm.data import resolve_model_data_config
 from torch import nn
 
+from helpers.config import ConfigError
 from helpers.weights import (
     check_timm_layout,
     from_efficientnet_pytorch,
@@ -29,16 +30,16 @@ from helpers.weights import (
 
 
 def check_backbone(backbone: str) -> None:
-    """Raise ValueError, suggesting close timm names, unless `backbone` is a timm model (with a valid tag)."""
+    """Raise ConfigError, suggesting close timm names, unless `backbone` is a timm model (with a valid tag)."""
     arch, _, tag = backbone.partition(".")
     if not timm.is_model(arch):
         close = timm.list_models(f"*{arch}*")[:8] or difflib.get_close_matches(arch, timm.list_models(), n=8)
         hint = f"close names: {', '.join(close)}" if close else "see timm.list_models('*part_of_name*')"
-        raise ValueError(f"backbone={backbone!r} is not a timm model; {hint}")
+        raise ConfigError(f"backbone={backbone!r} is not a timm model; {hint}")
     if tag and backbone not in timm.list_pretrained(f"{arch}.*"):
         tags = timm.list_pretrained(f"{arch}.*")
         known = ", ".join(tags) or "none"
-        raise ValueError(f"backbone={backbone!r}: {arch} has no pretrained tag {tag!r}; known: {known}")
+        raise ConfigError(f"backbone={backbone!r}: {arch} has no pretrained tag {tag!r}; known: {known}")
 
 
 def data_config_for(backbone: str) -> dict[str, Any]:

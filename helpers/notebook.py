@@ -2,11 +2,14 @@
 
 Importing this module in a notebook's first cell starts recording the source of every executed cell that
 begins with `# parameters` (the notebook's own and papermill's injected one). IPython's `In` history can't
-serve: nbval executes cells without storing history.
+serve: nbval executes cells without storing history. It also makes the kernel show the kit's own errors
+(helpers.errors.KitError) as their message alone, in red, with the problems table of a DataError; any other
+exception keeps its full traceback.
 """
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Literal
 
 import pandas as pd
@@ -14,9 +17,11 @@ import pandas as pd
 from helpers.allocator import retain_freed_memory
 from helpers.config import PARAMETER_MARKER, Config, Stage, passed_values, settle_run_config
 from helpers.dataset import DataInfo
+from helpers.errors import RED, RESET, KitError, MissingRunError, red_lines
 from helpers.images import read_image
 from helpers.plots import save_figure, show_images
 from helpers.run_folder import RunFolder
+from helpers.tables import DataError
 from helpers.tasks import task_named
 
 PARAMETER_CELLS: list[str] = []
@@ -46,19 +51,38 @@ def stop_here(message: str) -> None:
     STOPPED.append(message)
 
 
-def _install_recorder() -> None:
+def show_kit_error(shell: Any, etype: type, error: BaseException, tb: Any, tb_offset: Any = None) -> None:
+    """IPython's handler of a kit error: its message in red as the cell's error output, without frames,
+    then a DataError's problems table (its first SHOWN rows). The cell still fails: IPython records the
+    error, so papermill and nbval stop there, and papermill's error carries the whole message."""
+    if not (isinstance(error, DataError) and len(error.problems)):
+        shell._showtraceback(etype, error, red_lines(error))
+        return
+    lines = [error.message, *(f"likely cause: {c}" for c in error.causes)]
+    if len(error.problems) > DataError.SHOWN:
+        lines.append(f"the first {DataError.SHOWN} of {len(error.problems)} problems:")
+    shell._showtraceback(etype, error, [f"{RED}{line}{RESET}" for line in lines])
+    from IPython.display import display
+
+    display(error.problems.head(DataError.SHOWN))
+
+
+def _install_hooks() -> None:
     try:
         from IPython import get_ipython
     except ImportError:
         return
     shell = get_ipython()
-    if shell is not None and _record_parameter_cell not in shell.events.callbacks["pre_run_cell"]:
+    if shell is None:
+        return
+    if _record_parameter_cell not in shell.events.callbacks["pre_run_cell"]:
         shell.events.register("pre_run_cell", _record_parameter_cell)
-    if shell is not None and _skip_when_stopped not in shell.input_transformers_post:
+    if _skip_when_stopped not in shell.input_transformers_post:
         shell.input_transformers_post.append(_skip_when_stopped)
+    shell.set_custom_exc((KitError,), show_kit_error)
 
 
-_install_recorder()
+_install_hooks()
 # a notebook kernel is a process of the kit's own: it keeps freed memory for the next batch
 retain_freed_memory()
 
@@ -67,7 +91,6 @@ retain_freed_memory()
 # notebook that owns them has written it (see Config's Stage and README "Which value wins").
 NotebookStage = Literal["data", "preview", "train", "evaluate", "predict"]
 OWNS: dict[str, tuple[Stage, ...]] = {"data": ("data",), "train": ("train",)}
-FREE: tuple[Stage, ...] = ("run", "predict", "machine")
 
 
 def start(namespace: dict[str, Any], stage: NotebookStage) -> tuple[Config, RunFolder]:
@@ -76,19 +99,22 @@ def start(namespace: dict[str, Any], stage: NotebookStage) -> tuple[Config, RunF
     The run folder comes from run_name (or the backbone's name). When the run has a config.json, it is the
     base: data settings are fixed by 01 and training settings once a fold has trained, so a parameter that
     contradicts them is an error naming both values, and a notebook's default for a setting it does not own
-    (04's `backbone`, which names the run) never changes what the run trained. 04 and 05 need config.json.
+    (04's `backbone`, which names the run) never changes what the run trained. A free setting (stages predict
+    and machine) follows the run too: a value passed to this notebook (injected by papermill,
+    or changed from its default in its cell) wins, else the run's config.json, else the default; a cell's
+    unchanged default never replaces what an earlier notebook was given. 04 and 05 need config.json.
     """
     if not PARAMETER_CELLS:
-        raise RuntimeError(
+        raise KitError(
             "no '# parameters' cell has run since helpers.notebook was imported: import it in the "
             "cell before the parameters cell, then run the parameters cell"
         )
-    owned = Config.names_of(*FREE, *OWNS.get(stage, ()))
+    owned = Config.names_of("run", *OWNS.get(stage, ()))
     passed = passed_values(namespace, PARAMETER_CELLS, owned)
     run = RunFolder.of(Config.from_dict(passed))
     if not run.config.exists():
         if stage in ("evaluate", "predict"):
-            raise FileNotFoundError(
+            raise MissingRunError(
                 f"{run.config} does not exist: run notebooks/01_data.ipynb and 03_train.ipynb for "
                 f"run_name={run.name!r} first (or set run_name to a run in {run.path.parent})."
             )
@@ -96,6 +122,12 @@ def start(namespace: dict[str, Any], stage: NotebookStage) -> tuple[Config, RunF
     # 01 may still change the data settings of a run that has not trained; nothing changes a trained run
     fixed: list[Stage] = ["data", "train"] if run.trained() else ([] if stage == "data" else ["data"])
     return settle_run_config(passed, run.read_config(), fixed, run.path), run.create()
+
+
+def say(text: str, width: int = 100) -> None:
+    """Print prose wrapped between words at `width` characters: JupyterLab breaks a long output line
+    anywhere, even inside a word."""
+    print("\n".join(textwrap.fill(part, width) for part in text.splitlines()))
 
 
 def show_samples(table: pd.DataFrame, run: RunFolder, n: int = 24, seed: int = 0) -> Any:

@@ -16,10 +16,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from helpers.errors import KitError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-class OutsideCheckoutError(RuntimeError):
+class OutsideCheckoutError(KitError, RuntimeError):
     """The helpers are installed outside a kit checkout and no variable says where the project lives."""
 
 

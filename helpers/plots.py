@@ -27,11 +27,16 @@ def show_image(ax, image: np.ndarray, title: str = "", color: str = "black") -> 
     ax.axis("off")
 
 
-def image_grid(n: int, ncols: int = 8, size: float = 1.4) -> tuple[Figure, np.ndarray]:
-    """A figure with n image axes in rows of ncols; unused axes hidden."""
+TITLE_LINE = 0.17  # inches a line of an 8 pt image title takes, spacing included
+
+
+def image_grid(n: int, ncols: int = 8, size: float = 1.4, title_lines: int = 1) -> tuple[Figure, np.ndarray]:
+    """A figure with n image axes in rows of ncols, each row tall enough for titles of `title_lines`
+    lines (a three-line title otherwise runs into the row above); unused axes hidden."""
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + 0.25)), squeeze=False)
+    height = nrows * (size + 0.08 + TITLE_LINE * title_lines)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, height), squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     return fig, axes.flat[:n]
@@ -45,7 +50,8 @@ def show_images(
     suptitle: str = "",
 ) -> Figure:
     """A grid of images with optional per-image titles and title colours."""
-    fig, axes = image_grid(len(images), ncols)
+    lines = max((str(t).count("\n") + 1 for t in titles), default=1)
+    fig, axes = image_grid(len(images), ncols, title_lines=lines)
     for i, (ax, image) in enumerate(zip(axes, images, strict=True)):
         show_image(ax, image, titles[i] if titles else "", colors[i] if colors else "black")
     if suptitle:
@@ -298,19 +304,23 @@ def label_set_lines(
     return lines
 
 
+CAPTION_POINTS = 10  # the lines under a label-set grid's images: 14 px at the 100 dpi notebooks show
+
+
 def show_set_grid(
     images: Sequence[np.ndarray],
     lines: Sequence[Sequence[tuple[str, str]]],
     ncols: int = 8,
-    size: float = 1.4,
+    size: float = 1.35,
 ) -> Figure:
-    """A grid of images, each with its coloured lines below (label_set_lines)."""
+    """A grid of images, each with its coloured lines below (label_set_lines). Eight columns make a
+    figure under 11 inches wide: JupyterLab shows it unscaled in a 1400 px window, captions readable."""
     most = max((len(ls) for ls in lines), default=1)
     ncols = max(1, min(ncols, len(images)))
     nrows = math.ceil(len(images) / ncols)
-    line = 9  # points between lines
+    line = CAPTION_POINTS * 1.25  # points between lines
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(ncols * size * 1.15, nrows * (size + 0.1 + most * line / 72)), squeeze=False
+        nrows, ncols, figsize=(ncols * size, nrows * (size + 0.15 + most * line / 72)), squeeze=False
     )
     for ax in axes.flat[len(images) :]:
         ax.axis("off")
@@ -318,7 +328,8 @@ def show_set_grid(
         show_image(ax, image)
         for row, (text, color) in enumerate(image_lines):
             ax.annotate(text, (0.5, 0), xycoords="axes fraction", xytext=(0, -2 - line * row),
-                        textcoords="offset points", ha="center", va="top", fontsize=7, color=color)  # fmt: skip
+                        textcoords="offset points", ha="center", va="top", fontsize=CAPTION_POINTS,
+                        color=color)  # fmt: skip
     # the lines hang below the axes, which tight_layout does not count: pad the rows by them (font sizes)
     fig.tight_layout(h_pad=(most * line + 4) / plt.rcParams["font.size"])
     return fig

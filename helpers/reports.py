@@ -134,20 +134,18 @@ class OofEvaluation:
         return f"{line}\n{caution}" if caution else line
 
 
-def show_thresholds(oof: OofEvaluation) -> pd.DataFrame | None:
-    """04's thresholds step: prints what 05 decides with (and why tuned OOF scores are optimistic) and
-    returns the scores at each candidate, or None for a run without thresholds."""
+def threshold_summary(oof: OofEvaluation) -> tuple[str, pd.DataFrame | None]:
+    """04's thresholds step: what 05 decides with (and why tuned OOF scores are optimistic, and how many
+    rows needed the rule beyond the thresholds), and the scores at each candidate; no table for a run
+    without thresholds."""
     if oof.thresholds is None:
-        print(f"a {oof.task.name} run predicts the most probable class: no thresholds")
-        return None
-    print(
+        return f"a {oof.task.name} run predicts the most probable class: no thresholds", None
+    lines = [
         f"05 turns probabilities into label sets with the per-class thresholds (saved in thresholds.json; the "
-        f"global one is {oof.thresholds.global_threshold:g})."
-    )
-    print(f"Note: {OPTIMISTIC}.")
-    if note := oof.task.decision_note(oof.tta, oof.thresholds):
-        print(note)
-    return oof.threshold_table().round(4)
+        f"global one is {oof.thresholds.global_threshold:g}). Note: {OPTIMISTIC}.",
+        oof.task.decision_note(oof.tta, oof.thresholds),
+    ]
+    return "\n".join(line for line in lines if line), oof.threshold_table().round(4)
 
 
 def evaluation_record(

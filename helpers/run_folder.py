@@ -15,7 +15,7 @@
       test_probabilities.csv   id and one probability column per class (05)
       data_problems.csv        every problem of the data, when 01 stopped on them
       dropped_rows.csv         the rows left out with drop_bad_rows=True
-      finished.json            written once the whole series has run (helpers.runner)
+      finished.json            the parameters the runner's whole series ran with (a sweep skips the run)
       onnx/fold<k>_<kind>.onnx        a fold model exported to ONNX (helpers.export)
       onnx/fold<k>_<kind>.json        its preprocessing, classes and the parity check against torch
       plots/<name>.png         every figure a notebook shows
@@ -36,7 +36,7 @@ from typing import Any
 import pandas as pd
 
 from helpers.atomic import atomic_to_csv, atomic_write_text
-from helpers.config import Config
+from helpers.config import Config, ConfigError
 from helpers.paths import runs_dir
 
 CHECKPOINT_KINDS = ("best_score", "best_loss", "last", "ema")
@@ -54,7 +54,7 @@ def require_fitted_for(file: Path, fitted: str, checkpoint: str, tta_views: list
     """Refuse what 04 fitted on one checkpoint and set of TTA views (a temperature, thresholds) for a
     prediction with others: those give other probabilities, which it was not fitted on."""
     if checkpoint != cfg.checkpoint or tta_views != list(cfg.tta_views):
-        raise ValueError(
+        raise ConfigError(
             f"{file} was {fitted} on checkpoint={checkpoint!r}, tta_views={tta_views}, and this prediction uses "
             f"checkpoint={cfg.checkpoint!r}, tta_views={list(cfg.tta_views)}: run 04 with the same checkpoint "
             f"and tta_views first, or predict with the ones it was {fitted} on"
@@ -171,6 +171,11 @@ class RunFolder:
     def create(self) -> RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         return self
+
+    def complete(self, has_test_set: bool) -> bool:
+        """Whether the run is finished, however its notebooks were run (runner, sweep or by hand): 05 wrote
+        its submission, or, for data without a test set, 04 wrote its evaluation."""
+        return (self.submission if has_test_set else self.evaluation).exists()
 
     def trained(self) -> bool:
         """Whether any fold has trained: from then on the run's training settings are fixed."""

@@ -18,8 +18,11 @@ from typing import Any
 
 import papermill
 import yaml
+from jupyter_client import AsyncKernelManager
+from traitlets import default
 
 from helpers.config import Config, ConfigError
+from helpers.errors import EXIT_KIT_ERROR, KitError, kit_error_names
 from helpers.paths import notebooks_dir, project_root
 from helpers.run_folder import RunFolder
 
@@ -28,15 +31,38 @@ SERIES = ["01_data", "02_augment_preview", "03_train", "04_evaluate", "05_infere
 
 @dataclass
 class NotebookFailed(RuntimeError):
-    """A notebook of the series raised; names the notebook, the cell and the executed copy."""
+    """A notebook of the series raised; names the notebook, the cell and the executed copy. `kit_error`:
+    it stopped on one of the kit's own errors (a message for a person), not on a bug."""
 
     notebook: str
     cell: str
     error: str
     executed: Path
+    kit_error: bool = False
 
     def __str__(self) -> str:
         return f"{self.notebook} failed in {self.cell}: {self.error}\nexecuted copy: {self.executed}"
+
+
+class LocalKernelManager(AsyncKernelManager):
+    """The notebooks' kernels, reached through local (IPC) sockets instead of TCP ports: nothing listens on
+    the network, and ipykernel has no reason to warn, once per notebook, that TCP is unencrypted.
+
+    Stopping one sends no interrupt. jupyter_client interrupts every kernel before its shutdown request,
+    to break a busy one, by a SIGINT to the kernel's process group (its loader workers included);
+    papermill stops a kernel only after its last cell, when there is nothing to break, and the signal made
+    02 (whose loader's persistent workers, forked during a cell, are still running) log "[IPKernelApp]
+    ERROR | KeyboardInterrupt caught in kernel." after a notebook that succeeded, in one run of 02 in four
+    here. An interrupt asked for at any other time (a cell's timeout) is still sent.
+    """
+
+    @default("transport")
+    def _default_transport(self) -> str:
+        return "ipc"
+
+    async def _async_interrupt_kernel(self) -> None:
+        if not self.shutting_down:
+            await super()._async_interrupt_kernel()
 
 
 def series_notebooks(names: list[str] | None = None) -> list[Path]:
@@ -116,11 +142,12 @@ def run_series(params: dict[str, Any], notebooks: list[str] | None = None, log: 
                 kernel_name="python3",
                 progress_bar=False,
                 log_output=False,
+                kernel_manager_class=LocalKernelManager,
             )
         except papermill.PapermillExecutionError as e:
-            raise NotebookFailed(
-                nb.stem, f"cell {e.exec_count}", f"{e.ename}: {e.evalue}", executed
-            ) from None
+            kit = e.ename in kit_error_names()
+            error = e.evalue if kit else f"{e.ename}: {e.evalue}"
+            raise NotebookFailed(nb.stem, f"cell {e.exec_count}", error, executed, kit) from None
     if paths == series_notebooks():
         run.mark_finished(params)
     return run
@@ -144,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         params["backbone"] = args.backbone
     try:
         run = run_series(params, args.notebooks.split(",") if args.notebooks else None)
-    except (ConfigError, NotebookFailed) as e:
+    except (KitError, NotebookFailed) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 1 if isinstance(e, NotebookFailed) and not e.kit_error else EXIT_KIT_ERROR
     print(f"\nresults: {run.path}" + (f"\nsubmission: {run.submission}" if run.submission.exists() else ""))
     print("compare runs: python -m helpers.leaderboard (or notebooks/06_compare.ipynb)")
     return 0

@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from helpers.atomic import atomic_write
+from helpers.errors import KitError
 from helpers.images import READER_VERSION, fitted_size
 
 try:
@@ -51,7 +52,7 @@ ESTIMATE_SAMPLE = 256  # image headers read to estimate the disk a build needs
 DISK_MARGIN = 1.05  # the estimate's margin, and room left for the index
 
 
-class StoreSpaceError(OSError):
+class StoreSpaceError(KitError, OSError):
     """The disk holding the store has too little free space for the images it would add."""
 
 

@@ -26,6 +26,7 @@ import yaml
 
 from helpers import runner
 from helpers.config import Config, ConfigError
+from helpers.errors import exits_on_kit_error
 from helpers.leaderboard import leaderboard_csv, write_leaderboard
 from helpers.model import check_backbone
 from helpers.run_folder import RunFolder
@@ -185,6 +186,7 @@ def _warn_different_folds(runs: list[PlannedRun]) -> None:
         )
 
 
+@exits_on_kit_error("python -m helpers.sweep")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", default="", help="comma-separated timm model names")
@@ -193,17 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerun", action="store_true", help="run finished runs again, from scratch")
     parser.add_argument("--tag", default="", help="appended to every run name, e.g. v2")
     args = parser.parse_args(argv)
-    try:
-        runs = plan_sweep(
-            [b.strip() for b in args.backbones.split(",") if b.strip()],
-            {name: runner.parse_value(value, name) for name, value in args.param},
-            load_grid(args.grid) if args.grid else {},
-            args.tag,
-        )
-        failures = run_sweep(runs, args.rerun)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    runs = plan_sweep(
+        [b.strip() for b in args.backbones.split(",") if b.strip()],
+        {name: runner.parse_value(value, name) for name, value in args.param},
+        load_grid(args.grid) if args.grid else {},
+        args.tag,
+    )
+    failures = run_sweep(runs, args.rerun)
     print(f"leaderboard: {leaderboard_csv()}")
     if failures:
         print(f"{len(failures)} of {len(runs)} run(s) failed:\n  " + "\n  ".join(failures), file=sys.stderr)

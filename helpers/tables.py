@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from helpers.config import Config
+from helpers.errors import KitError
 
 PROBLEM_COLUMNS = ["table", "line", "id", "file", "problem", "fix"]
 WIDE_PREFIX = "wide:"  # a label_cols column as the reader keeps it, for helpers.label_sets
@@ -24,7 +25,7 @@ TRAIN_WORDS = {"train", "training", "trn", "false"}  # split_col values of train
 VALID_WORDS = {"val", "valid", "validation", "dev", "true"}  # split_col values of validation rows
 
 
-class DataError(ValueError):
+class DataError(KitError, ValueError):
     """The data has problems; `problems` lists every one, with how to fix it.
 
     `causes` are one-line diagnoses of problems many rows share (likely cause and fix), said before the
@@ -34,6 +35,7 @@ class DataError(ValueError):
     SHOWN = 20  # problems spelled out in the message; all of them are in `problems`
 
     def __init__(self, message: str, problems: pd.DataFrame | None = None, causes: list[str] | None = None):
+        self.message = message  # the headline, without the causes and rows that follow it in str()
         self.problems = problems if problems is not None else problem_frame([])
         self.causes = list(causes or [])
         lines = [f"likely cause: {c}" for c in self.causes]

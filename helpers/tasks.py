@@ -65,6 +65,9 @@ class Task(ABC):
     output_meaning: ClassVar[str]  # what an exported model's output holds
     mixes_multi_label: ClassVar[bool]  # timm's Mixup `multi_label`
     tunes_thresholds: ClassVar[bool]  # whether 04 tunes decision thresholds (thresholds.json) that 05 needs
+    score_column: ClassVar[str]  # the leaderboard column that ranks this task's runs by default
+    best_column: ClassVar[str]  # the leaderboard column that breaks its ties (03's best epoch)
+    test_columns: ClassVar[dict[str, str]]  # summary score -> leaderboard test column
     calibration_skipped: ClassVar[str] = ""  # why temperature scaling does not apply; empty when it does
 
     def __init__(self, allow_empty: bool = False) -> None:
@@ -250,6 +253,9 @@ class SingleLabel(Task):
     output_meaning = "softmax probabilities: one distribution over the classes, summing to 1"
     mixes_multi_label = False
     tunes_thresholds = False
+    score_column = "val_acc_tta"
+    best_column = "best_val_acc"
+    test_columns = {"accuracy": "test_acc", "macro_f1": "test_macro_f1", "log_loss": "test_log_loss"}
     calibration_skipped = ""
 
     def targets(self, rows: pd.DataFrame, num_classes: int) -> np.ndarray:
@@ -362,6 +368,9 @@ class MultiLabel(Task):
     )
     mixes_multi_label = True
     tunes_thresholds = True
+    score_column = "val_map_tta"
+    best_column = "best_val_map"
+    test_columns = {"map": "test_map", "f1_micro": "test_f1_micro", "f1_macro": "test_f1_macro"}
     calibration_skipped = (
         "temperature scaling is for multiclass runs (one softmax over the classes); a multilabel run's "
         "probabilities are one sigmoid per class, which this kit does not calibrate"

@@ -36,6 +36,7 @@ from helpers.augment import InputPrep
 from helpers.checkpoints import load_checkpoint, save_checkpoint, unwrap
 from helpers.config import Config, ConfigError
 from helpers.dataset import DataInfo, build_store
+from helpers.errors import KitError
 from helpers.loaders import build_loader, sample_seed
 from helpers.model import create_model
 from helpers.precision import Precision, pick_device, resolve_precision
@@ -48,7 +49,7 @@ from helpers.transfer import build_optimizer, freeze_body, keep_frozen_statistic
 NAN_CHECK_EVERY = 10  # optimizer-loop steps between loss checks (each check waits for the device)
 
 
-class NonFiniteLoss(FloatingPointError):
+class NonFiniteLoss(KitError, FloatingPointError):
     """The loss became NaN or infinite; the epoch is not checkpointed."""
 
 

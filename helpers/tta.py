@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from helpers.config import ConfigError
 from helpers.precision import Precision
 
 if TYPE_CHECKING:
@@ -37,11 +38,11 @@ def check_views(names: Sequence[str], square: bool = True) -> list[str]:
     """The view names, validated: known, not repeated, square-only views only on square inputs."""
     unknown = [n for n in names if n not in VIEWS]
     if unknown:
-        raise ValueError(f"unknown TTA view(s) {unknown}; choose from {list(VIEWS)}")
+        raise ConfigError(f"unknown TTA view(s) {unknown}; choose from {list(VIEWS)}")
     if len(set(names)) != len(names):
-        raise ValueError(f"a TTA view is listed twice in {list(names)}: it would be counted twice")
+        raise ConfigError(f"a TTA view is listed twice in {list(names)}: it would be counted twice")
     if not square and SQUARE_ONLY & set(names):
-        raise ValueError(f"{sorted(SQUARE_ONLY & set(names))} need square inputs")
+        raise ConfigError(f"{sorted(SQUARE_ONLY & set(names))} need square inputs")
     return list(names)
 
 

@@ -30,6 +30,8 @@ from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, t
 from huggingface_hub.errors import EntryNotFoundError
 from tqdm.auto import tqdm
 
+from helpers.config import ConfigError
+from helpers.errors import MissingFileError
 from helpers.paths import resolve_path
 
 NO_WEIGHTS_HINT = "pass weights_file=/path/to/weights.pth (or .safetensors), or set pretrained=False."
@@ -51,7 +53,7 @@ def local_weights_file(weights_file: str) -> Path:
     naming it when there is no such file."""
     path = resolve_path(weights_file)
     if not path.is_file():
-        raise FileNotFoundError(f"weights_file={weights_file!r}: no such file ({path})")
+        raise MissingFileError(f"weights_file={weights_file!r}: no such file ({path})")
     return path
 
 
@@ -77,7 +79,7 @@ def hub_weights_file(backbone: str) -> Path:
     that names the cache, `weights_file` and `pretrained=False`."""
     hub = _hub_location(backbone)
     if hub is None:
-        raise FileNotFoundError(f"timm lists no Hugging Face weights for {backbone!r}: {NO_WEIGHTS_HINT}")
+        raise MissingFileError(f"timm lists no Hugging Face weights for {backbone!r}: {NO_WEIGHTS_HINT}")
     found = cached_weights_file(backbone)
     if found is not None:
         return found
@@ -105,9 +107,7 @@ def hub_weights_file(backbone: str) -> Path:
             return Path(hf_hub_download(repo_id, filename, revision=revision, tqdm_class=tqdm))
         except EntryNotFoundError:
             continue
-    raise FileNotFoundError(
-        f"{repo_id} on {endpoint} holds none of {', '.join(filenames)}: {NO_WEIGHTS_HINT}"
-    )
+    raise MissingFileError(f"{repo_id} on {endpoint} holds none of {', '.join(filenames)}: {NO_WEIGHTS_HINT}")
 
 
 def _not_cached(backbone: str, reason: str) -> FileNotFoundError:
@@ -193,19 +193,19 @@ def from_efficientnet_pytorch(
     for key, tensor in state_dict.items():
         new = _timm_name(key, state_dict, timm_blocks, backbone)
         if new not in target:
-            raise ValueError(
+            raise ConfigError(
                 f"weights_file: EfficientNet-PyTorch tensor {key} maps to {new}, which {backbone} does not have "
                 "(weights of another architecture?)"
             )
         if tuple(tensor.shape) != tuple(target[new].shape):
-            raise ValueError(
+            raise ConfigError(
                 f"weights_file: EfficientNet-PyTorch tensor {key} has shape {tuple(tensor.shape)}, {backbone}'s "
                 f"{new} has {tuple(target[new].shape)} (weights of another size of EfficientNet?)"
             )
         converted[new] = tensor
     missing = [k for k in target if k not in converted and "num_batches_tracked" not in k]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"weights_file: the EfficientNet-PyTorch file lacks {len(missing)} of {backbone}'s tensors, "
             f"e.g. {', '.join(missing[:4])}"
         )
@@ -221,17 +221,17 @@ def _timm_name(
         return f"{_EFFNET_PT_TOP[module]}.{rest}"
     match = _EFFNET_PT_BLOCK.fullmatch(key)
     if match is None:
-        raise ValueError(f"weights_file: {key} is not a tensor of the EfficientNet-PyTorch layout")
+        raise ConfigError(f"weights_file: {key} is not a tensor of the EfficientNet-PyTorch layout")
     index, layer, param = int(match[1]), match[2], match[3]
     if index >= len(timm_blocks):
-        raise ValueError(
+        raise ConfigError(
             f"weights_file: the EfficientNet-PyTorch file has block {index}, {backbone} has {len(timm_blocks)} "
             "blocks (weights of another size of EfficientNet?)"
         )
     expanded = f"_blocks.{index}._expand_conv.weight" in state_dict
     names = _EFFNET_PT_EXPANDED if expanded else _EFFNET_PT_DEPTHWISE
     if layer not in names:
-        raise ValueError(f"weights_file: {key}: no timm efficientnet layer matches {layer}")
+        raise ConfigError(f"weights_file: {key}: no timm efficientnet layer matches {layer}")
     stage, block = timm_blocks[index]
     return f"blocks.{stage}.{block}.{names[layer]}.{param}"
 
@@ -254,13 +254,13 @@ def check_timm_layout(
         return
     keys = list(state_dict)
     if len(missing) == len(needed):
-        raise ValueError(
+        raise ConfigError(
             f"weights_file: a layout this kit does not know for {backbone}: its {len(keys)} tensors are named "
             f"{', '.join(keys[:4])}, ...; {backbone} expects {', '.join(needed[:4])}, ... (timm's names, or "
             "EfficientNet-PyTorch's _conv_stem, _blocks.N...). Convert the file to the backbone's timm names, "
             "or check that backbone names the architecture the weights are for."
         )
-    raise ValueError(
+    raise ConfigError(
         f"weights_file: the file lacks {len(missing)} of {backbone}'s {len(needed)} tensors, e.g. "
         f"{', '.join(missing[:4])} (weights of another architecture?)"
     )

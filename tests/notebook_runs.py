@@ -27,14 +27,17 @@ TINY = {
 OPTIONAL_SECTIONS = {"lr_finder": True, "calibrate": True, "export_onnx": True}
 
 
-def prepare_series(folder: Path, params: dict = TINY) -> list[Path]:
-    """Copies of 01-05 in `folder`, each with the parameters it declares injected by papermill (not run)."""
+def prepare_series(
+    folder: Path, params: dict = TINY, prefix: str = "", names: list[str] = SERIES
+) -> list[Path]:
+    """Copies of 01-05 (or `names`) in `folder`, named `prefix` + the notebook's name, each with the
+    parameters it declares injected by papermill (not run)."""
     folder.mkdir(parents=True, exist_ok=True)
     copies = []
-    for name in SERIES:
+    for name in names:
         source = notebooks_dir() / f"{name}.ipynb"
         declared = papermill.inspect_notebook(str(source))
-        copies.append(folder / source.name)
+        copies.append(folder / f"{prefix}{source.name}")
         papermill.execute_notebook(
             str(source),
             str(copies[-1]),

@@ -513,3 +513,42 @@ def test_01_says_the_likely_cause_first_under_papermill(outputs, tmp_path):
     assert message.index('set image_ext=""') < message.index("- line 2 ")
     assert "... and 180 more" in message
     assert len(pd.read_csv(outputs / "runs" / "pngids" / "data_problems.csv")) == 200
+
+
+# -- first-contact diagnoses of the test images -------------------------------------------------------------
+def planet_style_test_set(root: Path, n: int = 30, folder: str = "test_images", ext: str = ".jpg") -> Config:
+    """A sample submission of n ids whose images sit in `folder` (the kit's default is test_image/)."""
+    ids = [f"test_{k}" for k in range(n)]
+    for i in ids:
+        write_image(root / folder / f"{i}{ext}", random_rgb(RNG, 8))
+    pd.DataFrame({"image_name": ids, "tags": "a"}).to_csv(root / "sample_submission.csv", index=False)
+    return cfg_of(root, id_col="image_name", label_col="tags", img_size=32)
+
+
+def listed_test_error(cfg: Config) -> DataError:
+    data_dir = Path(cfg.data_dir)
+    with pytest.raises(DataError) as err:
+        checked_test_images(list_test_images(cfg, data_dir, "csv"), cfg)
+    message = str(err.value)
+    assert message.index("likely cause:") < message.index("\n- "), "the cause comes before the rows"
+    assert message.count("\n- ") == DataError.SHOWN and "... and 10 more" in message
+    return err.value
+
+
+def test_test_images_in_another_folder_are_diagnosed(outputs, tmp_path):
+    """The Planet-style case: test_images/ holds the images, test_dir is test_image (its default)."""
+    error = listed_test_error(planet_style_test_set(tmp_path))
+    assert error.causes == [
+        "30 of 30 missing images: the images are in 'test_images' under data_dir (there is no test_image/); "
+        "set test_dir='test_images'"
+    ]
+
+
+def test_test_images_with_another_extension_or_with_extensions_in_the_ids(outputs, tmp_path):
+    error = listed_test_error(planet_style_test_set(tmp_path / "a", folder="test_image", ext=".JPG"))
+    assert error.causes[0].endswith("set image_ext='.JPG'")
+    root = tmp_path / "b"
+    cfg = planet_style_test_set(root, folder="test_image")
+    ids = pd.read_csv(root / "sample_submission.csv")["image_name"] + ".jpg"
+    pd.DataFrame({"image_name": ids, "tags": "a"}).to_csv(root / "sample_submission.csv", index=False)
+    assert 'set image_ext=""' in listed_test_error(cfg).causes[0]

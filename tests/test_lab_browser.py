@@ -1,5 +1,6 @@
-"""JupyterLab in a real browser: 01 → 05 on the demo data as a person runs them, and the checker shown
-to fail on notebooks that raise, leave a bar red or write to stderr.
+"""JupyterLab in a real browser: 01 → 05 on the demo data and on the multi-label demo as a person runs
+them (with 01's stop when the multi-label labels are left at task 'auto'), and the checker shown to fail on
+notebooks that raise, leave a bar red or write to stderr.
 
 The series' copies get their small parameters (a test model, one epoch) from papermill's prepare-only
 mode, the cell a person would otherwise type; then each is opened from the file browser and run with
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from lab_browser import (
 )
 from notebook_runs import OPTIONAL_SECTIONS, TINY, prepare_series
 
+from helpers.demo import ensure_multilabel_demo_data
 from helpers.runner import SERIES
 
 pytestmark = pytest.mark.slow
@@ -73,6 +76,9 @@ def lab(tmp_path_factory):
     home = tmp_path_factory.mktemp("lab")
     notebooks = home / "notebooks"
     prepare_series(notebooks, {**TINY, **OPTIONAL_SECTIONS})
+    multilabel = {**TINY, "data_dir": str(ensure_multilabel_demo_data()), "label_col": "labels"}
+    prepare_series(notebooks, {**multilabel, "run_name": "ml_auto"}, prefix="auto_", names=SERIES[:1])
+    prepare_series(notebooks, {**multilabel, "run_name": "ml", "task": "multilabel"}, prefix="ml_")
     for name, sources in FIXTURES.items():
         write_fixture(notebooks, name, sources)
     server = LabServer(notebooks, home, home / "outputs").start()
@@ -134,3 +140,21 @@ def test_series_in_jupyterlab(lab):
     submission = lab.server.outputs / "runs" / "test_resnet" / "submission.csv"
     assert submission.exists()
     assert str(submission) in views[-1].text, "05 does not show the submission's path"
+
+
+def test_multilabel_series_in_jupyterlab(lab):
+    """01 with task 'auto' on multi-label labels stops with the kit's message alone (no frames, nothing
+    empty before it); then 01 → 05 with task 'multilabel' runs as cleanly as the multiclass series."""
+    stop = lab.run("auto_01_data.ipynb")
+    failed = [c for c in stop.cells if any(o.mime == "application/vnd.jupyter.stderr" for o in c.outputs)]
+    assert len(failed) == 1, stop.problems()
+    assert len(failed[0].outputs) == 1, [o.text for o in failed[0].outputs]
+    shown = failed[0].outputs[0].text
+    assert "looks multi-label" in shown and "task='multilabel'" in shown
+    assert not re.search(r"Traceback|File \"|Cell In|---->|DataError", shown), shown
+
+    views = [lab.run(f"ml_{name}.ipynb") for name in SERIES]
+    problems = [f"{v.name}: {p}" for v in views for p in v.problems()]
+    assert not problems, "\n".join(problems) + f"\nscreenshots: {lab.shots}"
+    submission = lab.server.outputs / "runs" / "ml" / "submission.csv"
+    assert submission.exists() and str(submission) in views[-1].text

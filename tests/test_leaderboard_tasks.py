@@ -124,3 +124,43 @@ def test_the_command_prints_one_table_per_task(mixed, capsys):
         < out.index("multilabel runs:")
         < out.index("ml_low")
     )
+
+
+def test_a_run_is_finished_when_its_submission_or_without_a_test_set_its_evaluation_exists(outputs, tmp_path):
+    """However the notebooks were run: by hand there is no runner's finished.json."""
+    without_test = tmp_path / "no_test"
+    without_test.mkdir()
+    pd.DataFrame({"id": ["a"], "label": ["x"]}).to_csv(without_test / "train.csv", index=False)
+    with_test = tmp_path / "with_test"
+    (with_test / "test_image").mkdir(parents=True)
+    (with_test / "test_image" / "t1.jpg").write_bytes(b"")
+    pd.DataFrame({"id": ["a"], "label": ["x"]}).to_csv(with_test / "train.csv", index=False)
+    runs = outputs / "runs"
+    write_run(runs, "evaluated_no_test", "multiclass", 0.9, without_test)
+    write_run(runs, "evaluated_with_test", "multiclass", 0.8, with_test)
+    predicted = write_run(runs, "predicted", "multilabel", 0.7, with_test)
+    (predicted / "submission.csv").write_text("id,labels\nt1,a\n")
+    finished = leaderboard.build_leaderboard().set_index("run")["finished"].to_dict()
+    assert finished == {"evaluated_no_test": True, "evaluated_with_test": False, "predicted": True}
+
+
+def table_width_px(table: pd.DataFrame) -> float:
+    """A generous estimate of a DataFrame's HTML width in JupyterLab: 8 px a character (13 px font) of the
+    widest of header and values, 20 px of padding a column, the index included."""
+    shown = table.round(4).map(str)
+    widths = [max(len(str(c)), *(len(v) for v in shown[c])) for c in shown.columns]
+    return 8 * (sum(widths) + 3) + 20 * (len(widths) + 1)
+
+
+def test_06_tables_name_their_ranking_column_fit_a_window_and_compare_f1_at_one_threshold(mixed):
+    frame = leaderboard.build_leaderboard()
+    frame["parameters"], frame["train_seconds"] = 11_689_512, 1234.5678
+    tables = leaderboard.display_tables(frame, "test_acc")
+    titles = [title for title, _ in tables]
+    assert titles[0] == "multiclass runs, ranked by test_acc"
+    assert titles[2] == "multilabel runs, ranked by test_map", "the counterpart, named"
+    for title, table in tables:
+        assert table_width_px(table) <= 1400, (title, list(table.columns))
+    multilabel = tables[2][1]
+    f1 = [c for c in multilabel.columns if "f1" in c]
+    assert f1 == ["val_f1_micro_tuned_tta", "val_f1_macro_tuned_tta", "test_f1_micro", "test_f1_macro"]

@@ -53,6 +53,13 @@ def test_data_and_training_notebooks_on_the_multilabel_demo(tmp_path, monkeypatc
     # auto: the labels look like sets, and 01 stops saying which settings to give
     with pytest.raises(papermill.PapermillExecutionError, match=r"looks multi-label.*label_sep=' '"):
         run("01_data", tmp_path, params)
+    stopped = nbformat.read(tmp_path / "01_data.out.ipynb", as_version=4)
+    outputs_of = [
+        c.outputs for c in stopped.cells if any(o.output_type == "error" for o in c.get("outputs", []))
+    ]
+    assert [o.output_type for o in outputs_of[0]] == ["error"], "nothing empty printed before the message"
+    shown = "".join(outputs_of[0][0].traceback)
+    assert "looks multi-label" in shown and "Traceback" not in shown and "File " not in shown
 
     params["task"] = "multilabel"
     executed = run("01_data", tmp_path, params)

@@ -132,3 +132,49 @@ def test_settle_lists_every_conflict(tmp_path):
         settle_run_config({"backbone": "b", "seed": 2, "lr": 0.1}, saved, ["data", "train"], tmp_path / "r")
     assert "backbone='b' (the run has 'a')" in str(err.value) and "seed=2 (the run has 1)" in str(err.value)
     assert settle_run_config({"seed": 2}, saved, ["train"], tmp_path / "r").seed == 2
+
+
+def _other_value(name: str, k: int = 1) -> object:
+    """The k-th valid value of a setting other than its default (a bool has one)."""
+    default = getattr(Config(), name)
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return default + k + 1
+    if isinstance(default, list):
+        return [["identity", "hflip"], ["hflip"]][k - 1] if name == "tta_views" else [f"r{k}"]
+    return {"checkpoint": ["ema", "last"][k - 1]}.get(name, f"{default}_{k}")
+
+
+FREE_SETTINGS = Config.names_of("predict", "machine")
+NOTEBOOK_STAGES = ("data", "preview", "train", "evaluate", "predict")
+
+
+@pytest.mark.parametrize("name", FREE_SETTINGS)
+def test_a_free_setting_the_run_holds_is_not_replaced_by_a_cells_default(outputs, monkeypatch, name):
+    """The Planet-style defect: test_dir given to 01 was replaced by 05's own `test_dir = "test_image"`.
+    A notebook's cell default (nbval, JupyterLab: no injected cell) leaves the run's value; an injected
+    value (papermill) or an edited one wins, even when it is the default."""
+    held, default = _other_value(name), getattr(Config(), name)
+    trained_run("f1", **{name: held})
+    own = f'# parameters\nrun_name = "f1"\n{name} = {default!r}\n'
+    for stage in NOTEBOOK_STAGES:
+        cfg, _ = start(monkeypatch, stage, [own], run_name="f1", **{name: default})
+        assert getattr(cfg, name) == held, (stage, "nbval: the cell's default")
+        papermill_cells = ['# parameters\nrun_name = ""\n', '# Parameters\nrun_name = "f1"\n']
+        cfg, _ = start(monkeypatch, stage, papermill_cells, run_name="f1")
+        assert getattr(cfg, name) == held, (stage, "papermill without the setting")
+        injected = [own, f'# Parameters\nrun_name = "f1"\n{name} = {default!r}\n']
+        cfg, _ = start(monkeypatch, stage, injected, run_name="f1", **{name: default})
+        assert getattr(cfg, name) == default, (stage, "papermill: an injected value wins")
+        edited = _other_value(name, 2)
+        cfg, _ = start(monkeypatch, stage, [f"# parameters\nrun_name = \"f1\"\n{name} = {edited!r}\n"],
+                       run_name="f1", **{name: edited})  # fmt: skip
+        assert getattr(cfg, name) == edited, (stage, "an edited cell wins")
+
+
+def test_a_free_setting_of_a_run_without_it_takes_the_default(outputs, monkeypatch):
+    RunFolder.named("f2").create().write_config(Config(run_name="f2"))
+    cfg, _ = start(monkeypatch, "predict", ['# parameters\nrun_name = "f2"\ntest_dir = "test_image"\n'],
+                   run_name="f2", test_dir="test_image")  # fmt: skip
+    assert cfg.test_dir == "test_image"

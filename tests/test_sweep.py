@@ -136,7 +136,9 @@ def test_bad_parameters_fail_before_any_notebook(recorder, tmp_path, capsys, arg
     """An unknown name, a wrong type (in a later run only), an unknown backbone, a shared folder."""
     grid_file = tmp_path / "grid.yaml"
     grid_file.write_text("epochs: [1, three]\n")
-    assert sweep.main([a.replace("GRID", str(grid_file)) for a in args]) == 1
+    assert (
+        sweep.main([a.replace("GRID", str(grid_file)) for a in args]) == 2
+    )  # a kit error: the message, exit status 2
     assert recorder.calls == []
     assert re.search(match, capsys.readouterr().err)
 
@@ -192,7 +194,7 @@ def test_finished_run_with_other_parameters(recorder, outputs, capsys):
     """Other settings need --rerun or another name; a different num_workers only does not."""
     assert sweep.main(["--backbones", "test_resnet", *TINY]) == 0
     recorder.calls.clear()
-    assert sweep.main(["--backbones", "test_resnet", *TINY, "-p", "lr", "0.01"]) == 1
+    assert sweep.main(["--backbones", "test_resnet", *TINY, "-p", "lr", "0.01"]) == 2
     assert recorder.calls == []
     err = capsys.readouterr().err
     assert "lr: 0.003 -> 0.01" in err and "--rerun" in err and "--tag" in err
@@ -266,6 +268,7 @@ def test_leaderboard_rows(outputs, tmp_path):
     broken = write_run(runs, "broken", {"metrics", "evaluation"})
     (broken / "evaluation.json").write_text("{not json")
     RunFolder(broken).finished.write_text("{}")
+    (broken / "submission.csv").write_text("id,label\n")  # 05 ran: finished, whatever finished.json says
 
     with pytest.warns(UserWarning, match="broken.*evaluation.json"):
         frame = leaderboard.write_leaderboard()

@@ -15,9 +15,7 @@ from helpers.thresholds import tune_thresholds
 
 # where the task is resolved from the labels and the settings, before any task object exists
 RESOLVING = {"tasks.py", "label_sets.py", "tables.py", "config.py"}
-BRANCH = re.compile(
-    r"""\btask\)? *[!=]= *["'](multiclass|multilabel)["']|["'](multiclass|multilabel)["'] *[!=]= *\w*task"""
-)
+BRANCH = re.compile(r"""task\w*(\([^)]*\))? *[!=]= *["'](multiclass|multilabel)["']""")
 
 
 def branches(text: str) -> list[str]:
