@@ -17,7 +17,8 @@ training process alone, which then shuts its workers down.
 
 `KIT_TEST_SIGNAL` is a fault-injection hook for the tests only: JSON `{"signal": "SIGTERM", "at": desc,
 "batch": i, "rank": r}` makes process r send itself the signal after batch i of the loop named desc (the
-first time it comes, once per outermost stop_signals_caught()).
+first time it comes, once per outermost stop_signals_caught()); with `"group": true` it signals its whole
+process group instead, loader workers included, as Ctrl-C in a terminal or Kernel > Interrupt do.
 """
 
 from __future__ import annotations
@@ -170,7 +171,11 @@ def test_signal(where: str, batch: int) -> None:
     rank = dist.get_rank() if _distributed() else 0
     if wanted["at"] == where and wanted["batch"] == batch and wanted.get("rank", 0) == rank:
         _State.injected = True
-        os.kill(os.getpid(), signal.Signals[wanted["signal"]])
+        signum = signal.Signals[wanted["signal"]]
+        if wanted.get("group"):
+            os.killpg(os.getpgrp(), signum)
+        else:
+            os.kill(os.getpid(), signum)
 
 
 def ignore_in_worker(worker_id: int) -> None:

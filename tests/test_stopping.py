@@ -168,8 +168,12 @@ SCRIPT = textwrap.dedent(
 def _run_script(script: Path, settings: dict, outputs: Path, log: Path, stop: str = "") -> subprocess.Popen:
     env = child_env(outputs, drop={stopping.TEST_SIGNAL}, **({stopping.TEST_SIGNAL: stop} if stop else {}))
     with open(log, "w") as out:
-        return subprocess.Popen(
-            [sys.executable, str(script), json.dumps(settings)], env=env, stdout=out, stderr=subprocess.STDOUT
+        return subprocess.Popen(  # a session of its own: a signal to its process group stays in it
+            [sys.executable, str(script), json.dumps(settings)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
 
@@ -218,7 +222,10 @@ def test_a_script_stopped_by_a_signal_exits_with_its_status_and_resumes_exactly(
     whole = _run_script(
         script, {**settings, "num_workers": 0, "run_name": "run"}, whole_dir, tmp_path / "w.log"
     )
-    first = _run_script(script, stopped, stopped_dir, tmp_path / "s.log", _signal_at(at, batch, signal_name))
+    # with workers, to the whole process group (as Ctrl-C, Kernel > Interrupt or a preemption send it):
+    # torch's workers die of SIGTERM unless they ignore it
+    stop = _signal_at(at, batch, signal_name, group=workers > 0)
+    first = _run_script(script, stopped, stopped_dir, tmp_path / "s.log", stop)
     said = _wait(first, tmp_path / "s.log", 128 + signal.Signals[signal_name])
     assert f"stopped by {signal_name} at {where}" in said
     assert "Traceback" not in said
