@@ -59,11 +59,17 @@ def runs(outputs, csv_dataset):
     return make
 
 
-def test_a_stopped_and_resumed_fold_equals_one_never_stopped(runs, monkeypatch, capsys):
-    cfg, info, whole = runs("whole")
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"sampler": "balanced", "class_weights": "balanced", "loss": "focal"}],
+    ids=["shuffle", "balanced"],
+)
+def test_a_stopped_and_resumed_fold_equals_one_never_stopped(runs, monkeypatch, capsys, changes):
+    """The balanced sampler's keys carry the draw's position: skipping the batches done keeps them."""
+    cfg, info, whole = runs("whole", **changes)
     train_fold(cfg, info, 0, whole, CPU)
 
-    cfg, info, run = runs("stopped")
+    cfg, info, run = runs("stopped", **changes)
     monkeypatch.setenv(stopping.TEST_SIGNAL, _signal_at("fold 0 epoch 1", 0))
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as stopped:
