@@ -100,7 +100,9 @@ def stop_signals_caught() -> Iterator[None]:
         yield
         if outermost and requested():
             raise StopRequested(
-                _State.signum, f"stopped by {signal_name(_State.signum)}: resume by running again"
+                _State.signum,
+                f"stopped by {signal_name(_State.signum)} once the work in progress had finished: run it "
+                "again to go on",
             )
     except StopRequested as stop:
         if not outermost:
@@ -110,7 +112,8 @@ def stop_signals_caught() -> Iterator[None]:
         _State.depth -= 1
         if outermost:
             for s, handler in _State.previous.items():
-                signal.signal(s, handler)
+                # None: a handler set outside Python, which Python cannot put back; the default instead
+                signal.signal(s, signal.SIG_DFL if handler is None else handler)
             _State.previous, _State.group, _State.signum = {}, None, 0
 
 
