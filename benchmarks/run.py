@@ -19,6 +19,8 @@ Parts (each in its own process, in turn, so they never compete for the cores):
   photos     photo-size data (1280x960 JPEGs at 224 px): loader per core from the files, the image store and
              timm's path; 01's check + store build; memory with workers; CPU training ratio; compile
              (bench_photos.py)
+  stop       a stop signal's cost on the digits and the 224 px photos: the step it waits for, the mid-epoch
+             checkpoint's write time and size, the resume (bench_stop.py)
 The report gives the machine, the date and the load average, and only medians over repeats and ratios
 measured within one run: a shared 2-core machine's absolute times move by 2x from one minute to the next.
 --quick (a few minutes): fewer and shorter repeats, small scale sizes, one training epoch, one transfer draw,
@@ -48,6 +50,7 @@ import bench_label_issues  # noqa: E402
 import bench_multilabel  # noqa: E402
 import bench_photos  # noqa: E402
 import bench_scale  # noqa: E402
+import bench_stop  # noqa: E402
 import bench_transfer  # noqa: E402
 from machine import machine  # noqa: E402
 
@@ -62,6 +65,7 @@ PARTS = [
     "imbalance",
     "multilabel",
     "photos",
+    "stop",
 ]
 RESULTS = HERE / "RESULTS.md"
 PART_TIMEOUT_S = 1500
@@ -121,6 +125,10 @@ def part_photos(quick: bool, work: Path) -> list[str]:
     return bench_photos.markdown(_json_part("bench_photos.py", [], quick, work, timeout=3600))
 
 
+def part_stop(quick: bool, work: Path) -> list[str]:
+    return bench_stop.markdown(_json_part("bench_stop.py", [], quick, work))
+
+
 def part_demo(quick: bool, work: Path) -> list[str]:
     if quick:
         return ["Skipped in --quick mode (the full series takes minutes); run `make bench` for it."]
@@ -152,6 +160,7 @@ TITLES = {
     "imbalance": "8. Class imbalance: the rare classes with each option",
     "multilabel": "9. The multi-label demo",
     "photos": "10. Photo-size data: the decode-once image store",
+    "stop": "11. Stopping on a signal: the step it waits for, the checkpoint, the resume",
 }
 
 

@@ -27,6 +27,7 @@ from helpers.config import Config
 from helpers.loaders import build_loader
 from helpers.precision import Precision, pick_device, resolve_precision
 from helpers.run_folder import RunFolder
+from helpers.stopping import check, stop_signals_caught, test_signal
 from helpers.tasks import Task, task_for
 from helpers.tta import check_views, mean_over_views, view_probabilities
 
@@ -78,14 +79,19 @@ def predict_models(
     task: Task,
     desc: str = "predict",
 ) -> Prediction:
-    """Average per-view probabilities of several in-memory models over every batch of the loader."""
+    """Average per-view probabilities of several in-memory models over every batch of the loader.
+
+    A stop signal ends it after the current batch (helpers.stopping), saving nothing."""
     views = check_views(views)
     chunks, indices = [], []
-    for x, _, idx in tqdm(loader, desc=desc, unit="batch", leave=False):
-        x = prep(x, device)
-        total = sum(view_probabilities(m, x, views, precision, task) for m in models)
-        chunks.append((total / len(models)).cpu())
-        indices.append(idx)
+    with stop_signals_caught():
+        for i, (x, _, idx) in enumerate(tqdm(loader, desc=desc, unit="batch", leave=False)):
+            x = prep(x, device)
+            total = sum(view_probabilities(m, x, views, precision, task) for m in models)
+            chunks.append((total / len(models)).cpu())
+            indices.append(idx)
+            test_signal(desc, i)
+            check(f"{desc}, batch {i + 1} of {len(loader)}")
     return Prediction(torch.cat(chunks, dim=1).numpy(), list(views), torch.cat(indices).numpy())
 
 

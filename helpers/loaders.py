@@ -27,6 +27,7 @@ from helpers.config import Config
 from helpers.dataset import dataset_folder
 from helpers.images import read_image
 from helpers.precision import pick_device
+from helpers.stopping import ignore_in_worker
 from helpers.store import StoreView, open_view, store_folder, store_side
 from helpers.targets import decode_label_set
 from helpers.tasks import task_for
@@ -46,7 +47,9 @@ class EpochSampler(Sampler[int]):
     the keys then also carry the draw's position, `(epoch * n + position) * n + i`, so a row drawn twice in
     an epoch is augmented twice differently. Either way an epoch's keys depend on (seed, epoch) alone, so
     a resumed run replays them. With `num_replicas > 1` each process takes every num_replicas-th key of
-    the same epoch, padded to equal length by repeating keys from the start.
+    the same epoch, padded to equal length by repeating keys from the start. `set_epoch(epoch, skip)`
+    leaves out this process's first `skip` keys of the epoch: a run resumed mid-epoch goes on with the
+    batches it had not trained (its length stays the whole epoch's).
     """
 
     def __init__(
@@ -61,10 +64,10 @@ class EpochSampler(Sampler[int]):
         self.n, self.shuffle, self.seed = n, shuffle, seed
         self.num_replicas, self.rank = num_replicas, rank
         self.p = None if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
 
     def order(self) -> list[int]:
         """The row indices of this epoch, in order (rows repeat when drawn by weight)."""
@@ -86,7 +89,7 @@ class EpochSampler(Sampler[int]):
         keys = self.keys()
         per_rank = -(-self.n // self.num_replicas)
         padded = (keys * self.num_replicas)[: per_rank * self.num_replicas]
-        return iter(padded[self.rank :: self.num_replicas])
+        return iter(padded[self.rank :: self.num_replicas][self.skip :])
 
     def __len__(self) -> int:
         return -(-self.n // self.num_replicas)
@@ -175,7 +178,8 @@ def make_loader(
     weights: np.ndarray | None = None,
 ) -> DataLoader:
     """A loader over the dataset; training shuffles per epoch, or draws rows by `weights` (EpochSampler).
-    `drop_last` drops a last partial batch."""
+    `drop_last` drops a last partial batch. Workers ignore the stop signals (helpers.stopping): the
+    training process stops at a step boundary and shuts them down."""
     if num_workers > 0:
         # one OpenCV thread per process: workers each running a full pool thrash the cores. Set here, before
         # the workers fork; setting it inside a worker hangs once the parent has used OpenCV's pool.
@@ -189,6 +193,7 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         drop_last=drop_last,
+        worker_init_fn=ignore_in_worker if num_workers > 0 else None,
     )
 
 

@@ -27,13 +27,13 @@ from torch.optim import lr_scheduler
 
 from helpers.config import Config
 from helpers.dataset import DataInfo, build_store
+from helpers.finite import NonFiniteLoss
 from helpers.loaders import build_loader
 from helpers.model import create_model
 from helpers.precision import pick_device
 from helpers.schedules import Schedule
 from helpers.settings import resolve_task
 from helpers.train import (
-    NonFiniteLoss,
     build_parts,
     fold_rows,
     fold_targets,

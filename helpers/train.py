@@ -5,6 +5,11 @@ micro-batches at the end of an epoch still make an update), clipping after unsca
 EMA, mixup/cutmix, early stopping, and resume from the `last` checkpoint. Randomness is reseeded from
 (seed, fold, epoch) at each epoch, so a resumed run replays exactly what an uninterrupted one would.
 
+A stop signal (helpers.stopping) ends training at the next optimizer update: the `last` checkpoint then
+holds the epoch's position (helpers.epoch_position), and a resumed run goes on from that step to the same
+weights and metrics as a run never stopped. A non-finite loss, gradient norm or weight stops the fold
+without saving anything after the last good checkpoint (helpers.finite).
+
 The same loop trains data-parallel when a process group is initialised (helpers.distributed, under
 torchrun): the model is wrapped in DistributedDataParallel, each process trains and validates its share of
 the images, validation gathers every share so all processes compute the same metrics over exactly the
@@ -36,21 +41,18 @@ from helpers.augment import InputPrep
 from helpers.checkpoints import load_checkpoint, save_checkpoint, unwrap
 from helpers.config import Config, ConfigError
 from helpers.dataset import DataInfo, build_store
-from helpers.errors import KitError
+from helpers.epoch_position import EpochPosition, capture_rng, restore_rng
+from helpers.finite import LossWatch
 from helpers.loaders import build_loader, sample_seed
 from helpers.model import create_model
 from helpers.precision import Precision, pick_device, resolve_precision
 from helpers.run_folder import RunFolder
 from helpers.schedules import Schedule, build_schedule
 from helpers.settings import resolve_task
+from helpers.stopping import StopRequested, check, gather, signal_name, stop_signals_caught, test_signal
+from helpers.stopping import barrier as stop_barrier
 from helpers.tasks import SingleLabel, Task, task_for, task_named
 from helpers.transfer import build_optimizer, freeze_body, keep_frozen_statistics, lr_range
-
-NAN_CHECK_EVERY = 10  # optimizer-loop steps between loss checks (each check waits for the device)
-
-
-class NonFiniteLoss(KitError, FloatingPointError):
-    """The loss became NaN or infinite; the epoch is not checkpointed."""
 
 
 @dataclass
@@ -92,22 +94,36 @@ def _progress(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
 
 
 def train_one_epoch(
-    model: nn.Module, loader, parts: TrainParts, device: torch.device, desc: str = "train"
+    model: nn.Module,
+    loader,
+    parts: TrainParts,
+    device: torch.device,
+    desc: str = "train",
+    position: EpochPosition | None = None,
 ) -> dict[str, float]:
     """One pass over the loader; returns the mean training loss and the number of images.
 
     With a DistributedDataParallel model, these are over the images of all processes (the sampler's padded
     repeats included: they were trained on too). Batch-norm layers of a frozen body keep their statistics.
+    `position` (advanced in place after every update) continues an epoch stopped mid-way: the loader must
+    then yield the batches after its step (EpochSampler.set_epoch's skip). A stop signal raises
+    StopRequested just after an update; a non-finite loss or gradient norm, NonFiniteLoss.
     """
     model.train()
     keep_frozen_statistics(model)
     n_batches, accum = len(loader), parts.grad_accum
     ddp = isinstance(model, DistributedDataParallel)
-    loss_sum = torch.zeros((), device=device)
-    seen = 0
+    position = position if position is not None else EpochPosition(epoch=0)
+    position.loss_sum = (
+        torch.zeros((), device=device) if position.loss_sum is None else position.loss_sum.to(device)
+    )
     parts.optimizer.zero_grad(set_to_none=True)
-    bar = _progress(loader, desc=desc, leave=False, unit="batch")
-    for i, (x, y, _) in enumerate(bar):
+    randomness = position.rng or capture_rng()
+    batches = iter(loader)  # a loader's first iterator draws its base seed from torch: undone here
+    restore_rng(randomness)
+    watch = LossWatch(desc, getattr(loader, "dataset", None), parts.scaler, n_batches)
+    bar = _progress(batches, desc=desc, leave=False, unit="batch", total=n_batches, initial=position.step)
+    for i, (x, y, idx) in enumerate(bar, start=position.step):
         x, y = parts.prep(x, device), y.to(device, non_blocking=True)
         target = y
         if parts.mixup is not None:
@@ -120,13 +136,27 @@ def train_one_epoch(
             with parts.precision.context():
                 loss = parts.loss_fn(model(x), target)
             parts.scaler.scale(loss / group_size).backward()
-        loss_sum += loss.detach().float() * len(y)
-        seen += len(y)
+        watch.add(i, loss, idx, lr_range(parts.optimizer)[1])
+        position.loss_sum += loss.detach().float() * len(y)
+        position.seen += len(y)
+        test_signal(desc, i)
         if updating:
-            _update(model, parts)
-        if i % NAN_CHECK_EVERY == 0 or i == n_batches - 1:
-            _check_finite(loss_sum, desc, i)
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", lr=f"{lr_range(parts.optimizer)[1]:.2e}")
+            watch.add_update(i, _update(model, parts))
+            position.step = i + 1
+            step, steps = math.ceil(position.step / accum), math.ceil(n_batches / accum)
+            try:
+                check(f"{desc}, step {step} of {steps}", "")
+            except StopRequested:
+                watch.check()  # nothing non-finite is saved
+                bar.close()
+                raise
+        if watch.due(i):
+            watch.check()
+            loss_now = position.loss_sum.item() / position.seen
+            bar.set_postfix(loss=f"{loss_now:.4f}", lr=f"{lr_range(parts.optimizer)[1]:.2e}")
+    bar.close()
+    watch.check()
+    loss_sum, seen = position.loss_sum, position.seen
     if ddp:
         loss_sum, seen = _end_distributed_epoch(model, parts, loss_sum, seen)
     return {"train_loss": loss_sum.item() / max(1, seen), "train_images": seen}
@@ -149,10 +179,12 @@ def _end_distributed_epoch(
     return totals[0], int(totals[1].item())
 
 
-def _update(model: nn.Module, parts: TrainParts) -> None:
+def _update(model: nn.Module, parts: TrainParts) -> torch.Tensor | None:
+    """One optimizer update; returns the gradient norm before clipping (None without clipping)."""
+    norm = None
     if parts.clip_grad > 0:
         parts.scaler.unscale_(parts.optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), parts.clip_grad)
+        norm = nn.utils.clip_grad_norm_(model.parameters(), parts.clip_grad)
     parts.scaler.step(parts.optimizer)
     parts.scaler.update()
     parts.optimizer.zero_grad(set_to_none=True)
@@ -160,14 +192,7 @@ def _update(model: nn.Module, parts: TrainParts) -> None:
     parts.schedule.after_update()
     if parts.ema is not None:
         parts.ema.update(unwrap(model), step=parts.updates)
-
-
-def _check_finite(loss_sum: torch.Tensor, desc: str, step: int) -> None:
-    if not torch.isfinite(loss_sum):
-        raise NonFiniteLoss(
-            f"{desc}: the loss became {loss_sum.item()} by batch {step}. Nothing of this epoch is saved. "
-            "Lower lr, set clip_grad (e.g. 1.0), or use precision='fp32' / 'bf16'."
-        )
+    return norm
 
 
 @torch.no_grad()
@@ -179,15 +204,20 @@ def predict(
     prep: InputPrep,
     desc: str = "predict",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Logits (float32), labels and dataset indices for every sample the loader yields, in loader order."""
+    """Logits (float32), labels and dataset indices for every sample the loader yields, in loader order.
+
+    A stop signal ends it after the current batch (helpers.stopping), saving nothing."""
     model.eval()
     logits, labels, indices = [], [], []
-    for x, y, idx in _progress(loader, desc=desc, leave=False, unit="batch"):
-        with precision.context():
-            out = model(prep(x, device))
-        logits.append(out.float().cpu())
-        labels.append(y)
-        indices.append(idx)
+    with stop_signals_caught():
+        for i, (x, y, idx) in enumerate(_progress(loader, desc=desc, leave=False, unit="batch")):
+            with precision.context():
+                out = model(prep(x, device))
+            logits.append(out.float().cpu())
+            labels.append(y)
+            indices.append(idx)
+            test_signal(desc, i)
+            check(f"{desc}, batch {i + 1} of {len(loader)}")
     return torch.cat(logits).numpy(), torch.cat(labels).numpy(), torch.cat(indices).numpy()
 
 
@@ -298,6 +328,7 @@ class FoldState:
     best: dict[str, float | None] = field(default_factory=lambda: {"best_score": None, "best_loss": None})
     stale: int = 0  # epochs since the monitored metric last improved
     finished: bool = False
+    position: EpochPosition | None = None  # where `epoch` stopped mid-way, to go on from (this process's)
 
     def record(self, cfg: Config, row: dict[str, Any]) -> list[str]:
         """Take an epoch's metrics row; returns the best_* checkpoint kinds it improves on."""
@@ -382,8 +413,10 @@ def _fold_model(cfg: Config, num_classes: int, device: torch.device) -> nn.Modul
     return model
 
 
-def _restore(state: dict[str, Any] | None, model: nn.Module, parts: TrainParts) -> FoldState:
-    """An unfinished fold's `last` checkpoint loaded into the model and parts; a fresh state without one."""
+def _restore(state: dict[str, Any] | None, model: nn.Module, parts: TrainParts, rank: int) -> FoldState:
+    """An unfinished fold's `last` checkpoint loaded into the model and parts; a fresh state without one.
+
+    A mid-epoch checkpoint (a stop signal's) names its epoch and holds where in it each process stood."""
     if state is None:
         return FoldState()
     model.load_state_dict(state["model"])
@@ -393,6 +426,9 @@ def _restore(state: dict[str, Any] | None, model: nn.Module, parts: TrainParts) 
     if parts.ema is not None:
         parts.ema.module.load_state_dict(state["ema"])
     parts.updates = state["updates"]
+    if state.get("position") is not None:
+        position = EpochPosition.of_rank(state["position"], rank)
+        return FoldState(state["epoch"], state["best"], state["stale"], position=position)
     return FoldState(state["epoch"] + 1, state["best"], state["stale"])
 
 
@@ -433,13 +469,30 @@ def _save_epoch(
     if parts.ema is not None:
         save_checkpoint(run.checkpoint(fold, "ema"), parts.ema.module, config, classes, row)
     run.record_metrics(row)
-    save_checkpoint(
+    _save_last(cfg, run, classes, model, parts, state, fold, row["epoch"], row)
+
+
+def _save_last(
+    cfg: Config,
+    run: RunFolder,
+    classes: list[str],
+    model: nn.Module,
+    parts: TrainParts,
+    state: FoldState,
+    fold: int,
+    epoch: int,
+    row: dict[str, Any],
+    position: dict[str, Any] | None = None,
+) -> Path:
+    """The fold's resumable `last` checkpoint: at the end of `epoch` (its metrics `row`), or with
+    `position` (every process's EpochPosition.saved()) inside it, `row` then saying where."""
+    return save_checkpoint(
         run.checkpoint(fold, "last"),
         model,
-        config,
+        cfg.to_dict(),
         classes,
         row,
-        epoch=row["epoch"],
+        epoch=epoch,
         world_size=world()[0],
         updates=parts.updates,
         best=state.best,
@@ -450,6 +503,40 @@ def _save_epoch(
         scaler=parts.scaler.state_dict(),
         ema=parts.ema.module.state_dict() if parts.ema is not None else None,
         rng={"torch": torch.get_rng_state(), "python": random.getstate()},
+        position=position,
+    )
+
+
+def _save_stop(
+    cfg: Config,
+    run: RunFolder,
+    classes: list[str],
+    model: nn.Module,
+    parts: TrainParts,
+    state: FoldState,
+    fold: int,
+    position: EpochPosition,
+    n_batches: int,
+    stop: StopRequested,
+) -> StopRequested:
+    """Save a mid-epoch `last` checkpoint at `position` (rank 0; every process's position and random state
+    in it) and return the stop, saying where it stopped and how to go on. A collective call."""
+    ranks = gather(position.saved())
+    path = run.checkpoint(fold, "last")
+    if world()[1] == 0:
+        where = {"fold": fold, "epoch": position.epoch, "step": position.step}
+        saved = {**where, "ranks": ranks}
+        _save_last(cfg, run, classes, model, parts, state, fold, position.epoch, where, saved)
+    stop_barrier()
+    accum = parts.grad_accum
+    steps = math.ceil(n_batches / accum)
+    where = f"fold {fold} epoch {position.epoch}, step {math.ceil(position.step / accum)} of {steps}"
+    if position.step == n_batches:
+        where += ", before its validation ended"
+    return StopRequested(
+        stop.signum,
+        f"stopped by {signal_name(stop.signum)} at {where}; saved in {path}: resume by running 03 "
+        "again (or the same command)",
     )
 
 
@@ -491,11 +578,15 @@ def train_fold(
     val_loader = build_loader(cfg, val_rows, False, fold, device, world_size, rank, info.num_classes)
     updates_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
     parts = build_parts(cfg, model, info.num_classes, updates_per_epoch, device, fold_targets(info, fold))
-    # -- restore: an unfinished fold's weights, optimizer, schedule, scaler, EMA and counters
-    state = _restore(resumed, model, parts)
+    # -- restore: an unfinished fold's weights, optimizer, schedule, scaler, EMA, counters and position
+    state = _restore(resumed, model, parts, rank)
 
-    # -- the loop: train, validate, then save; the bar advances once per epoch and ends full
-    with _progress(desc=f"fold {fold}", unit="epoch", initial=state.epoch, total=cfg.epochs) as bar:
+    # -- the loop: train, validate, then save; the bar advances once per epoch and ends full. A stop
+    # signal ends it at the next update, after saving where the epoch stood (helpers.stopping)
+    with (
+        stop_signals_caught(),
+        _progress(desc=f"fold {fold}", unit="epoch", initial=state.epoch, total=cfg.epochs) as bar,
+    ):
         for epoch in range(state.epoch, cfg.epochs):
             body_frozen = epoch < cfg.freeze_epochs
             if epoch in (state.epoch, cfg.freeze_epochs):  # a phase starts: head alone, or every layer
@@ -505,14 +596,22 @@ def train_fold(
                 stepped = _data_parallel(model, device)
             # each process its own dropout and mixup draws; augmentation is seeded per image by the sampler
             seed_everything(sample_seed(cfg.seed, fold * 100_000 + epoch) + rank)
-            train_loader.sampler.set_epoch(epoch)
+            position, state.position = state.position or EpochPosition(epoch), None
+            train_loader.sampler.set_epoch(epoch, skip=position.step * train_loader.batch_size)
             started = time.perf_counter()
-            trained = train_one_epoch(stepped, train_loader, parts, device, desc=f"fold {fold} epoch {epoch}")
-            train_seconds = time.perf_counter() - started
-            lr_body, lr_head = lr_range(parts.optimizer)
-            row = {"fold": fold, "epoch": epoch, "body_frozen": body_frozen, "lr": lr_head}
-            row.update(lr_body=0.0 if body_frozen else lr_body, **trained)
-            row.update(_validate(model, val_loader, parts, device))
+            try:
+                desc = f"fold {fold} epoch {epoch}"
+                trained = train_one_epoch(stepped, train_loader, parts, device, desc, position)
+                train_seconds = time.perf_counter() - started
+                lr_body, lr_head = lr_range(parts.optimizer)
+                row = {"fold": fold, "epoch": epoch, "body_frozen": body_frozen, "lr": lr_head}
+                row.update(lr_body=0.0 if body_frozen else lr_body, **trained)
+                row.update(_validate(model, val_loader, parts, device))
+            except StopRequested as stop:
+                n_batches = len(train_loader)
+                raise _save_stop(
+                    cfg, run, info.classes, model, parts, state, fold, position, n_batches, stop
+                ) from None
             row.update(
                 seconds=time.perf_counter() - started, images_per_s=trained["train_images"] / train_seconds
             )
@@ -542,6 +641,7 @@ def train_folds(
             f"choose among {info.split.folds}, or [] for all"
         )
     build_store(cfg, info)  # the images at the resolved size, when 01 stored another one
-    for fold in cfg.folds or info.split.folds:
-        train_fold(cfg, info, fold, run, device)
+    with stop_signals_caught():  # between folds too: a stop then ends before the next fold starts
+        for fold in cfg.folds or info.split.folds:
+            train_fold(cfg, info, fold, run, device)
     return run.read_metrics()

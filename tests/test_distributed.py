@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import random_rgb, write_image
-from train_fixtures import child_env, tiny_config
+from train_fixtures import assert_same_runs, child_env, tiny_config
 
 import helpers.train as train_mod
 from helpers.augment import InputPrep
@@ -59,11 +59,11 @@ PROBE = textwrap.dedent(
     train_one_epoch, gather, save = train.train_one_epoch, train.gather_predictions, train.save_checkpoint
 
 
-    def training(model, loader, parts, device, desc):
+    def training(model, loader, parts, device, desc, position=None):
         held.update(model=model, parts=parts)
         with open(probe / "trained.log", "a") as log:
             log.write(f"{rank} {desc}\\n")
-        return train_one_epoch(model, loader, parts, device, desc=desc)
+        return train_one_epoch(model, loader, parts, device, desc, position)
 
 
     def gathering(logits, labels, indices):
@@ -341,3 +341,31 @@ def test_a_checkpoint_from_before_sync_bn_still_resumes(tmp_path):
     assert train_mod._resume_state(cfg, path)["config"] == old
     with pytest.raises(ValueError, match="sync_bn: False -> True"):
         train_mod._resume_state(cfg.replace(sync_bn=True), path)
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_both_at_the_same_step_and_resumes_exactly(trained, tmp_path):
+    """SIGTERM reaches rank 1 alone, during its first micro-batch of epoch 1: the flag, all-reduced at each
+    update, stops both processes after that update; rank 0 writes one checkpoint holding both processes'
+    positions, both exit with 143, and a new launch ends bit-equal to the run never stopped."""
+    outputs = tmp_path / "outputs"
+    _configure(trained.data, outputs, "bn", **BN_RUN)
+    at = json.dumps({"signal": "SIGTERM", "at": "fold 0 epoch 1", "batch": 0, "rank": 1})
+    stopped = _probe(tmp_path, outputs, ["bn"], "stopped", KIT_TEST_SIGNAL=at)
+    try:
+        stopped.wait(timeout=240)
+    finally:
+        stopped.kill()
+    log = (tmp_path / "stopped" / "log.txt").read_text()
+    assert stopped.returncode != 0, log[-4000:]
+    assert log.count("stopped by SIGTERM at fold 0 epoch 1, step 1 of 2") == 1, log[-4000:]  # rank 0 says it
+    assert "143" in log, log[-4000:]  # torchrun's report of the processes' exit status
+    trained_epochs = sorted((tmp_path / "stopped" / "trained.log").read_text().splitlines())
+    assert trained_epochs == ["0 fold 0 epoch 0", "0 fold 0 epoch 1", "1 fold 0 epoch 0", "1 fold 0 epoch 1"]
+    run = _run(outputs, "bn")
+    last = torch.load(run.checkpoint(0, "last"), weights_only=True)
+    assert (last["epoch"], last["position"]["step"], len(last["position"]["ranks"])) == (1, 2, 2)
+
+    resumed = _probe(tmp_path, outputs, ["bn"], "resumed")
+    _finish(resumed, tmp_path / "resumed" / "log.txt")
+    assert_same_runs(run, _run(trained.outputs, "bn"))

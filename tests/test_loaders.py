@@ -25,9 +25,9 @@ def test_the_previewed_first_batch_is_the_one_training_starts_with(outputs, csv_
     trained_on = []
     train_one_epoch = train_mod.train_one_epoch
 
-    def recording(model, loader, parts, device, desc):
+    def recording(model, loader, parts, device, desc, position=None):
         trained_on.append(next(iter(loader)))
-        return train_one_epoch(model, loader, parts, device, desc=desc)
+        return train_one_epoch(model, loader, parts, device, desc, position)
 
     monkeypatch.setattr(train_mod, "train_one_epoch", recording)
     train_fold(cfg, info, 1, RunFolder.of(cfg), CPU)

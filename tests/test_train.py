@@ -21,11 +21,12 @@ import helpers.train as train_mod
 from helpers.augment import InputPrep
 from helpers.checkpoints import load_model
 from helpers.dataset import prepare_dataset
+from helpers.finite import NonFiniteLoss
 from helpers.precision import Precision, resolve_precision
 from helpers.run_folder import RunFolder
 from helpers.schedules import build_schedule
 from helpers.tasks import SingleLabel
-from helpers.train import NonFiniteLoss, best_epochs, evaluate, train_fold, train_folds, train_one_epoch
+from helpers.train import best_epochs, evaluate, train_fold, train_folds, train_one_epoch
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 METRIC_COLUMNS = [

@@ -54,10 +54,10 @@ def epochs_seen(monkeypatch):
     seen = []
     real = train_mod.train_one_epoch
 
-    def recording(model, loader, parts, device, desc="train"):
+    def recording(model, loader, parts, device, desc="train", position=None):
         plain = train_mod.unwrap(model)
         before = {k: v.clone() for k, v in plain.state_dict().items()}
-        out = real(model, loader, parts, device, desc=desc)
+        out = real(model, loader, parts, device, desc, position)
         seen.append((before, {k: v.clone() for k, v in plain.state_dict().items()}, body_is_frozen(plain)))
         return out
 

@@ -7,12 +7,14 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from helpers.config import Config
 from helpers.precision import Precision
+from helpers.run_folder import RunFolder
 from helpers.schedules import build_schedule
 from helpers.train import TrainParts
 
@@ -95,3 +97,25 @@ def hand_parts(
 
 def flat_params(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+
+
+CHECKPOINT_KINDS = ("best_score", "best_loss", "last", "ema")
+TIMING = ["seconds", "images_per_s"]  # wall-clock columns: the only ones a stop and resume may change
+
+
+def assert_same_runs(run: RunFolder, reference: RunFolder, fold: int = 0) -> None:
+    """Every metric (but wall-clock time) and every checkpoint's weights equal, with no tolerance."""
+    ours, theirs = (pd.read_csv(r.metrics).drop(columns=TIMING) for r in (run, reference))
+    pd.testing.assert_frame_equal(ours, theirs, check_exact=True)
+    for kind in CHECKPOINT_KINDS:
+        mine = torch.load(run.checkpoint(fold, kind), weights_only=True)
+        other = torch.load(reference.checkpoint(fold, kind), weights_only=True)
+        assert mine["model"].keys() == other["model"].keys()
+        for name, value in other["model"].items():
+            assert torch.equal(mine["model"][name], value), (kind, name)
+    last = torch.load(run.checkpoint(fold, "last"), weights_only=True)
+    other = torch.load(reference.checkpoint(fold, "last"), weights_only=True)
+    assert last["updates"] == other["updates"] and last["scheduler"] == other["scheduler"]
+    for group, state in other["optimizer"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(last["optimizer"]["state"][group][key], value), (group, key)
