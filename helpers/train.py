@@ -598,6 +598,7 @@ def train_fold(
             seed_everything(sample_seed(cfg.seed, fold * 100_000 + epoch) + rank)
             position, state.position = state.position or EpochPosition(epoch), None
             train_loader.sampler.set_epoch(epoch, skip=position.step * train_loader.batch_size)
+            done_before = position.step / max(1, len(train_loader))  # a resumed epoch trains the rest
             started = time.perf_counter()
             try:
                 desc = f"fold {fold} epoch {epoch}"
@@ -612,8 +613,10 @@ def train_fold(
                 raise _save_stop(
                     cfg, run, info.classes, model, parts, state, fold, position, n_batches, stop
                 ) from None
+            trained_now = trained["train_images"] * (1 - done_before)  # this run's share of the epoch
             row.update(
-                seconds=time.perf_counter() - started, images_per_s=trained["train_images"] / train_seconds
+                seconds=time.perf_counter() - started,
+                images_per_s=trained_now / train_seconds if trained_now else float("nan"),
             )
             parts.schedule.after_epoch(row[cfg.monitor])
             improved = state.record(cfg, row)

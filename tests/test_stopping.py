@@ -8,6 +8,7 @@ signal after a chosen batch, so it lands inside a training step, as a real one w
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -110,6 +111,8 @@ def test_a_stop_during_validation_keeps_the_epochs_training(runs, monkeypatch, c
     monkeypatch.delenv(stopping.TEST_SIGNAL)
     train_folds(cfg, info, run, CPU)
     assert_same_runs(run, whole)
+    speeds = pd.read_csv(run.metrics)["images_per_s"]
+    assert math.isnan(speeds[0]) and speeds[1] > 0  # epoch 0 had only its validation left
 
 
 def test_prediction_stops_after_its_batch_and_saves_nothing(monkeypatch, capsys):
