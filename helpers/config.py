@@ -21,7 +21,7 @@ from helpers.errors import KitError, MissingRunError
 Layout = Literal["auto", "csv", "imagefolder"]
 Optimizer = Literal["adamw", "sgd"]
 Scheduler = Literal["onecycle", "cosine", "warmup_cosine", "cosine_restarts", "plateau", "none"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PrecisionSetting = Literal["auto", "fp32", "bf16", "fp16"]
 Preset = Literal["none", "light", "medium", "heavy"]
 Monitor = Literal["auto", "val_acc", "val_map", "val_loss"]
 CheckpointKind = Literal["best_score", "best_loss", "last", "ema"]
@@ -132,7 +132,7 @@ class Config:
     # to the row's class frequency (multilabel: its rarest class); seeded per epoch, so resumable
     sampler: Sampler = setting("shuffle", "train")
     augment: Preset = setting("light", "train")  # training augmentation preset
-    precision: Precision = setting("auto", "train")  # auto: bf16 (or fp16) on CUDA, fp32 on CPU
+    precision: PrecisionSetting = setting("auto", "train")  # auto: bf16 (or fp16) on CUDA, fp32 on CPU
     grad_accum: int = setting(1, "train")  # micro-batches per optimizer step
     clip_grad: float = setting(0.0, "train")  # max gradient norm; 0 disables clipping
     # several GPUs (helpers.distributed): batch-norm statistics over all GPUs' batches

@@ -95,7 +95,7 @@ def check_and_store(cfg: Config, paths: list[str], side: int) -> pd.DataFrame:
     and test images (05) alike: one decode per image for every run at that side."""
     folder = dataset_folder(cfg)
     with _store_writer(cfg, folder, side) as store:
-        return check_images(paths, folder / CHECK_CACHE, store=store)
+        return check_images(paths, folder / CHECK_CACHE, sink=store)
 
 
 def build_store(cfg: Config, info: DataInfo) -> None:
@@ -280,7 +280,3 @@ def health_summary(info: DataInfo) -> pd.DataFrame:
     rows += [(f"problem: {k}", n) for k, n in kinds.value_counts().items()]
     rows.append(("rows dropped", info.n_rows - len(info.table)))
     return pd.DataFrame(rows, columns=["check", "count"])
-
-
-def load_classes(folder: Path) -> list[str]:
-    return json.loads((folder / "classes.json").read_text())

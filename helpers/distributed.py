@@ -50,7 +50,7 @@ class Launch:
     device: torch.device
 
 
-def start(expect_world_size: int | None = None) -> Launch:
+def join_launch(expect_world_size: int | None = None) -> Launch:
     """Join the process group torchrun describes in the environment, or stand alone without it.
 
     Raises LaunchError for a launch that would train something other than what was asked for.
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     retain_freed_memory()
     try:
-        train_run(args.run_name, start(args.expect_world_size))
+        train_run(args.run_name, join_launch(args.expect_world_size))
     except LaunchError as error:
         print(f"helpers.distributed: launch refused: {error}", file=sys.stderr)
         return REFUSED

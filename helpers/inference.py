@@ -1,8 +1,8 @@
 """Predicting with checkpoints: one model or a fold ensemble, with TTA, each model loaded once.
 
 Batches are the outer loop and models the inner one, so each image is decoded once however many models
-and views there are, and every model stays in memory for the whole pass (the original pipeline reloaded
-every checkpoint for every batch). Probabilities are averaged over models and views after the
+and views there are, and every model stays in memory for the whole pass (never reloaded per batch).
+Probabilities are averaged over models and views after the
 softmax (multiclass) or the sigmoid (multilabel), as the run's task object (helpers.tasks, from its
 config) turns logits into probabilities.
 Every loader comes from `helpers.loaders.build_loader`, over a table's rows (`path`, and `height` and

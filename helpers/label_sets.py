@@ -64,7 +64,7 @@ def looks_multilabel(labels: pd.Series, first: str) -> tuple[str, float, str]:
     return "", 0.0, ""
 
 
-def resolve_task(cfg: Config, frame: pd.DataFrame, where: str) -> tuple[TaskName, str]:
+def task_of_labels(cfg: Config, frame: pd.DataFrame, where: str) -> tuple[TaskName, str]:
     """The task of the table's rows (`label` as written, or `tokens` of wide columns) and why, in one line.
 
     `where` names the label source in messages (the table and column). Raises DataError when `auto` meets
@@ -183,9 +183,9 @@ def read_label_sets(
     elif cfg.label_cols:
         frame["tokens"], value_problems = wide_tokens(frame, cfg.label_cols)
         frame = frame.drop(columns=[WIDE_PREFIX + c for c in cfg.label_cols])
-        task, reason = resolve_task(cfg, frame[[not p for p in value_problems]], where)
+        task, reason = task_of_labels(cfg, frame[[not p for p in value_problems]], where)
     else:
-        task, reason = resolve_task(cfg, frame, where)
+        task, reason = task_of_labels(cfg, frame, where)
     joined = [c for c in cfg.label_cols if cfg.label_sep in c]
     if task == "multilabel" and joined:
         raise DataError(

@@ -23,7 +23,6 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 
 from helpers.atomic import atomic_savefig, atomic_to_csv
@@ -32,6 +31,7 @@ from helpers.config import Config, ConfigError, parameter_names
 from helpers.dataset import data_dir_of
 from helpers.errors import KitError, exits_on_kit_error
 from helpers.holdout import test_labels
+from helpers.model import count_parameters, skeleton
 from helpers.multilabel_metrics import macro_map
 from helpers.paths import outputs_dir, runs_dir
 from helpers.run_folder import RunFolder, metric_key
@@ -68,7 +68,7 @@ COLUMNS = [
     "train_seconds",  # all epochs of all folds, validation included
     "seconds_per_epoch",
     "images_per_s",  # training images per second, mean over epochs
-    "parameters",  # tensor elements in a fold's best_score state dict (buffers included)
+    "parameters",  # the model's parameters, trainable or not (helpers.model.count_parameters), as 03 shows
 ]
 # the plot's score axis: a multiclass accuracy (multilabel panels show its mAP counterpart) or an mAP
 # (multiclass panels show its accuracy counterpart)
@@ -357,8 +357,9 @@ def _saved_thresholds(run: RunFolder) -> TunedThresholds:
 
 
 def _count(path: Path) -> int:
-    state = load_checkpoint(path, mmap=True)["model"]
-    return sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
+    """The checkpoint's model size as 03 shows it (helpers.model.count_parameters)."""
+    checkpoint = load_checkpoint(path, mmap=True)
+    return count_parameters(skeleton(checkpoint["config"]["backbone"], len(checkpoint["classes"])))
 
 
 @exits_on_kit_error("python -m helpers.leaderboard")

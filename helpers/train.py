@@ -264,7 +264,7 @@ def build_parts(
 ) -> TrainParts:
     """Optimizer (with layer decay), loss, precision, scaler, schedule, EMA and mixup for a fresh fold.
     `train_targets`: the fold's training targets (`fold_targets`), which balanced class weights count."""
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.layer_decay)
     task = task_for(cfg)  # resolve_task settled it
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:

@@ -20,22 +20,22 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from helpers.config import Config
 
-
-def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, optimizer: str, lr: float, weight_decay: float, layer_decay: float
+) -> torch.optim.Optimizer:
     """timm's optimizer for the model, with layer-wise lr decay when `layer_decay` < 1 (groups' lrs scaled)."""
-    optimizer = timm.optim.create_optimizer_v2(
+    built = timm.optim.create_optimizer_v2(
         model,
-        opt=cfg.optimizer,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
+        opt=optimizer,
+        lr=lr,
+        weight_decay=weight_decay,
         momentum=0.9,
-        layer_decay=cfg.layer_decay if cfg.layer_decay < 1 else None,
+        layer_decay=layer_decay if layer_decay < 1 else None,
     )
-    for group in optimizer.param_groups:
-        group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
-    return optimizer
+    for group in built.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    return built
 
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:

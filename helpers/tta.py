@@ -1,9 +1,9 @@
 """Test-time augmentation: named, distinct views of a batch, run through the model in one forward pass.
 
-The views are the dihedral symmetries a user may want. The original pipeline's six flip views held only
-four distinct ones (flip(-1) then flip(-2,-1) equals flip(-2)); here each name is one distinct transform,
-which `tests/test_tta.py` proves. Probabilities (softmax for a multiclass run, a sigmoid per class for a
-multilabel one: helpers.targets) are averaged over the views.
+The views are the dihedral symmetries a user may want, each name one distinct transform (flip(-1) then
+flip(-2,-1) would equal flip(-2): a view counted twice), which `tests/test_tta.py` proves. Probabilities
+(the run's task's: softmax for a multiclass run, a sigmoid per class for a multilabel one) are averaged
+over the views.
 """
 
 from __future__ import annotations

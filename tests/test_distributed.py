@@ -81,7 +81,7 @@ PROBE = textwrap.dedent(
 
 
     train.train_one_epoch, train.gather_predictions, train.save_checkpoint = training, gathering, saving
-    launch = distributed.start()
+    launch = distributed.join_launch()
     try:
         for run in sys.argv[1:]:
             distributed.train_run(run, launch)

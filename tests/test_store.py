@@ -239,7 +239,7 @@ def add_then_die(self, *args):
 helpers.store.StoreWriter.add = add_then_die
 paths = sys.argv[3:]
 with open_store(sys.argv[1], int(sys.argv[2])) as store:
-    check_images(paths, None, workers=1, store=store)
+    check_images(paths, None, workers=1, sink=store)
 """
 
 
@@ -263,7 +263,7 @@ def test_a_killed_build_leaves_a_valid_store_and_the_next_run_finishes_it(tmp_pa
     decoded, real = [], helpers.health._check_one
     monkeypatch.setattr(helpers.health, "_check_one", lambda p, side=0: (decoded.append(p), real(p, side))[1])
     with open_store(folder, IMG_SIZE) as writer:
-        check_images(paths, None, workers=1, store=writer)
+        check_images(paths, None, workers=1, sink=writer)
     assert decoded == paths[8:], "the next run decodes only what the index lacks"
     view = open_view(store, paths)
     for i, path in enumerate(paths):

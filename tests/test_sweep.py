@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import papermill
 import pytest
-import torch
 from notebook_runs import run_nbval
 from papermill.exceptions import PapermillExecutionError
 
@@ -248,7 +247,7 @@ def write_run(runs: Path, name: str, pieces: set[str], data_dir: Path | None = N
             {"id": list("abcd"), "label": ["1", "2", "1", "2"], "predicted": ["1", "2", "2", "2"]}
         ).to_csv(run / "oof.csv", index=False)
     if "checkpoint" in pieces:
-        state = {"model": {"w": torch.zeros(3, 4), "b": torch.zeros(4)}, "classes": ["1", "2"]}
+        state = {"model": {}, "classes": ["1", "2"], "config": {"backbone": "test_resnet"}}
         atomic_torch_save(state, run / "checkpoints" / "fold1_best_score.pt")
     if "test" in pieces:
         pd.DataFrame({"id": ["t1", "t2"], "1": [0.9, 0.6], "2": [0.1, 0.4]}).to_csv(

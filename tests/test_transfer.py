@@ -105,7 +105,7 @@ def test_a_fully_frozen_run_leaves_the_body_as_the_weights_file_has_it(prepared,
 def test_optimizer_groups_and_lrs_follow_timms_layer_decay(prepared):
     cfg, info, _ = prepared(layer_decay=0.6, lr=0.01, weight_decay=0.05, epochs=3)
     model = create_model("test_resnet", info.num_classes)
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.layer_decay)
     expected = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.6)
     assert len(optimizer.param_groups) == len(expected) > 2
     for group, want in zip(optimizer.param_groups, expected, strict=True):
