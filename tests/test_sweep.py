@@ -24,6 +24,7 @@ from papermill.exceptions import PapermillExecutionError
 from helpers import leaderboard, sweep
 from helpers.atomic import atomic_torch_save
 from helpers.config import ConfigError
+from helpers.model import count_parameters, skeleton
 from helpers.paths import notebooks_dir
 from helpers.run_folder import RunFolder
 from helpers.runner import run_series
