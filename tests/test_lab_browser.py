@@ -78,7 +78,10 @@ def lab(tmp_path_factory):
     prepare_series(notebooks, {**TINY, **OPTIONAL_SECTIONS})
     multilabel = {**TINY, "data_dir": str(ensure_multilabel_demo_data()), "label_col": "labels"}
     prepare_series(notebooks, {**multilabel, "run_name": "ml_auto"}, prefix="auto_", names=SERIES[:1])
-    prepare_series(notebooks, {**multilabel, "run_name": "ml", "task": "multilabel"}, prefix="ml_")
+    ml_sections = {k: v for k, v in OPTIONAL_SECTIONS.items() if k != "calibrate"}  # calibration: multiclass
+    prepare_series(
+        notebooks, {**multilabel, **ml_sections, "run_name": "ml", "task": "multilabel"}, prefix="ml_"
+    )
     for name, sources in FIXTURES.items():
         write_fixture(notebooks, name, sources)
     server = LabServer(notebooks, home, home / "outputs").start()
@@ -154,7 +157,13 @@ def test_multilabel_series_in_jupyterlab(lab):
     assert not re.search(r"Traceback|File \"|Cell In|---->|DataError", shown), shown
 
     views = [lab.run(f"ml_{name}.ipynb") for name in SERIES]
-    problems = [f"{v.name}: {p}" for v in views for p in v.problems()]
+    problems = [f"{v.name}: {p}" for v in views for p in v.problems() if not skipped_calibration(v, p)]
     assert not problems, "\n".join(problems) + f"\nscreenshots: {lab.shots}"
     submission = lab.server.outputs / "runs" / "ml" / "submission.csv"
     assert submission.exists() and str(submission) in views[-1].text
+
+
+def skipped_calibration(view: NotebookView, problem: str) -> bool:
+    """04's calibration cell shows no figure for a multilabel run: it says in one line why it skips."""
+    cells = [i for i, c in enumerate(view.cells) if "calibrate_run" in c.source]
+    return "should show a figure" in problem and any(problem.startswith(f"cell {i} (") for i in cells)
