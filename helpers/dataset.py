@@ -47,7 +47,7 @@ class DataInfo:
 
     `label` is the class, or (multilabel) the label set in class order joined by label_sep; `label_idx`
     the class index, or the set's sorted class indices (helpers.targets.encode_label_set): ask
-    helpers.targets.target_array for arrays.
+    the run's task object (helpers.tasks) for arrays.
     """
 
     name: str

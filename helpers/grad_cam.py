@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from helpers.augment import InputPrep, to_hwc
+from helpers.config import ConfigError
 
 
 def cam_layer(model: nn.Module, side: int, min_side: int = 4) -> dict:
@@ -22,7 +23,7 @@ def cam_layer(model: nn.Module, side: int, min_side: int = 4) -> dict:
     """
     stages = list(getattr(model, "feature_info", None) or [])
     if not stages:
-        raise ValueError(f"Grad-CAM needs timm's feature_info, which {type(model).__name__} lacks")
+        raise ConfigError(f"Grad-CAM needs timm's feature_info, which {type(model).__name__} lacks")
     wide = [f for f in stages if side // f["reduction"] >= min_side]
     return (wide or stages[:1])[-1]
 
@@ -50,7 +51,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = No
         handle.remove()
     features = captured[-1]
     if features.dim() != 4:
-        raise ValueError(
+        raise ConfigError(
             f"Grad-CAM needs a spatial feature map; {type(model).__name__}'s {stage['module']} "
             f"gives shape {tuple(features.shape)}"
         )

@@ -23,11 +23,13 @@ from tqdm.auto import tqdm
 
 from helpers.augment import InputPrep
 from helpers.checkpoints import load_checkpoint, load_model
-from helpers.config import Config
+from helpers.config import Config, ConfigError
+from helpers.errors import MissingFileError
 from helpers.loaders import build_loader
 from helpers.precision import Precision, pick_device, resolve_precision
 from helpers.run_folder import RunFolder
 from helpers.stopping import check, stop_signals_caught, test_signal
+from helpers.tables import DataError
 from helpers.tasks import Task, task_for
 from helpers.tta import check_views, mean_over_views, view_probabilities
 
@@ -61,7 +63,7 @@ def trained_checkpoints(run: RunFolder, kind: str, n_folds: int) -> dict[int, Pa
     when there is none."""
     found = run.trained_folds(kind, n_folds)
     if not found:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no {kind} checkpoint in {run.checkpoints}: run notebooks/03_train.ipynb for this run first"
             + (" with ema=True" if kind == "ema" else "")
         )
@@ -169,7 +171,7 @@ def fill_submission(
     order = sample[id_col].astype(str)
     missing = sorted(set(order) - set(index))
     if missing:
-        raise ValueError(f"{len(missing)} sample-submission id(s) have no prediction, e.g. {missing[:5]}")
+        raise DataError(f"{len(missing)} sample-submission id(s) have no prediction, e.g. {missing[:5]}")
     position = pd.Series(np.arange(len(index)), index=index).loc[order].to_numpy()
     probs = pd.DataFrame(probabilities[position], columns=list(classes))
     out = sample.copy()
@@ -183,7 +185,7 @@ def fill_submission(
         out[other[0]] = task.label_texts(decided[position], classes, label_sep)
         out[other[1:]] = probs[other[1:]].to_numpy()
     else:
-        raise ValueError(
+        raise DataError(
             f"cannot fill sample submission columns {other}: expected one label column or the class names "
             f"{list(classes)}"
         )
@@ -229,18 +231,18 @@ def ensemble_members(cfg: Config, run: RunFolder) -> list[Member]:
     for name in dict.fromkeys([run.name, *cfg.ensemble_runs]):
         other_run = RunFolder(run.path.parent / name)
         if not other_run.config.exists():
-            raise FileNotFoundError(f"ensemble_runs names {name!r}, but {other_run.config} does not exist")
+            raise MissingFileError(f"ensemble_runs names {name!r}, but {other_run.config} does not exist")
         other = other_run.read_config().replace(checkpoint=cfg.checkpoint, tta_views=cfg.tta_views)
         paths = list(trained_checkpoints(other_run, cfg.checkpoint, other.n_folds).values())
         members.append(Member(other_run, other, paths, load_checkpoint(paths[0])["classes"]))
     tasks = {m.run.name: m.cfg.task for m in members}
     if len(set(tasks.values())) > 1:
-        raise ValueError(
+        raise ConfigError(
             f"ensemble_runs mixes tasks {tasks}: probabilities of a multiclass run (softmax) and a multilabel "
             "one (a sigmoid per class) do not average; ensemble runs of one task"
         )
     if any(m.classes != members[0].classes for m in members):
-        raise ValueError(f"the runs {member_names(members)} were trained on different class lists")
+        raise ConfigError(f"the runs {member_names(members)} were trained on different class lists")
     return members
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from helpers.config import ConfigError
 from helpers.images import read_image
 from helpers.plots import show_images
 from helpers.run_folder import RunFolder
@@ -43,7 +44,7 @@ def rank_label_issues(
     likely mislabelled) and whether cleanlab flags it as an issue, lowest score first."""
     missing = [classes[c] for c in np.flatnonzero(task.class_counts(targets, len(classes)) == 0)]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"classes {missing} have no out-of-fold row: confident learning needs every class among the "
             "rows; evaluate more folds (04 covers the folds 03 trained: set folds=[] in 03)"
         )

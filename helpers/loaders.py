@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from helpers.augment import build_eval_transform, build_train_transform
-from helpers.config import Config
+from helpers.config import Config, ConfigError
 from helpers.dataset import dataset_folder
 from helpers.images import read_image
 from helpers.precision import pick_device
@@ -232,7 +232,7 @@ def build_loader(
     mixing = train and (cfg.mixup > 0 or cfg.cutmix > 0)
     per_process = -(-len(dataset) // num_replicas)
     if mixing and per_process < cfg.batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"mixup/cutmix drop the last partial batch, and fold {fold} has only {per_process} "
             f"training images per process for batch_size={cfg.batch_size}: lower batch_size"
         )

@@ -23,6 +23,8 @@ from sklearn.utils.class_weight import compute_class_weight
 from timm.loss import compute_class_weights
 from torch import nn
 
+from helpers.config import ConfigError
+
 
 class SmoothedBCEWithLogits(nn.Module):
     """Binary cross-entropy on logits with each 0/1 target pulled towards 0.5 by `smoothing / 2`, and an
@@ -97,7 +99,7 @@ def balanced_pos_weight(train_targets: np.ndarray) -> torch.Tensor:
 
 def _require_every_class(bad: np.ndarray, what: str) -> None:
     if bad.size:
-        raise ValueError(
+        raise ConfigError(
             f"class_weights='balanced': class index(es) {bad.tolist()} (in the order of the dataset's "
             f"classes.json) {what} in this fold, so its weight is undefined. Set class_weights='none', "
             "or merge or drop that class."

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from helpers.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Precision:
@@ -43,14 +45,14 @@ def resolve_precision(setting: str, device: torch.device, bf16_supported: bool |
         return Precision(kind, torch.float32)
     if kind == "cpu":
         if setting == "fp16":
-            raise ValueError(
+            raise ConfigError(
                 "precision='fp16' does nothing on CPU (autocast ignores it): use 'fp32' or 'bf16'"
             )
         return Precision(kind, torch.bfloat16 if setting == "bf16" else torch.float32)
     if bf16_supported is None:
         bf16_supported = torch.cuda.is_bf16_supported()
     if setting == "bf16" and not bf16_supported:
-        raise ValueError("precision='bf16' is not supported on this GPU: use 'fp16' or 'auto'")
+        raise ConfigError("precision='bf16' is not supported on this GPU: use 'fp16' or 'auto'")
     if setting == "fp16" or (setting == "auto" and not bf16_supported):
         return Precision(kind, torch.float16)
     return Precision(kind, torch.bfloat16)

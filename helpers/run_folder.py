@@ -41,10 +41,11 @@ from helpers.paths import runs_dir
 
 CHECKPOINT_KINDS = ("best_score", "best_loss", "last", "ema")
 # evaluation.json: what was evaluated, then each metric of the run's task without TTA as val_<metric> and
-# with the run's TTA views as val_<metric>_tta. Multiclass (helpers.evaluate.summary_metrics; "accuracy" is
+# with the run's TTA views as val_<metric>_tta. Multiclass (helpers.singlelabel_metrics.summary_metrics; "accuracy" is
 # shortened to "acc", as in metrics.csv): val_acc, val_acc_tta, val_top3_accuracy, val_macro_f1_tta,
 # val_log_loss, ... (val_rare_class_recall(_tta) when the evaluated classes are imbalanced). Multilabel
-# (helpers.multilabel_metrics.multilabel_summary, F1 and the rest at 0.5): val_map, val_map_micro_tta,
+# (helpers.multilabel_metrics.multilabel_summary, F1 and the rest at 0.5, a row without any class over
+# 0.5 given its most probable one unless the data allows empty sets): val_map, val_map_micro_tta,
 # val_roc_auc, val_f1_samples, val_f1_micro_tta, val_f1_macro, val_subset_accuracy, val_hamming_loss_tta, ...; then the scores at the per-class thresholds tuned on the
 # TTA probabilities, with TTA only: val_f1_micro_tuned_tta, ... (optimistic: tuned on the same rows)
 EVALUATION_KEYS = ("task", "checkpoint", "tta_views", "folds", "images")
@@ -162,7 +163,7 @@ class RunFolder:
 
     def checkpoint(self, fold: int, kind: str) -> Path:
         if kind not in CHECKPOINT_KINDS:
-            raise ValueError(f"unknown checkpoint kind {kind!r}; choose one of {CHECKPOINT_KINDS}")
+            raise ConfigError(f"unknown checkpoint kind {kind!r}; choose one of {CHECKPOINT_KINDS}")
         return self.checkpoints / f"fold{fold}_{kind}.pt"
 
     def plot(self, name: str) -> Path:

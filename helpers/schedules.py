@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as sched
 
+from helpers.config import ConfigError
+
 
 @dataclass
 class Schedule:
@@ -70,4 +72,4 @@ def build_schedule(
         return Schedule(sched.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5, patience=1), False)
     if name == "none":
         return Schedule(sched.LambdaLR(optimizer, lambda _: 1.0), False)
-    raise ValueError(f"unknown scheduler {name!r}")
+    raise ConfigError(f"unknown scheduler {name!r}")

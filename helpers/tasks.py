@@ -29,7 +29,7 @@ from torch import nn
 
 from helpers import multilabel_metrics as ml
 from helpers import singlelabel_metrics as sl
-from helpers.config import Config
+from helpers.config import Config, ConfigError
 from helpers.folds import assign_folds, assign_multilabel_folds
 from helpers.label_sets import canonical_label
 from helpers.losses import (
@@ -513,7 +513,7 @@ assert tuple(TASKS) == TASK_NAMES
 def _require_loss(task: Task, loss: str) -> None:
     if loss not in task.losses:
         others = [name for name, kind in TASKS.items() if loss in kind.losses]
-        raise ValueError(
+        raise ConfigError(
             f"loss={loss!r} is for {' or '.join(others) or 'no'} tasks and this run's task is {task.name}: "
             f"use one of {list(task.losses)}"
         )
@@ -522,7 +522,7 @@ def _require_loss(task: Task, loss: str) -> None:
 def task_named(name: str, allow_empty: bool = False) -> Task:
     """The task object of a resolved task name."""
     if name not in TASKS:
-        raise ValueError(
+        raise ConfigError(
             f"task={name!r} is not resolved: 01_data turns 'auto' into one of {list(TASKS)} and saves it in "
             "the run's config.json; run 01_data for this run first"
         )

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from helpers.config import Config
+from helpers.config import Config, ConfigError
+from helpers.errors import MissingFileError
 from helpers.multilabel_metrics import (
     DEFAULT_THRESHOLD,
     OPTIMISTIC,
@@ -85,14 +86,14 @@ def run_thresholds(run: RunFolder, cfg: Config, classes: Sequence[str]) -> Tuned
     """The thresholds 04 tuned for this run, for 05: refused when tuned on another checkpoint, other TTA
     views or other classes, and missing when 04 has not run."""
     if not run.thresholds.exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{run.thresholds} does not exist: a multilabel run's label sets need the thresholds 04 tunes; "
             f"run notebooks/04_evaluate.ipynb for run {run.name!r} first"
         )
     saved = TunedThresholds(**run.read_thresholds())
     require_fitted_for(run.thresholds, "tuned", saved.checkpoint, saved.tta_views, cfg)
     if saved.classes != list(classes):
-        raise ValueError(
+        raise ConfigError(
             f"{run.thresholds} is for classes {saved.classes}, the models predict {list(classes)}"
         )
     return saved
