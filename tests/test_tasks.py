@@ -98,3 +98,25 @@ def test_the_weak_model_caution_follows_the_view_score():
     task = SingleLabel()
     assert task.reliability_note(targets, right) == ""
     assert "caution" in task.reliability_note(targets, np.eye(3)[[1, 2, 0, 1]])
+
+
+def test_stop_here_ends_the_run_until_its_parameters_cell_runs_again():
+    """05 without a test set stops once: the later cells run nothing, a new run (its parameters cell) runs."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from helpers import notebook
+
+    shell, recorded = InteractiveShell.instance(), list(notebook.PARAMETER_CELLS)
+    try:
+        notebook._install_hooks()
+        shell.run_cell("from helpers.notebook import stop_here\nstop_here('no test set: nothing to predict')")
+        assert notebook.STOPPED == ["no test set: nothing to predict"]
+        shell.run_cell("after_the_stop = 1")
+        assert "after_the_stop" not in shell.user_ns
+        shell.run_cell("# parameters\nnew_run = 1")
+        shell.run_cell("after_a_new_run = 1")
+        assert shell.user_ns["new_run"] == shell.user_ns["after_a_new_run"] == 1 and not notebook.STOPPED
+    finally:
+        notebook.STOPPED.clear()
+        notebook.PARAMETER_CELLS[:] = recorded
+        InteractiveShell.clear_instance()
