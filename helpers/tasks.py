@@ -96,7 +96,6 @@ class Task(ABC):
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (N, C) to probabilities."""
 
-    @abstractmethod
     def loss(
         self,
         loss: str,
@@ -108,6 +107,24 @@ class Task(ABC):
     ) -> nn.Module:
         """The training loss `loss` names (`default` or one of `losses`), with label smoothing and, when
         `balanced`, the class weighting this task's loss takes, counted on the fold's training targets."""
+        if loss not in self.losses:
+            others = [name for name, kind in TASKS.items() if loss in kind.losses]
+            raise ConfigError(
+                f"loss={loss!r} is for {' or '.join(others) or 'no'} tasks and this run's task is {self.name}: "
+                f"use one of {list(self.losses)}"
+            )
+        weights = self.balanced_weights(train_targets, num_classes) if balanced else None
+        return self.weighted_loss(loss, smoothing, focal_gamma, weights)
+
+    @abstractmethod
+    def balanced_weights(self, train_targets: np.ndarray, num_classes: int) -> torch.Tensor:
+        """What `class_weights='balanced'` means for this task's loss, from the fold's training targets."""
+
+    @abstractmethod
+    def weighted_loss(
+        self, loss: str, smoothing: float, gamma: float, weights: torch.Tensor | None
+    ) -> nn.Module:
+        """The loss module `loss` names, with label smoothing and the class weights (None: unweighted)."""
 
     @abstractmethod
     def class_counts(self, targets: np.ndarray, num_classes: int) -> np.ndarray:
@@ -273,21 +290,16 @@ class SingleLabel(Task):
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(dim=1)
 
-    def loss(
-        self,
-        loss: str,
-        smoothing: float,
-        focal_gamma: float,
-        balanced: bool,
-        train_targets: np.ndarray,
-        num_classes: int,
+    def balanced_weights(self, train_targets: np.ndarray, num_classes: int) -> torch.Tensor:
+        return balanced_class_weights(train_targets, num_classes)
+
+    def weighted_loss(
+        self, loss: str, smoothing: float, gamma: float, weights: torch.Tensor | None
     ) -> nn.Module:
-        _require_loss(self, loss)
-        weight = balanced_class_weights(train_targets, num_classes) if balanced else None
         if loss == "focal":
-            return FocalLoss(focal_gamma, smoothing, weight)
+            return FocalLoss(gamma, smoothing, weights)
         # torch's cross-entropy takes class indices and soft targets alike
-        return nn.CrossEntropyLoss(weight=weight, label_smoothing=smoothing)
+        return nn.CrossEntropyLoss(weight=weights, label_smoothing=smoothing)
 
     def class_counts(self, targets: np.ndarray, num_classes: int) -> np.ndarray:
         return np.bincount(targets, minlength=num_classes)
@@ -393,20 +405,15 @@ class MultiLabel(Task):
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid()
 
-    def loss(
-        self,
-        loss: str,
-        smoothing: float,
-        focal_gamma: float,
-        balanced: bool,
-        train_targets: np.ndarray,
-        num_classes: int,
+    def balanced_weights(self, train_targets: np.ndarray, num_classes: int) -> torch.Tensor:
+        return balanced_pos_weight(train_targets)  # a pos_weight per class
+
+    def weighted_loss(
+        self, loss: str, smoothing: float, gamma: float, weights: torch.Tensor | None
     ) -> nn.Module:
-        _require_loss(self, loss)
-        pos_weight = balanced_pos_weight(train_targets) if balanced else None
         if loss == "asl":
-            return AsymmetricLossMultiLabel(smoothing=smoothing, reduction="mean", pos_weight=pos_weight)
-        return SmoothedBCEWithLogits(smoothing, pos_weight)
+            return AsymmetricLossMultiLabel(smoothing=smoothing, reduction="mean", pos_weight=weights)
+        return SmoothedBCEWithLogits(smoothing, weights)
 
     def class_counts(self, targets: np.ndarray, num_classes: int) -> np.ndarray:
         return targets[:, :num_classes].sum(0).astype(int)
@@ -508,15 +515,6 @@ class MultiLabel(Task):
 
 TASKS: dict[str, type[Task]] = {"multiclass": SingleLabel, "multilabel": MultiLabel}
 assert tuple(TASKS) == TASK_NAMES
-
-
-def _require_loss(task: Task, loss: str) -> None:
-    if loss not in task.losses:
-        others = [name for name, kind in TASKS.items() if loss in kind.losses]
-        raise ConfigError(
-            f"loss={loss!r} is for {' or '.join(others) or 'no'} tasks and this run's task is {task.name}: "
-            f"use one of {list(task.losses)}"
-        )
 
 
 def task_named(name: str, allow_empty: bool = False) -> Task:
