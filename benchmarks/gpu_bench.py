@@ -103,6 +103,7 @@ def bench_backbone(backbone: str, root: Path, args: argparse.Namespace, device: 
     from helpers.config import Config
     from helpers.dataset import prepare_dataset
     from helpers.loaders import build_loader
+    from helpers.settings import resolve_task
     from helpers.train import _fold_model, build_parts, fold_rows, fold_targets
 
     if device.type == "cuda":
@@ -119,6 +120,7 @@ def bench_backbone(backbone: str, root: Path, args: argparse.Namespace, device: 
         num_workers=args.workers,
     )
     info = prepare_dataset(cfg)  # 01's check and the store at 224 px, in one pass
+    cfg = resolve_task(cfg, info)  # the task 01 would save
     rows = fold_rows(info, 0)[0]
     loader = build_loader(cfg, rows, True, 0, device)
     assert loader.dataset.store is not None and loader.dataset.store.stored == len(rows)

@@ -31,6 +31,7 @@ from helpers.distributed import REFUSED
 from helpers.loaders import build_loader
 from helpers.precision import Precision
 from helpers.run_folder import RunFolder
+from helpers.tasks import SingleLabel
 from helpers.train import evaluate, fold_rows, train_fold
 
 # Trains the runs named on its command line in this process (rank RANK of WORLD_SIZE), through the CLI's
@@ -241,7 +242,9 @@ def test_distributed_validation_equals_one_process_on_the_same_weights(trained, 
     prep = InputPrep.for_backbone("test_resnet", channels_last=True)
     for kind, prefix in (("last", ""), ("ema", "ema_")):
         model, _ = load_model(run.checkpoint(0, kind))
-        alone = evaluate(model, loader, torch.device("cpu"), Precision("cpu", torch.float32), prep)
+        alone = evaluate(
+            model, loader, torch.device("cpu"), Precision("cpu", torch.float32), prep, SingleLabel()
+        )
         np.testing.assert_allclose(last[f"{prefix}val_loss"], alone["val_loss"], rtol=1e-5)
         assert last[f"{prefix}val_acc"] == pytest.approx(alone["val_acc"], abs=1e-7)
 

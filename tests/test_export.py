@@ -20,6 +20,7 @@ from helpers.dataset import prepare_dataset
 from helpers.export import PARITY_ATOL, ParityError, PixelsToProbabilities, export_run, main
 from helpers.model import data_config_for
 from helpers.run_folder import RunFolder
+from helpers.tasks import SingleLabel
 from helpers.train import train_fold
 
 CPU = torch.device("cpu")
@@ -69,7 +70,7 @@ def test_export_matches_torch_for_any_batch_and_documents_the_input(trained):
     batch = np.stack([readme_preprocessing(p, cfg.img_size) for p in paths])
     model, _ = load_model(trained.checkpoint(0, "best_score"))
     with torch.no_grad():
-        expected = PixelsToProbabilities(model, mean, std, "multiclass")(torch.from_numpy(batch)).numpy()
+        expected = PixelsToProbabilities(model, mean, std, SingleLabel())(torch.from_numpy(batch)).numpy()
     session = onnxruntime.InferenceSession(str(exported.onnx), providers=["CPUExecutionProvider"])
     for size in (1, 3, len(batch)):
         got = session.run(["probabilities"], {"image": batch[:size]})[0]

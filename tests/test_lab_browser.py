@@ -165,5 +165,5 @@ def test_multilabel_series_in_jupyterlab(lab):
 
 def skipped_calibration(view: NotebookView, problem: str) -> bool:
     """04's calibration cell shows no figure for a multilabel run: it says in one line why it skips."""
-    cells = [i for i, c in enumerate(view.cells) if "calibrate_run" in c.source]
+    cells = [i for i, c in enumerate(view.cells) if "calibrate_oof" in c.source]
     return "should show a figure" in problem and any(problem.startswith(f"cell {i} (") for i in cells)

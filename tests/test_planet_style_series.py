@@ -50,7 +50,16 @@ def test_test_dir_given_to_01_reaches_05_and_a_wrong_one_is_diagnosed(tmp_path, 
     monkeypatch.setenv("KIT_OUTPUTS", str(outputs))
     execute("01_data", tmp_path, data_dir=str(data), id_col="image_name", label_col="tags",
             image_dir="train_images", test_dir="test_images", task="multilabel", run_name="r", n_folds=2)  # fmt: skip
-    execute("03_train", tmp_path, run_name="r", backbone="test_resnet", epochs=1, img_size=32, num_workers=0)
+    execute(
+        "03_train",
+        tmp_path,
+        run_name="r",
+        backbone="test_resnet",
+        epochs=1,
+        img_size=32,
+        num_workers=0,
+        pretrained=False,
+    )
     execute("04_evaluate", tmp_path, run_name="r")
     execute("05_inference", tmp_path, run_name="r")
     submission = pd.read_csv(outputs / "runs" / "r" / "submission.csv")

@@ -40,6 +40,7 @@ SETTINGS = dict(
     augment="light",
     freeze_epochs=1,
     layer_decay=0.8,
+    pretrained=False,  # from scratch: no weights to fetch
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
