@@ -36,6 +36,14 @@ def test_committed_without_outputs(name):
 
 
 @pytest.mark.parametrize("name", ALL_NOTEBOOKS)
+def test_every_cell_has_its_own_id(name):
+    """nbformat 4.5 cell ids: a cell without one makes nbformat warn in every headless run."""
+    cells = json.loads(notebook(name).read_text())["cells"]
+    ids = [c.get("id") for c in cells]
+    assert None not in ids and len(set(ids)) == len(ids), f"{name}: cell ids {ids}"
+
+
+@pytest.mark.parametrize("name", ALL_NOTEBOOKS)
 def test_parameters_cell_holds_literals_only(name):
     """A tagged cell of plain assignments of literals, after the cell that imports helpers.notebook."""
     nb = nbformat.read(notebook(name), as_version=4)
