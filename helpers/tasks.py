@@ -60,6 +60,7 @@ class Task(ABC):
     losses: ClassVar[tuple[str, ...]]  # the `loss` settings this task trains with
     least_classes: ClassVar[int]  # the fewest classes a data set of this task can train on
     view_metric: ClassVar[str]  # the one score of a TTA view (04's view-by-view table)
+    view_metric_name: ClassVar[str]  # that score in words
     fold_kind: ClassVar[str]  # how the kit's folds are stratified, in words
     fold_tag: ClassVar[str]  # what the folds file's name and hash add for this task ("": nothing)
     output_meaning: ClassVar[str]  # what an exported model's output holds
@@ -251,7 +252,7 @@ class Task(ABC):
         if np.isfinite(score) and score >= RELIABLE_SCORE:
             return ""
         return (
-            f"caution: the out-of-fold {self.view_metric} is {score:.2f} (below {RELIABLE_SCORE:g}), so most "
+            f"caution: the out-of-fold {self.view_metric_name} is {score:.2f} (below {RELIABLE_SCORE:g}), so most "
             "rows flagged here are the model's own mistakes rather than wrong labels: train a stronger model "
             "before acting on them"
         )
@@ -265,6 +266,7 @@ class SingleLabel(Task):
     losses = ("default", "focal")
     least_classes = 2
     view_metric = "accuracy"
+    view_metric_name = "accuracy"
     fold_kind = "stratified"
     fold_tag = ""  # the folds files of multiclass tables keep the names and hashes they always had
     output_meaning = "softmax probabilities: one distribution over the classes, summing to 1"
@@ -372,6 +374,7 @@ class MultiLabel(Task):
     losses = ("default", "asl")
     least_classes = 1  # a multilabel class may be one yes/no question
     view_metric = "map"
+    view_metric_name = "macro mAP"
     fold_kind = "multi-label stratified"
     fold_tag = "multilabel"
     output_meaning = (
