@@ -16,7 +16,6 @@ from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from helpers.atomic import atomic_savefig
-from helpers.images import read_image
 from helpers.run_folder import RunFolder
 
 
@@ -237,22 +236,6 @@ def prediction_titles(
     pairs = list(zip(labels, predicted, strict=True))
     titles = [f"{names[t]} → {names[p]}" for t, p in pairs]
     return titles, ["tab:green" if t == p else "tab:red" for t, p in pairs]
-
-
-def show_predictions(
-    rows: pd.DataFrame,
-    probabilities: np.ndarray,
-    classes: Sequence[str],
-    labels: np.ndarray | None = None,
-    extra: Sequence[str] = (),
-    n: int = 32,
-    ncols: int = 8,
-) -> Figure:
-    """The first n rows' images (`path`) titled by `prediction_titles`, with an optional extra line each."""
-    titles, colors = prediction_titles(probabilities[:n], classes, None if labels is None else labels[:n])
-    if extra:
-        titles = [f"{t}\n{e}" for t, e in zip(titles, extra[:n], strict=True)]
-    return show_images([read_image(p) for p in rows["path"].head(n)], titles, ncols, colors)
 
 
 def show_cam(
