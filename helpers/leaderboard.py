@@ -10,6 +10,11 @@ its run's `task`; multiclass runs fill the accuracy columns, multilabel runs the
 the table is ranked within each task (`rank`), multiclass runs first. A sort column of the other task
 ranks a task's runs by its own counterpart (MULTILABEL_COUNTERPART). A run whose config predates the task
 setting trained on one label per image: multiclass.
+
+Blends (outputs/blends, helpers.blend) are listed beside the runs and ranked with the runs of their task
+(`kind` says which is which). A blend's validation score column holds its out-of-fold score, chosen and
+scored on the same rows (optimistic), and `nested_score` its nested estimate; its test columns are scored
+at its own thresholds, as a run's.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from helpers.atomic import atomic_savefig, atomic_to_csv
+from helpers.blend import read_blend, written_blends
 from helpers.checkpoints import load_checkpoint
 from helpers.config import Config, ConfigError, parameter_names
 from helpers.dataset import data_dir_of
@@ -34,19 +40,22 @@ from helpers.holdout import test_labels
 from helpers.model import count_parameters, skeleton
 from helpers.multilabel_metrics import macro_map
 from helpers.paths import outputs_dir, runs_dir
-from helpers.run_folder import RunFolder, metric_key
+from helpers.run_folder import BlendFolder, RunFolder, metric_key
 from helpers.tables import detect_layout, list_test_images
-from helpers.tasks import TASKS, task_for
+from helpers.tasks import TASKS, task_for, task_named
 from helpers.thresholds import TunedThresholds
 
 COLUMNS = [
     "run",
+    "kind",  # run, or blend (helpers.blend: several runs' probabilities combined)
     "task",  # multiclass or multilabel: runs are ranked within their task
     "rank",  # 1 = best of its task by the sort column
     "backbone",
     "img_size",
     "epochs",
     "finished",  # submission.csv written (05), or evaluation.json (04) for data without a test set
+    "nested_score",  # blends: the nested estimate of the task's score (val_acc_tta or val_map_tta holds the
+    # blend's out-of-fold score, chosen on the same rows)
     "val_acc_tta",  # out-of-fold accuracy with the run's TTA views (evaluation.json)
     "val_acc",  # out-of-fold accuracy without TTA (evaluation.json)
     "best_val_acc",  # mean over trained folds of each fold's best epoch (metrics.csv)
@@ -75,7 +84,7 @@ COLUMNS = [
 ACCURACIES = ["val_acc_tta", "val_acc", "best_val_acc", "oof_acc", "test_acc", "val_map_tta", "val_map",
               "best_val_map", "test_map"]  # fmt: skip
 LOWER_IS_BETTER = {"best_val_loss", "test_log_loss", "train_seconds", "seconds_per_epoch", "parameters"}
-SORTABLE = [c for c in COLUMNS if c not in {"run", "task", "rank", "backbone", "finished"}]
+SORTABLE = [c for c in COLUMNS if c not in {"run", "kind", "task", "rank", "backbone", "finished"}]
 TASK_ORDER = ("multiclass", "multilabel")
 MULTICLASS_ONLY = [
     "val_acc_tta",
@@ -90,8 +99,8 @@ MULTILABEL_ONLY = ["val_map_tta", "val_map", "val_f1_micro_tuned_tta", "val_f1_m
                    "test_map", "test_f1_micro", "test_f1_macro"]  # fmt: skip
 # 06 shows each task's scores in one table and these in a second: one table of every column is wider than
 # a notebook (a 1400 px window)
-DETAILS = ["backbone", "img_size", "epochs", "best_val_loss", "train_seconds", "seconds_per_epoch", "images_per_s",
-           "parameters"]  # fmt: skip
+DETAILS = ["kind", "backbone", "img_size", "epochs", "best_val_loss", "train_seconds", "seconds_per_epoch",
+           "images_per_s", "parameters"]  # fmt: skip
 # a multiclass column's counterpart for multilabel runs (and back): what ranks them and is their plot's axis
 MULTILABEL_COUNTERPART = {
     "val_acc_tta": "val_map_tta",
@@ -125,6 +134,7 @@ def run_row(run: RunFolder) -> dict[str, Any]:
         config = config.replace(task=run_task(config))  # a run from before the task setting: multiclass
     row: dict[str, Any] = {
         "run": run.name,
+        "kind": "run",
         "task": config.task if config else np.nan,
         "backbone": config.backbone if config else np.nan,
         "img_size": config.img_size if config else np.nan,
@@ -148,11 +158,31 @@ def run_task(cfg: Config) -> str:
     return cfg.task if cfg.task in TASK_ORDER else "multiclass"
 
 
+def blend_row(folder: BlendFolder) -> dict[str, Any]:
+    """The leaderboard row of one blend: its out-of-fold score in its task's score column, its nested
+    estimate, and its test scores."""
+    record = read_blend(folder.name)
+    task = task_named(record.task)
+    oof, nested, test = (record.scores.get(figure) or {} for figure in ("oof", "nested", "test"))
+    row: dict[str, Any] = {
+        "run": record.name,
+        "kind": "blend",
+        "task": record.task,
+        "backbone": f"{record.method} blend of {len(record.members)} runs",
+        "finished": folder.submission.exists(),
+        task.score_column: oof.get(task.view_metric, np.nan),
+        "nested_score": nested.get(task.view_metric, np.nan),
+    }
+    return row | {column: test[key] for key, column in task.test_columns.items() if key in test}
+
+
 def build_leaderboard() -> pd.DataFrame:
-    """One row per folder of outputs/runs that has a metrics.csv (it trained), ranked within each task:
-    best val_acc_tta (multiclass) or val_map_tta (multilabel) first."""
+    """One row per folder of outputs/runs that has a metrics.csv (it trained) and per complete blend,
+    ranked within each task: best val_acc_tta (multiclass) or val_map_tta (multilabel) first."""
     runs = [RunFolder(d) for d in sorted(runs_dir().glob("*"))]
-    frame = pd.DataFrame([run_row(r) for r in runs if r.metrics.exists()], columns=COLUMNS)
+    rows = [run_row(r) for r in runs if r.metrics.exists()]
+    rows += [row for b in written_blends() if (row := _read(b.record, lambda p, b=b: blend_row(b)))]
+    frame = pd.DataFrame(rows, columns=COLUMNS)
     return rank_runs(frame, "val_acc_tta")
 
 

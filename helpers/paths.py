@@ -87,3 +87,7 @@ def datasets_dir() -> Path:
 
 def runs_dir() -> Path:
     return outputs_dir() / "runs"
+
+
+def blends_dir() -> Path:
+    return outputs_dir() / "blends"

@@ -21,6 +21,17 @@
       plots/<name>.png         every figure a notebook shows
       notebooks/NN_*.ipynb     the executed notebooks (helpers.runner)
 
+A blend of runs (helpers.blend) has a folder of its own beside the runs, `BlendFolder`:
+
+    outputs/blends/<blend>/
+      blend.json               members (run, checkpoint kind, TTA views, weight), method, the combiner (weights,
+                               or the meta-model's coefficients), and the out-of-fold, nested and test scores
+      oof.csv                  the blend's out-of-fold predictions, as a run's (id, fold, label, predicted, prob_*)
+      test_probabilities.csv   id and one probability column per class
+      submission.csv           the sample submission filled in from them
+      thresholds.json          multilabel: thresholds tuned on the blend's out-of-fold probabilities
+      plots/<name>.png         the figures 07 shows
+
 Every other module asks this one for a path or a file's contents, so a name is spelled once. Every file
 is written atomically.
 """
@@ -37,7 +48,7 @@ import pandas as pd
 
 from helpers.atomic import atomic_to_csv, atomic_write_text
 from helpers.config import Config, ConfigError
-from helpers.paths import runs_dir
+from helpers.paths import blends_dir, runs_dir
 
 CHECKPOINT_KINDS = ("best_score", "best_loss", "last", "ema")
 # evaluation.json: what was evaluated, then each metric of the run's task without TTA as val_<metric> and
@@ -280,3 +291,82 @@ class RunFolder:
     def finished_parameters(self) -> dict[str, Any] | None:
         """The parameters the whole series completed with, or None when it has not (yet) completed."""
         return json.loads(self.finished.read_text())["parameters"] if self.finished.exists() else None
+
+
+@dataclass(frozen=True)
+class BlendFolder:
+    """One blend's folder under outputs/blends, and the files in it. blend.json is written last and
+    removed first when a blend is written again, so a folder without it is no blend (an interrupted
+    write): every reader needs it."""
+
+    path: Path
+
+    @classmethod
+    def named(cls, name: str) -> BlendFolder:
+        return cls(blends_dir() / name)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def record(self) -> Path:
+        return self.path / "blend.json"
+
+    @property
+    def oof(self) -> Path:
+        return self.path / "oof.csv"
+
+    @property
+    def test_probabilities(self) -> Path:
+        return self.path / "test_probabilities.csv"
+
+    @property
+    def submission(self) -> Path:
+        return self.path / "submission.csv"
+
+    @property
+    def thresholds(self) -> Path:
+        return self.path / "thresholds.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    def plot(self, name: str) -> Path:
+        return self.plots / f"{name}.png"
+
+    def complete(self) -> bool:
+        """Whether the blend was written to the end (its blend.json exists)."""
+        return self.record.exists()
+
+    def clear_record(self) -> None:
+        self.record.unlink(missing_ok=True)
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        atomic_write_text(self.record, json.dumps(record, indent=2) + "\n")
+
+    def read_record(self) -> dict[str, Any]:
+        return json.loads(self.record.read_text())
+
+    def write_oof(self, frame: pd.DataFrame) -> None:
+        atomic_to_csv(frame, self.oof)
+
+    def read_oof(self) -> pd.DataFrame:
+        return pd.read_csv(self.oof, dtype={"id": str, "label": str, "predicted": str})
+
+    def write_test_probabilities(self, frame: pd.DataFrame) -> None:
+        atomic_to_csv(frame, self.test_probabilities)
+
+    def read_test_probabilities(self) -> pd.DataFrame:
+        """The id-indexed probability columns of the blend."""
+        return pd.read_csv(self.test_probabilities, dtype={"id": str}).set_index("id").astype(float)
+
+    def write_submission(self, frame: pd.DataFrame) -> None:
+        atomic_to_csv(frame, self.submission)
+
+    def write_thresholds(self, thresholds: dict[str, Any]) -> None:
+        atomic_write_text(self.thresholds, json.dumps(thresholds, indent=2) + "\n")
+
+    def read_thresholds(self) -> dict[str, Any]:
+        return json.loads(self.thresholds.read_text())

@@ -70,6 +70,8 @@ class Task(ABC):
     best_column: ClassVar[str]  # the leaderboard column that breaks its ties (03's best epoch)
     test_columns: ClassVar[dict[str, str]]  # summary score -> leaderboard test column
     calibration_skipped: ClassVar[str] = ""  # why temperature scaling does not apply; empty when it does
+    blend_objective_name: ClassVar[str]  # what greedy blending optimises on the out-of-fold rows, in words
+    stacking: ClassVar[str]  # the shape of a blend's meta-model (helpers.fusion.STACKS)
 
     def __init__(self, allow_empty: bool = False) -> None:
         self.allow_empty = allow_empty  # whether an image may hold no class (allow_empty_labels)
@@ -198,6 +200,16 @@ class Task(ABC):
         """One TTA view's score (`view_metric`)."""
 
     @abstractmethod
+    def blend_objective(self, targets: np.ndarray, probabilities: np.ndarray) -> float:
+        """What greedy blending maximises (helpers.fusion), higher is better: the task's view score, with
+        anything that breaks its ties."""
+
+    @abstractmethod
+    def blend_scores(self, targets: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+        """A blend's headline figures (out-of-fold, nested, test), named as the summary names them: the
+        view score, and the log loss where the task has one."""
+
+    @abstractmethod
     def per_class(
         self,
         targets: np.ndarray,
@@ -276,6 +288,10 @@ class SingleLabel(Task):
     best_column = "best_val_acc"
     test_columns = {"accuracy": "test_acc", "macro_f1": "test_macro_f1", "log_loss": "test_log_loss"}
     calibration_skipped = ""
+    # accuracy, which a blend is for; log loss alone let one well-calibrated member shut out better ones
+    # (benchmarks/RESULTS.md, section 12)
+    blend_objective_name = "accuracy, ties broken by log loss"
+    stacking = "multinomial"
 
     def targets(self, rows: pd.DataFrame, num_classes: int) -> np.ndarray:
         return rows["label_idx"].to_numpy(dtype=np.int64)
@@ -335,6 +351,18 @@ class SingleLabel(Task):
     def view_score(self, targets: np.ndarray, probabilities: np.ndarray) -> float:
         return sl.accuracy(targets, probabilities)
 
+    def blend_objective(self, targets: np.ndarray, probabilities: np.ndarray) -> float:
+        # the mean log loss is at most 27.7 (probabilities clipped at 1e-12), so scaled by 1 / (100 N) it
+        # moves the score by less than one row's accuracy (1 / N): a tie-break, never a trade
+        log_loss = float(sl.cross_entropies(targets, probabilities).mean())
+        return self.view_score(targets, probabilities) - log_loss / (100 * len(targets))
+
+    def blend_scores(self, targets: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+        return {
+            "accuracy": self.view_score(targets, probabilities),
+            "log_loss": float(sl.cross_entropies(targets, probabilities).mean()),
+        }
+
     def per_class(self, targets, probabilities, classes, thresholds) -> pd.DataFrame:
         return sl.per_class_table(targets, probabilities, classes)
 
@@ -390,6 +418,8 @@ class MultiLabel(Task):
         "temperature scaling is for multiclass runs (one softmax over the classes); a multilabel run's "
         "probabilities are one sigmoid per class, which this kit does not calibrate"
     )
+    blend_objective_name = "macro mAP"
+    stacking = "per_class"
 
     def targets(self, rows: pd.DataFrame, num_classes: int) -> np.ndarray:
         if num_classes < 1:
@@ -479,6 +509,12 @@ class MultiLabel(Task):
 
     def view_score(self, targets: np.ndarray, probabilities: np.ndarray) -> float:
         return ml.macro_map(targets, probabilities)
+
+    def blend_objective(self, targets: np.ndarray, probabilities: np.ndarray) -> float:
+        return ml.macro_map(targets, probabilities)
+
+    def blend_scores(self, targets: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+        return {"map": self.view_score(targets, probabilities)}
 
     def per_class(self, targets, probabilities, classes, thresholds) -> pd.DataFrame:
         at = ml.DEFAULT_THRESHOLD if thresholds is None else thresholds.class_array()
