@@ -360,12 +360,17 @@ def blend_record(result: BlendResult, name: str) -> dict[str, Any]:
     }
 
 
+def blend_folder(name: str, method: str) -> BlendFolder:
+    """outputs/blends/<name>, by default blend_<method>."""
+    return BlendFolder.named(name or f"blend_{method}")
+
+
 def write_blend(result: BlendResult, name: str = "") -> BlendFolder:
     """The blend's folder (outputs/blends/<name>, by default blend_<method>): oof.csv, thresholds.json
     (multilabel), test_probabilities.csv and submission.csv, then blend.json. The old blend.json goes first,
     so an interrupted write leaves no record of files it did not finish."""
     inputs, task = result.inputs, result.inputs.task
-    folder = BlendFolder.named(name or f"blend_{result.method}")
+    folder = blend_folder(name, result.method)
     folder.clear_record()
     cfg = inputs.cfg
     predicted = task.label_texts(task.decide(result.oof, result.thresholds), inputs.classes, cfg.label_sep)

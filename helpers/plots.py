@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from helpers.atomic import atomic_savefig
-from helpers.run_folder import RunFolder
+from helpers.run_folder import BlendFolder, RunFolder
 
 
 def show_image(ax, image: np.ndarray, title: str = "", color: str = "black") -> None:
@@ -174,9 +174,9 @@ def show_curves(history: pd.DataFrame) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure | None, run: RunFolder, name: str) -> Figure | None:
-    """Write the figure to the run's plots/<name>.png and return it for display; None (a step that has no
-    figure for this run) writes nothing."""
+def save_figure(fig: Figure | None, run: RunFolder | BlendFolder, name: str) -> Figure | None:
+    """Write the figure to the run's (or blend's) plots/<name>.png and return it for display; None (a step
+    that has no figure for this run) writes nothing."""
     if fig is not None:
         atomic_savefig(fig, run.plot(name))
     return fig

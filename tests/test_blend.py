@@ -8,16 +8,29 @@ import json
 from pathlib import Path
 
 import cv2
+import nbformat
 import numpy as np
 import pandas as pd
+import papermill
 import pytest
+import torch
+from notebook_runs import run_nbval
+from test_sweep import tiny_dataset
+from train_fixtures import tiny_config
 
 from helpers import blend, fusion
 from helpers.config import Config
+from helpers.dataset import prepare_dataset
 from helpers.errors import MissingFileError
-from helpers.reports import oof_frame
+from helpers.holdout import checked_test_images, sample_submission
+from helpers.inference import ensemble_members, trained_checkpoints
+from helpers.paths import notebooks_dir
+from helpers.reports import evaluate_oof, oof_frame, predict_test, write_test_predictions
 from helpers.run_folder import BlendFolder, RunFolder
+from helpers.settings import resolve_settings
+from helpers.tables import detect_layout, list_test_images
 from helpers.tasks import MultiLabel, SingleLabel
+from helpers.train import train_folds
 
 CLASSES = ["a", "b", "c"]
 N = 60  # out-of-fold rows: 3 folds of 20
@@ -391,3 +404,73 @@ def test_the_leaderboard_lists_blends_beside_runs(three_runs):
     assert row["nested_score"] == pytest.approx(scores["nested"]["accuracy"])
     assert row["test_acc"] == pytest.approx(scores["test"]["accuracy"])
     assert sorted(board["rank"]) == [1, 2, 3, 4]  # ranked with the runs of its task
+
+
+# --- the notebook, and runs trained for real -------------------------------------------------------------------
+BLEND_NOTEBOOK = notebooks_dir() / "07_blend.ipynb"
+
+
+@pytest.mark.slow
+def test_blend_notebook_under_papermill_and_nbval(three_runs, tmp_path, outputs):
+    """07 with parameters through papermill (stack, a name), then as committed under nbval (greedy, every
+    compatible run): each writes its blend and figures."""
+    papermill.execute_notebook(
+        str(BLEND_NOTEBOOK),
+        str(tmp_path / "07.ipynb"),
+        parameters={"method": "stack", "name": "nb", "runs": ["run0", "run2"]},
+        cwd=str(tmp_path),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    record = blend.read_blend("nb")
+    assert record.method == "stack" and [m.run for m in record.members] == ["run0", "run2"]
+    for plot in ("correlations", "methods", "weights"):
+        assert BlendFolder.named("nb").plot(plot).stat().st_size > 0
+    text = json.dumps(
+        [c.get("outputs", []) for c in nbformat.read(tmp_path / "07.ipynb", as_version=4).cells]
+    )
+    assert "nested accuracy" in text and "image/png" in text
+    result = run_nbval(BLEND_NOTEBOOK, outputs, tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert blend.read_blend("blend_greedy").members[0].run == "run0"
+
+
+@pytest.mark.slow
+def test_a_blend_of_two_trained_runs_submits_their_weighted_average(outputs, tmp_path, one_thread):
+    """Two tiny runs trained, evaluated (04) and predicted (05) for real, then blended from the command line:
+    the submission is the runs' own 05 probabilities averaged with blend.json's weights."""
+    data = tiny_dataset(tmp_path / "colours")
+    runs = []
+    for backbone in ("test_resnet", "test_efficientnet"):
+        cfg = tiny_config(data, backbone=backbone, run_name=backbone, n_folds=2, folds=[], batch_size=8)
+        run = RunFolder.of(cfg).create()
+        info = prepare_dataset(cfg, run)
+        cfg, _ = resolve_settings(cfg, info)
+        run.write_config(cfg)
+        train_folds(cfg, info, run, torch.device("cpu"))
+        evaluate_oof(
+            cfg, run, info, trained_checkpoints(run, cfg.checkpoint, cfg.n_folds), torch.device("cpu")
+        )
+        layout = detect_layout(cfg, data)
+        test = checked_test_images(list_test_images(cfg, data, layout), cfg)
+        predicted = predict_test(ensemble_members(cfg, run), test, cfg.tta_views, torch.device("cpu"))
+        write_test_predictions(
+            run, cfg, sample_submission(cfg, data, layout, test, predicted.classes), predicted
+        )
+        runs.append(run)
+    assert blend.main(["--method", "mean"]) == 0
+    record = blend.read_blend("blend_mean")
+    weights = {m.run: m.weight for m in record.members}
+    by_hand = sum(weights[r.name] * r.read_test_probabilities() for r in runs)
+    folder = BlendFolder.named("blend_mean")
+    np.testing.assert_allclose(
+        folder.read_test_probabilities().to_numpy(),
+        by_hand.loc[folder.read_test_probabilities().index].to_numpy(),
+    )
+    submission = pd.read_csv(folder.submission, dtype=str)
+    assert submission["label"].tolist() == list(
+        np.array(record.classes)[by_hand.loc[submission["id"]].to_numpy().argmax(1)]
+    )
+    assert record.scores["test"]["accuracy"] == pytest.approx(
+        float((submission["label"] == pd.read_csv(data / "test_labels.csv", dtype=str)["label"]).mean())
+    )
