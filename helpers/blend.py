@@ -1,7 +1,7 @@
 """Blending finished runs into one prediction: `python -m helpers.blend`, and notebooks/07_blend.
 
-    python -m helpers.blend                                   # every compatible finished run, greedy
-    python -m helpers.blend --runs a,b,c --method stack --name abc_stack
+    python -m helpers.blend                                   # every compatible finished run, stacked
+    python -m helpers.blend --runs a,b,c --method greedy --name abc_greedy
 
 A run is a candidate when 04 wrote its oof.csv and evaluation.json (and 05 its test_probabilities.csv,
 where the data has a test set). Its probabilities are those of one checkpoint kind and TTA setting: the
@@ -49,7 +49,7 @@ from helpers.run_folder import BlendFolder, RunFolder
 from helpers.tables import detect_layout, list_test_images
 from helpers.tasks import Task, task_for
 
-DEFAULT_METHOD = "greedy"  # benchmarks/RESULTS.md, section 12; docs/design.md "Blending runs"
+DEFAULT_METHOD = "stack"  # best test score in every run set measured: benchmarks/RESULTS.md, section 12
 NOTES = {
     "oof": "out-of-fold: chosen and scored on the same rows (optimistic)",
     "nested": "nested: chosen on the other folds' rows, scored on each held-out fold (the honest estimate)",

@@ -412,18 +412,18 @@ BLEND_NOTEBOOK = notebooks_dir() / "07_blend.ipynb"
 
 @pytest.mark.slow
 def test_blend_notebook_under_papermill_and_nbval(three_runs, tmp_path, outputs):
-    """07 with parameters through papermill (stack, a name), then as committed under nbval (greedy, every
-    compatible run): each writes its blend and figures."""
+    """07 with parameters through papermill (greedy, two runs, a name), then as committed under nbval
+    (stack, every compatible run): each writes its blend and figures."""
     papermill.execute_notebook(
         str(BLEND_NOTEBOOK),
         str(tmp_path / "07.ipynb"),
-        parameters={"method": "stack", "name": "nb", "runs": ["run0", "run2"]},
+        parameters={"method": "greedy", "name": "nb", "runs": ["run0", "run2"]},
         cwd=str(tmp_path),
         kernel_name="python3",
         progress_bar=False,
     )
     record = blend.read_blend("nb")
-    assert record.method == "stack" and [m.run for m in record.members] == ["run0", "run2"]
+    assert record.method == "greedy" and [m.run for m in record.members] == ["run0", "run2"]
     for plot in ("correlations", "methods", "weights"):
         assert BlendFolder.named("nb").plot(plot).stat().st_size > 0
     text = json.dumps(
@@ -432,7 +432,7 @@ def test_blend_notebook_under_papermill_and_nbval(three_runs, tmp_path, outputs)
     assert "nested accuracy" in text and "image/png" in text
     result = run_nbval(BLEND_NOTEBOOK, outputs, tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert blend.read_blend("blend_greedy").members[0].run == "run0"
+    assert [m.run for m in blend.read_blend("blend_stack").members] == ["run0", "run1", "run2"]
 
 
 @pytest.mark.slow
