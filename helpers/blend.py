@@ -48,6 +48,7 @@ from helpers.reports import oof_frame
 from helpers.run_folder import BlendFolder, RunFolder
 from helpers.tables import detect_layout, list_test_images
 from helpers.tasks import Task, task_for
+from helpers.thresholds import TunedThresholds
 
 DEFAULT_METHOD = "stack"  # best test score in every run set measured: benchmarks/RESULTS.md, section 12
 NOTES = {
@@ -252,7 +253,7 @@ class BlendResult:
     oof: np.ndarray
     nested: np.ndarray | None
     test: np.ndarray | None
-    thresholds: Any
+    thresholds: TunedThresholds | None
     scores: dict[str, dict[str, float] | None]
 
     @property

@@ -23,6 +23,7 @@ out-of-fold score; for the others the difference is how optimistic the plain fig
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -43,22 +44,21 @@ def weighted_mean(P: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.tensordot(np.asarray(weights, dtype=float), P, axes=1)
 
 
-@dataclass
-class Combiner:
+class Combiner(ABC):
     """How the members' probabilities become the blend's: `combine` (M, N, C) -> (N, C); `influence` is
     each member's share (M,), summing to 1, for display; `to_dict` is what blend.json stores."""
 
     kind: ClassVar[str]
 
-    def combine(self, P: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def combine(self, P: np.ndarray) -> np.ndarray: ...
 
     @property
-    def influence(self) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def influence(self) -> np.ndarray: ...
 
-    def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -77,6 +77,12 @@ class WeightedMean(Combiner):
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "weights": [float(w) for w in self.weights]}
+
+
+def _shares(per_member: np.ndarray) -> np.ndarray:
+    """Each member's share of a total (equal shares when the total is 0: a meta-model that ignores all)."""
+    total = per_member.sum()
+    return per_member / total if total > 0 else np.full(len(per_member), 1 / len(per_member))
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -130,12 +136,7 @@ class MultinomialStack(Combiner):
     @property
     def influence(self) -> np.ndarray:
         C = len(self.intercept)
-        per_member = np.abs(self.coef).reshape(C, -1, C).sum(axis=(0, 2))
-        return (
-            per_member / per_member.sum()
-            if per_member.sum() > 0
-            else np.full(len(per_member), 1 / len(per_member))
-        )
+        return _shares(np.abs(self.coef).reshape(C, -1, C).sum(axis=(0, 2)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "coef": self.coef.tolist(), "intercept": self.intercept.tolist()}
@@ -168,12 +169,7 @@ class PerClassStack(Combiner):
 
     @property
     def influence(self) -> np.ndarray:
-        per_member = np.abs(self.coef).sum(0)
-        return (
-            per_member / per_member.sum()
-            if per_member.sum() > 0
-            else np.full(len(per_member), 1 / len(per_member))
-        )
+        return _shares(np.abs(self.coef).sum(0))
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "coef": self.coef.tolist(), "intercept": self.intercept.tolist()}
