@@ -13,8 +13,9 @@ is blended and the others are listed with their reasons.
 The arithmetic (mean, greedy selection, stacking, the nested estimate) is helpers.fusion's, on plain
 arrays. Three figures are kept apart wherever they are shown (`NOTES`): the out-of-fold score (chosen and
 scored on the same rows: optimistic), the nested estimate (chosen on the other folds, scored on the
-held-out one) and the test score. A multilabel blend's thresholds are tuned again on its own out-of-fold
-probabilities, by the task's `fit_thresholds`, and its decisions are the task's.
+held-out one) and the test score. The blend's oof.csv holds its held-out (nested) predictions, as a run's
+holds predictions of rows its model did not train on; a multilabel blend's thresholds are tuned again on
+them, by the task's `fit_thresholds`, and its decisions are the task's.
 
 The blend is a folder beside the runs (helpers.run_folder.BlendFolder): blend.json (members with run,
 checkpoint kind, TTA views and weight; method; combiner; the three scores), oof.csv, test_probabilities.csv,
@@ -257,6 +258,13 @@ class BlendResult:
     scores: dict[str, dict[str, float] | None]
 
     @property
+    def held_out(self) -> np.ndarray:
+        """The blend's predictions of rows it was not chosen on (the nested ones; with one fold, the
+        out-of-fold ones): what its oof.csv holds and its thresholds are tuned on, as a run's oof.csv holds
+        predictions of rows its model did not train on."""
+        return self.oof if self.nested is None else self.nested
+
+    @property
     def weights(self) -> pd.Series:
         """Each member's weight (a stack's: its share of the absolute coefficients), by run name."""
         return pd.Series(self.combiner.influence, index=self.inputs.names, name=self.method)
@@ -273,7 +281,8 @@ def fit_blend(inputs: BlendInputs, method: str) -> BlendResult:
     nested = nested_predictions(method, inputs.oof, inputs.targets, inputs.folds, objective, stacking)
     kinds = sorted({m.checkpoint for m in inputs.members})
     views = sorted({v for m in inputs.members for v in m.tta_views})
-    thresholds = task.fit_thresholds(inputs.targets, oof, inputs.classes, "+".join(kinds), views)
+    held_out = oof if nested is None else nested  # BlendResult.held_out
+    thresholds = task.fit_thresholds(inputs.targets, held_out, inputs.classes, "+".join(kinds), views)
     test = None if inputs.test is None else combiner.combine(inputs.test)
     scores: dict[str, dict[str, float] | None] = {
         "oof": task.blend_scores(inputs.targets, oof),
@@ -367,17 +376,16 @@ def blend_folder(name: str, method: str) -> BlendFolder:
 
 
 def write_blend(result: BlendResult, name: str = "") -> BlendFolder:
-    """The blend's folder (outputs/blends/<name>, by default blend_<method>): oof.csv, thresholds.json
-    (multilabel), test_probabilities.csv and submission.csv, then blend.json. The old blend.json goes first,
+    """The blend's folder (outputs/blends/<name>, by default blend_<method>): oof.csv (the held-out
+    predictions), thresholds.json (multilabel), test_probabilities.csv and submission.csv, then blend.json. The old blend.json goes first,
     so an interrupted write leaves no record of files it did not finish."""
     inputs, task = result.inputs, result.inputs.task
     folder = blend_folder(name, result.method)
     folder.clear_record()
     cfg = inputs.cfg
-    predicted = task.label_texts(task.decide(result.oof, result.thresholds), inputs.classes, cfg.label_sep)
-    folder.write_oof(
-        oof_frame(inputs.ids, inputs.folds, inputs.labels, predicted, result.oof, inputs.classes)
-    )
+    held_out = result.held_out
+    predicted = task.label_texts(task.decide(held_out, result.thresholds), inputs.classes, cfg.label_sep)
+    folder.write_oof(oof_frame(inputs.ids, inputs.folds, inputs.labels, predicted, held_out, inputs.classes))
     if result.thresholds is not None:
         folder.write_thresholds(result.thresholds.to_dict())
     if result.test is not None and inputs.test_rows is not None:

@@ -26,10 +26,11 @@ A blend of runs (helpers.blend) has a folder of its own beside the runs, `BlendF
     outputs/blends/<blend>/
       blend.json               members (run, checkpoint kind, TTA views, weight), method, the combiner (weights,
                                or the meta-model's coefficients), and the out-of-fold, nested and test scores
-      oof.csv                  the blend's out-of-fold predictions, as a run's (id, fold, label, predicted, prob_*)
+      oof.csv                  as a run's (id, fold, label, predicted, prob_*): each fold blended by the method
+                               chosen on the other folds (the nested predictions)
       test_probabilities.csv   id and one probability column per class
       submission.csv           the sample submission filled in from them
-      thresholds.json          multilabel: thresholds tuned on the blend's out-of-fold probabilities
+      thresholds.json          multilabel: thresholds tuned on the probabilities of the blend's oof.csv
       plots/<name>.png         the figures 07 shows
 
 Every other module asks this one for a path or a file's contents, so a name is spelled once. Every file

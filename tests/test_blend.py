@@ -297,6 +297,8 @@ def test_the_blend_file_round_trip(three_runs, method):
     written = folder.read_test_probabilities()
     np.testing.assert_allclose(record.combine(tests), written.to_numpy(), atol=1e-12)
     assert record.scores["test"]["accuracy"] == pytest.approx(result.scores["test"]["accuracy"])
+    oof = folder.read_oof().set_index("id").loc[inputs.ids, [f"prob_{c}" for c in CLASSES]].to_numpy()
+    np.testing.assert_allclose(oof, result.nested)  # rows the blend was not chosen on, as a run's oof.csv
 
 
 @pytest.mark.parametrize("method", ["mean", "greedy"])
