@@ -553,6 +553,18 @@ def _cli_value(value: Any) -> str:
     return text if re.fullmatch(r"[\w.+\-\[\],]+", text) else repr(text)
 
 
+def describe_best(study: optuna.Study, settings: StudySettings) -> str:
+    """The best complete trial, its run and its settings as a `-p` list; a line saying none yet without one."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return "no complete trial yet"
+    best = study.best_trial
+    return (
+        f"trial {best.number}: {settings.monitor} {best.value:.4f}, run {best.user_attrs['run']}\n"
+        f"{best_parameters(study, settings)}"
+    )
+
+
 def top_runs(study: optuna.Study, n: int) -> list[str]:
     """The run folders of the n best complete trials, best first: candidates for a blend (07)."""
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
@@ -647,11 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     work(study, args.study, settings, args.trials)
     write_leaderboard()
     finished, _ = finished_count(study)
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if complete:
-        best = study.best_trial
-        print(f"best: trial {best.number} ({best.user_attrs.get('run')}) {settings.monitor} {best.value:.4f}")
-        print(f"its settings: {best_parameters(study, settings)}")
+    print(f"best: {describe_best(study, settings)}")
     print(f"{finished} of {args.trials} trials finished", flush=True)
     return 0
 
