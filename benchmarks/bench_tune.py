@@ -29,7 +29,7 @@ from helpers.dataset import build_store, prepare_dataset
 from helpers.settings import resolve_settings
 
 TRIALS, QUICK_TRIALS = 24, 6
-EPOCHS = 3
+EPOCHS = 6
 THROUGHPUT_TRIALS, QUICK_THROUGHPUT_TRIALS = 8, 4
 FIXED = {"backbone": "test_resnet", "img_size": 32, "pretrained": False, "epochs": EPOCHS, "num_workers": 0}
 SPACE = {
