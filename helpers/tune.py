@@ -72,6 +72,7 @@ PRUNER_WARMUP_EPOCHS = 1
 TPE_STARTUP_TRIALS = 5  # random trials before TPE models the results (scaled down from Optuna's 10)
 HEARTBEAT_S = 60  # a running trial's heartbeat interval; it is failed after GRACE_FACTOR of them unheard
 GRACE_FACTOR = 2
+SCHEMA_ATTEMPTS = 5  # a new database's tables: workers that create them at once retry
 MAX_FAILED_IN_A_ROW = 3  # trials whose drawn settings a run refuses (mixup with an odd batch size) before
 # the worker stops: the space itself is then at fault
 NAME = re.compile(r"^[\w.+-]+$")
@@ -170,13 +171,31 @@ def open_storage(
             return HeartbeatJournalStorage(
                 JournalFileBackend(str(journal_path(study))), heartbeat, grace, retry
             )
+        return _rdb_storage(_database_url(url), heartbeat, grace, retry)
+
+
+def _rdb_storage(
+    url: str, heartbeat: int, grace: int, retry: Callable[[optuna.Study, FrozenTrial], None]
+) -> RDBStorage:
+    """Optuna's RDB storage. Workers started together on a new database all create its tables, and all but
+    one fail on a type or table the first has just made: the others try again once it exists."""
+    import sqlalchemy
+
+    def make() -> RDBStorage:
         return RDBStorage(
-            _database_url(url),
+            url,
             engine_kwargs=_engine_kwargs(),
             heartbeat_interval=heartbeat,
             grace_period=grace,
             heartbeat_stale_trial_callback=retry,
         )
+
+    for attempt in range(SCHEMA_ATTEMPTS - 1):
+        try:
+            return make()
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            time.sleep(1 + attempt)
+    return make()
 
 
 def _database_url(url: str) -> str:

@@ -218,7 +218,7 @@ def check_shared_study(study: optuna.Study, name: str, outputs: Path, outs: list
 
 @pytest.mark.slow
 def test_two_workers_share_a_journal_file(outputs, csv_dataset):
-    tune.open_study("two", tune.open_storage("two"), base(csv_dataset, epochs=1), SPACE)  # created once
+    tune.open_study("two", tune.open_storage("two"), base(csv_dataset, epochs=2), SPACE)  # created once
     workers = [worker("two", 6, outputs) for _ in range(2)]
     outs = [finish(w) for w in workers]
     study, _ = tune.load_study("two")
@@ -367,12 +367,12 @@ def postgres():
 def test_two_workers_share_a_study_through_postgresql(postgres, outputs, csv_dataset, monkeypatch):
     url, password = postgres
     env = {tune.PASSWORD_ENV: password}
-    fixed = cli_params(base(csv_dataset, epochs=1))
-    workers = [worker("pg", 4, outputs, "--storage", url, *fixed, env=env) for _ in range(2)]
+    fixed = cli_params(base(csv_dataset, epochs=2))
+    workers = [worker("pg", 6, outputs, "--storage", url, *fixed, env=env) for _ in range(2)]
     outs = [finish(w) for w in workers]
     monkeypatch.setenv(tune.PASSWORD_ENV, password)
     study, _ = tune.load_study("pg", url)
-    check_shared_study(study, "pg", outputs, outs, 4)
+    check_shared_study(study, "pg", outputs, outs, 6)
     assert not (outputs / "studies" / "pg" / "journal.log").exists()  # the database held the study
     # the password is in no output and no file the workers wrote
     assert all(password not in out for out in outs)
