@@ -30,6 +30,7 @@ import argparse
 import math
 import os
 import re
+import shutil
 import sys
 import time
 import warnings
@@ -165,7 +166,7 @@ def open_storage(
     grace = grace or GRACE_FACTOR * heartbeat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=retries)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=retries, inherit_intermediate_values=True)
         if not url:
             study_folder(study).mkdir(parents=True, exist_ok=True)
             return HeartbeatJournalStorage(
@@ -454,7 +455,8 @@ def run_trial(trial: optuna.Trial, study: str, settings: StudySettings, device: 
     run = RunFolder.named(trial_run_name(study, trial.number))
     trial.set_user_attr("run", run.name)
     cfg = Config.from_dict({**settings.base, **params, "run_name": run.name})
-    info = prepare_dataset(cfg, run.create())
+    _go_on_from_predecessor(study, trial, run.create())
+    info = prepare_dataset(cfg, run)
     cfg, _ = resolve_settings(cfg, info)
     run.write_config(cfg)
     build_store(cfg, info)
@@ -467,6 +469,24 @@ def run_trial(trial: optuna.Trial, study: str, settings: StudySettings, device: 
             trial.set_user_attr("pruned_at_epoch", reporter.pruned["epoch"])
             raise optuna.TrialPruned(f"pruned at epoch {reporter.pruned['epoch']}")
     return float(best_epochs(run.read_metrics(), cfg.monitor)[cfg.monitor].mean())
+
+
+def _go_on_from_predecessor(study: str, trial: optuna.Trial, run: RunFolder) -> None:
+    """A retried trial goes on where its dead predecessor stopped: that run's checkpoints and metrics.csv are
+    copied into this trial's run folder, where `train_fold` resumes each fold from its `last` checkpoint (at
+    an epoch's end, or mid-epoch after a stop signal), and the predecessor's reported epochs came with the
+    retry (inherit_intermediate_values), so the pruner sees the whole curve."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+        history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+    if not history:
+        return
+    before = RunFolder.named(trial_run_name(study, history[-1]))
+    if before.checkpoints.is_dir():
+        shutil.copytree(before.checkpoints, run.checkpoints, dirs_exist_ok=True)
+    if before.metrics.exists():
+        shutil.copy2(before.metrics, run.metrics)
 
 
 def finished_count(study: optuna.Study) -> tuple[int, int]:

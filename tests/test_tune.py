@@ -232,11 +232,13 @@ def test_a_killed_workers_trial_is_failed_and_retried(outputs, csv_dataset):
     first = worker("kill", 1, outputs, *beat, *fixed)
     metrics = outputs / "runs" / "kill-t000" / "metrics.csv"
     deadline = time.monotonic() + 120
-    while not metrics.exists() and first.poll() is None and time.monotonic() < deadline:
+    while not (metrics.exists() and len(pd.read_csv(metrics)) >= 2) and first.poll() is None:
+        assert time.monotonic() < deadline
         time.sleep(0.2)
-    assert metrics.exists() and first.poll() is None, first.communicate()
+    assert first.poll() is None, first.communicate()
     first.send_signal(signal.SIGKILL)  # no handler runs: the trial stays "running", its heartbeat stops
     first.wait()
+    done_before = pd.read_csv(metrics)
     time.sleep(4)  # past the grace period
     out = finish(worker("kill", 1, outputs, *beat), timeout=300)
     study, _ = tune.load_study("kill")
@@ -244,7 +246,13 @@ def test_a_killed_workers_trial_is_failed_and_retried(outputs, csv_dataset):
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE], out
     assert tune.retry_of(study.trials[1]) == 0 and study.trials[1].params == study.trials[0].params
     assert "trial 1 (retry of trial 0)" in out
-    assert len(RunFolder.named("kill-t001").read_metrics()) == 40
+    # the retry went on from the dead trial's checkpoints: its first epochs are the ones trained before (but
+    # the last, which the kill may have caught between its metrics row and its `last` checkpoint)
+    retried = RunFolder.named("kill-t001").read_metrics()
+    assert retried["epoch"].tolist() == list(range(40))
+    kept = len(done_before) - 1
+    assert retried["seconds"].head(kept).tolist() == done_before["seconds"].head(kept).tolist()
+    assert len(study.trials[1].intermediate_values) == 40
 
 
 # -- the notebook ----------------------------------------------------------------------------------------------
