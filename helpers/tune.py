@@ -19,9 +19,9 @@ machine, or on machines sharing the file system) append to under a lock; or an O
 (`--storage`, or KIT_TUNE_STORAGE) for machines sharing a database server. A database password comes from
 KIT_TUNE_PASSWORD only: a URL holding one is refused, so none is printed, logged or saved. Each running
 trial records a heartbeat; a trial whose worker died (its heartbeat older than the grace period) is marked
-failed by the next worker to look, and run again with the same settings (up to `--retries` times). A worker
-stops when the study holds `--trials` finished (complete or pruned) trials, so starting the same command
-again resumes a study where it stopped.
+failed by the next worker to look, and run again with the same settings, going on from the checkpoints it
+left (up to `--retries` times). A worker stops when the study holds `--trials` finished (complete or
+pruned) trials, so starting the same command again resumes a study where it stopped.
 """
 
 from __future__ import annotations
