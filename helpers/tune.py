@@ -14,55 +14,52 @@ the run's monitor at its best epoch (helpers.train.best_epochs), the mean over t
 direction is the monitor's. After every epoch the trial reports the monitored value, and the pruner may
 stop it there: its checkpoints stay, and pruned.json in the run folder says at which epoch.
 
-Storage: by default a journal file, outputs/studies/<study>/journal.log, which several processes (on this
-machine, or on machines sharing the file system) append to under a lock; or an Optuna RDB URL
-(`--storage`, or KIT_TUNE_STORAGE) for machines sharing a database server. A database password comes from
-KIT_TUNE_PASSWORD only: a URL holding one is refused, so none is printed, logged or saved. Each running
-trial records a heartbeat; a trial whose worker died (its heartbeat older than the grace period) is marked
-failed by the next worker to look, and run again with the same settings, going on from the checkpoints it
-left (up to `--retries` times). A worker stops when the study holds `--trials` finished (complete or
-pruned) trials, so starting the same command again resumes a study where it stopped.
+Storage (helpers.study_storage): a journal file under outputs/studies/<study>/ by default, or a database
+URL for machines sharing a PostgreSQL server. Each running trial records a heartbeat; a trial whose worker
+died is marked failed by the next worker to look, and run again with the same settings, going on from the
+checkpoints it left. A worker stops when the study holds `--trials` finished (complete or pruned) trials,
+so starting the same command again resumes a study where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import shutil
 import sys
-import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
-import pandas as pd
-from matplotlib.figure import Figure
-from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from helpers import runner
-from helpers.config import Config, ConfigError, parameter_names
+from helpers.config import Config, ConfigError
 from helpers.dataset import build_store, prepare_dataset
 from helpers.errors import MissingRunError, exits_on_kit_error
 from helpers.leaderboard import write_leaderboard
-from helpers.paths import outputs_dir
 from helpers.precision import pick_device
 from helpers.run_folder import RunFolder
 from helpers.search_space import DEFAULT_SPACE, SearchSpace, load_space, parse_space, space_spec
 from helpers.settings import resolve_settings, resolve_task
+from helpers.study_storage import (
+    HEARTBEAT_S,
+    STORAGE_ENV,
+    journal_path,
+    open_storage,
+    retry_of,
+    shown_url,
+    storage_url,
+    trial_run_name,
+)
 from helpers.train import _higher_is_better, best_epochs, train_fold
 
-STORAGE_ENV = "KIT_TUNE_STORAGE"  # a database URL, instead of --storage
-PASSWORD_ENV = "KIT_TUNE_PASSWORD"  # the database password: never part of the URL
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "none")
 # MedianPruner: prune a trial whose epoch value is worse than the median of earlier trials at that epoch,
@@ -71,159 +68,9 @@ PRUNERS = ("median", "none")
 PRUNER_STARTUP_TRIALS = 5
 PRUNER_WARMUP_EPOCHS = 1
 TPE_STARTUP_TRIALS = 5  # random trials before TPE models the results (scaled down from Optuna's 10)
-HEARTBEAT_S = 60  # a running trial's heartbeat interval; it is failed after GRACE_FACTOR of them unheard
-GRACE_FACTOR = 2
-SCHEMA_ATTEMPTS = 5  # a new database's tables: workers that create them at once retry
 MAX_FAILED_IN_A_ROW = 3  # trials whose drawn settings a run refuses (mixup with an odd batch size) before
 # the worker stops: the space itself is then at fault
 NAME = re.compile(r"^[\w.+-]+$")
-
-
-# -- where a study lives --------------------------------------------------------------------------------
-def studies_dir() -> Path:
-    return outputs_dir() / "studies"
-
-
-def study_folder(study: str) -> Path:
-    """outputs/studies/<study>: its journal file (the default storage) and its plots."""
-    return studies_dir() / study
-
-
-def journal_path(study: str) -> Path:
-    return study_folder(study) / "journal.log"
-
-
-def trial_run_name(study: str, number: int) -> str:
-    """The run folder of a study's trial: <study>-t<number>, e.g. lr1-t007."""
-    return f"{study}-t{number:03d}"
-
-
-# -- storage ------------------------------------------------------------------------------------------------
-class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
-    """Optuna's journal storage with heartbeats, which Optuna gives its RDB storage only: each running
-    trial's worker writes the time into the trial every `interval` seconds (a thread Optuna starts), and
-    a running trial unheard for `grace` seconds counts as stale: Optuna's optimize loop marks it failed and
-    calls `on_stale` (the retry). The times are wall-clock seconds, compared across machines: their clocks
-    must agree to well within `grace`."""
-
-    KEY = "kit:heartbeat"
-
-    def __init__(
-        self,
-        backend: JournalFileBackend,
-        interval: int,
-        grace: int,
-        on_stale: Callable[[optuna.Study, FrozenTrial], None] | None,
-    ) -> None:
-        super().__init__(backend)
-        self._interval, self._grace, self._on_stale = interval, grace, on_stale
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        self.set_trial_system_attr(trial_id, self.KEY, time.time())
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        now = time.time()
-        stale = []
-        for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            heard = trial.system_attrs.get(self.KEY)
-            if heard is None and trial.datetime_start is not None:
-                heard = trial.datetime_start.timestamp()
-            if heard is not None and now - heard > self._grace:
-                stale.append(trial._trial_id)
-        return stale
-
-    def get_heartbeat_interval(self) -> int | None:
-        return self._interval
-
-    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
-        return self._on_stale
-
-
-def storage_url(given: str = "") -> str:
-    """The database URL to use: `given`, else $KIT_TUNE_STORAGE; empty means the study's journal file."""
-    return given or os.environ.get(STORAGE_ENV, "")
-
-
-def shown_url(url: str) -> str:
-    """The storage as the kit prints it: the journal file, or the URL with any password masked."""
-    if not url:
-        return "journal file"
-    import sqlalchemy
-
-    try:
-        shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return "<a storage URL sqlalchemy cannot read>"
-    return shown + (f" (password from ${PASSWORD_ENV})" if os.environ.get(PASSWORD_ENV) else "")
-
-
-def open_storage(
-    study: str, url: str = "", heartbeat: int = HEARTBEAT_S, grace: int | None = None, retries: int = 3
-) -> BaseStorage:
-    """The study's storage, with heartbeats and retries of a dead worker's trials: the journal file under
-    outputs/studies/<study>/ when `url` is empty, else the database at `url` (RDB storage; its password
-    from $KIT_TUNE_PASSWORD)."""
-    grace = grace or GRACE_FACTOR * heartbeat
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=retries, inherit_intermediate_values=True)
-        if not url:
-            study_folder(study).mkdir(parents=True, exist_ok=True)
-            return HeartbeatJournalStorage(
-                JournalFileBackend(str(journal_path(study))), heartbeat, grace, retry
-            )
-        return _rdb_storage(_database_url(url), heartbeat, grace, retry)
-
-
-def _rdb_storage(
-    url: str, heartbeat: int, grace: int, retry: Callable[[optuna.Study, FrozenTrial], None]
-) -> RDBStorage:
-    """Optuna's RDB storage. Workers started together on a new database all create its tables, and all but
-    one fail on a type or table the first has just made: the others try again once it exists."""
-    import sqlalchemy
-
-    def make() -> RDBStorage:
-        return RDBStorage(
-            url,
-            engine_kwargs=_engine_kwargs(),
-            heartbeat_interval=heartbeat,
-            grace_period=grace,
-            heartbeat_stale_trial_callback=retry,
-        )
-
-    for attempt in range(SCHEMA_ATTEMPTS - 1):
-        try:
-            return make()
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            time.sleep(1 + attempt)
-    return make()
-
-
-def _database_url(url: str) -> str:
-    """The URL checked: readable, without a password; `postgresql://` means psycopg 3, the driver the kit
-    installs (sqlalchemy's default would be psycopg2)."""
-    import sqlalchemy
-
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise ConfigError(
-            "the storage URL cannot be read; e.g. postgresql://USER@HOST:5432/DATABASE (its password in "
-            f"${PASSWORD_ENV})"
-        ) from None
-    if parsed.password:
-        raise ConfigError(
-            f"the storage URL {shown_url(url)} holds a password: leave it out and put it in ${PASSWORD_ENV}, "
-            "so it is never printed, logged or saved"
-        )
-    if parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed.render_as_string(hide_password=False)
-
-
-def _engine_kwargs() -> dict[str, Any]:
-    password = os.environ.get(PASSWORD_ENV)
-    return {"connect_args": {"password": password}} if password else {}
 
 
 # -- the study ------------------------------------------------------------------------------------------------
@@ -544,40 +391,11 @@ def describe_trial(trial: FrozenTrial, study: optuna.Study) -> str:
     return f"trial {trial.number}{again} {run}: {params} -> {result}"
 
 
-def retry_of(trial: FrozenTrial) -> int | None:
-    """The trial a retried trial runs again (its worker died), or None."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
-
-
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-# -- looking at a study (08) ---------------------------------------------------------------------------------
-def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: number, state, value, run, pruned_at_epoch, retry_of, seconds, then its settings."""
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        seconds = (
-            (t.datetime_complete - t.datetime_start).total_seconds()
-            if t.datetime_complete and t.datetime_start
-            else np.nan
-        )
-        rows.append({
-            "number": t.number,
-            "state": t.state.name.lower(),
-            "value": t.value if t.state == TrialState.COMPLETE else np.nan,
-            "run": t.user_attrs.get("run", ""),
-            "pruned_at_epoch": t.user_attrs.get("pruned_at_epoch", np.nan),
-            "retry_of": retry_of(t),
-            "seconds": seconds,
-            **t.params,
-        })  # fmt: skip
-    return pd.DataFrame(rows)
-
-
+# -- the best trial -------------------------------------------------------------------------------------
 def best_parameters(study: optuna.Study, settings: StudySettings) -> str:
     """The best trial's settings with the study's fixed ones, as a ready `-p` list for the runner or 03."""
     values = {**settings.base, **study.best_trial.params}
@@ -602,60 +420,6 @@ def describe_best(study: optuna.Study, settings: StudySettings) -> str:
         f"trial {best.number}: {settings.monitor} {best.value:.4f}, run {best.user_attrs['run']}\n"
         f"{best_parameters(study, settings)}"
     )
-
-
-def top_runs(study: optuna.Study, n: int) -> list[str]:
-    """The run folders of the n best complete trials, best first: candidates for a blend (07)."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    complete.sort(key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
-    return [t.user_attrs["run"] for t in complete[:n]]
-
-
-def show_study(study: optuna.Study, kind: str) -> Figure | None:
-    """One of Optuna's matplotlib views of the study: 'history' (optimisation history), 'importances'
-    (fANOVA parameter importances) or 'parallel' (parallel coordinates). None, with a line saying why, when
-    the study has too few complete trials for it."""
-    from optuna.visualization import matplotlib as views
-
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    needed = {"history": 1, "importances": 2, "parallel": 2}[kind]
-    if len(complete) < needed:
-        print(f"{kind}: needs {needed} complete trial(s), the study has {len(complete)}")
-        return None
-    if kind == "importances" and len({tuple(sorted(t.params.items())) for t in complete}) < 2:
-        print("importances: the complete trials all have the same settings")
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        draw = {
-            "history": views.plot_optimization_history,
-            "importances": views.plot_param_importances,
-            "parallel": views.plot_parallel_coordinate,
-        }[kind]
-        axes = draw(study)
-    figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-    figure.set_size_inches(9, 4.5)
-    figure.tight_layout()
-    return figure
-
-
-def save_study_figure(figure: Figure | None, study: str, name: str) -> Figure | None:
-    """Save a figure of the study as outputs/studies/<study>/plots/<name>.png (atomically) and return it."""
-    if figure is not None:
-        from helpers.atomic import atomic_savefig
-
-        folder = study_folder(study) / "plots"
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_savefig(figure, folder / f"{name}.png")
-    return figure
-
-
-def check_tune_parameters(cell_sources: list[str]) -> None:
-    """08's parameters: refuse a name its parameters cell does not declare (papermill only warns)."""
-    own = parameter_names(cell_sources[:1])
-    unknown = sorted(set(parameter_names(cell_sources)) - set(own))
-    if unknown:
-        raise ConfigError(f"parameter(s) {unknown} are not parameters of 08_tune; it takes {own}")
 
 
 def _require(name: str, value: str, choices: tuple[str, ...]) -> None:

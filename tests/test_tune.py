@@ -23,7 +23,7 @@ import pytest
 import torch
 from notebook_runs import run_nbval
 
-from helpers import leaderboard, tune
+from helpers import leaderboard, study_storage, study_views, tune
 from helpers.checkpoints import load_checkpoint
 from helpers.config import ConfigError
 from helpers.paths import notebooks_dir, project_root
@@ -100,7 +100,7 @@ def test_search_space_files_yaml_and_toml(tmp_path):
 
 
 def test_study_settings_are_checked_before_any_trial(outputs, csv_dataset):
-    storage = tune.open_storage("s1")
+    storage = study_storage.open_storage("s1")
     fixed = base(csv_dataset)
     with pytest.raises(ConfigError, match=r"\['lr'\] given both with -p and in the search space"):
         tune.open_study("s1", storage, {**fixed, "lr": 0.01}, SPACE)
@@ -117,22 +117,22 @@ def test_study_settings_are_checked_before_any_trial(outputs, csv_dataset):
     assert settings.monitor == "val_acc" and settings.direction == "maximize"
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     # a worker joining with nothing given takes the study's settings; one giving others is refused
-    assert tune.open_study("s1", tune.open_storage("s1"))[1] == settings
+    assert tune.open_study("s1", study_storage.open_storage("s1"))[1] == settings
     with pytest.raises(ConfigError, match=r"study 's1' exists with other settings; fixed settings"):
-        tune.open_study("s1", tune.open_storage("s1"), {**fixed, "epochs": 9})
+        tune.open_study("s1", study_storage.open_storage("s1"), {**fixed, "epochs": 9})
     with pytest.raises(ConfigError, match="pruner: 'none'"):
-        tune.open_study("s1", tune.open_storage("s1"), pruner="none")
+        tune.open_study("s1", study_storage.open_storage("s1"), pruner="none")
 
 
 def test_database_password_stays_out_of_the_url(monkeypatch):
     with pytest.raises(ConfigError, match=r"holds a password: leave it out") as caught:
-        tune.open_storage("s", "postgresql://kit:hunter2@db.example:5432/kit")
+        study_storage.open_storage("s", "postgresql://kit:hunter2@db.example:5432/kit")
     assert "hunter2" not in str(caught.value) and "***" in str(caught.value)
-    monkeypatch.setenv(tune.PASSWORD_ENV, "hunter2")
-    shown = tune.shown_url("postgresql://kit@db.example:5432/kit")
-    assert "hunter2" not in shown and tune.PASSWORD_ENV in shown
-    assert tune._database_url("postgresql://kit@db/kit").startswith("postgresql+psycopg://")
-    assert tune._engine_kwargs() == {"connect_args": {"password": "hunter2"}}
+    monkeypatch.setenv(study_storage.PASSWORD_ENV, "hunter2")
+    shown = study_storage.shown_url("postgresql://kit@db.example:5432/kit")
+    assert "hunter2" not in shown and study_storage.PASSWORD_ENV in shown
+    assert study_storage._database_url("postgresql://kit@db/kit").startswith("postgresql+psycopg://")
+    assert study_storage._engine_kwargs() == {"connect_args": {"password": "hunter2"}}
 
 
 def test_samplers_draw_per_trial_number():
@@ -147,7 +147,7 @@ def test_samplers_draw_per_trial_number():
 
 # -- trials as runs --------------------------------------------------------------------------------------
 def test_pruned_trial_run_folder_and_leaderboard_row(outputs, csv_dataset, one_thread):
-    storage = tune.open_storage("pr")
+    storage = study_storage.open_storage("pr")
     study, settings = tune.open_study("pr", storage, base(csv_dataset, epochs=3), SPACE)
     study.pruner = optuna.pruners.ThresholdPruner(lower=1.5, n_warmup_steps=1)  # no accuracy reaches 1.5
     (trial,) = tune.work(study, "pr", settings, trials=1, device=torch.device("cpu"))
@@ -211,14 +211,16 @@ def check_shared_study(study: optuna.Study, name: str, outputs: Path, outs: list
     finished = [t for t in study.trials if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL]
     assert trials <= len(finished) <= trials + 1
     runs = sorted(p.name for p in (outputs / "runs").glob(f"{name}-t*"))
-    assert runs == sorted(tune.trial_run_name(name, t.number) for t in study.trials)
+    assert runs == sorted(study_storage.trial_run_name(name, t.number) for t in study.trials)
     for run in runs:
         assert RunFolder.named(run).read_config().run_name == run
 
 
 @pytest.mark.slow
 def test_two_workers_share_a_journal_file(outputs, csv_dataset):
-    tune.open_study("two", tune.open_storage("two"), base(csv_dataset, epochs=2), SPACE)  # created once
+    tune.open_study(
+        "two", study_storage.open_storage("two"), base(csv_dataset, epochs=2), SPACE
+    )  # created once
     workers = [worker("two", 6, outputs) for _ in range(2)]
     outs = [finish(w) for w in workers]
     study, _ = tune.load_study("two")
@@ -244,7 +246,7 @@ def test_a_killed_workers_trial_is_failed_and_retried(outputs, csv_dataset):
     study, _ = tune.load_study("kill")
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE], out
-    assert tune.retry_of(study.trials[1]) == 0 and study.trials[1].params == study.trials[0].params
+    assert study_storage.retry_of(study.trials[1]) == 0 and study.trials[1].params == study.trials[0].params
     assert "trial 1 (retry of trial 0)" in out
     # the retry went on from the dead trial's checkpoints: its first epochs are the ones trained before (but
     # the last, which the kill may have caught between its metrics row and its `last` checkpoint)
@@ -305,9 +307,9 @@ def test_tune_notebook_under_nbval(tiny_study, tmp_path):
 
 def test_tune_notebook_refuses_unknown_parameters():
     own = "# parameters\nstudy_name = 'demo'\nstorage = ''\ntop = 5\n"
-    tune.check_tune_parameters([own])
+    study_views.check_tune_parameters([own])
     with pytest.raises(ConfigError, match=r"\['study'\] are not parameters of 08_tune"):
-        tune.check_tune_parameters([own, "# Parameters\nstudy = 'x'\n"])
+        study_views.check_tune_parameters([own, "# Parameters\nstudy = 'x'\n"])
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------------------------
@@ -374,11 +376,11 @@ def postgres():
 @pytest.mark.slow
 def test_two_workers_share_a_study_through_postgresql(postgres, outputs, csv_dataset, monkeypatch):
     url, password = postgres
-    env = {tune.PASSWORD_ENV: password}
+    env = {study_storage.PASSWORD_ENV: password}
     fixed = cli_params(base(csv_dataset, epochs=2))
     workers = [worker("pg", 6, outputs, "--storage", url, *fixed, env=env) for _ in range(2)]
     outs = [finish(w) for w in workers]
-    monkeypatch.setenv(tune.PASSWORD_ENV, password)
+    monkeypatch.setenv(study_storage.PASSWORD_ENV, password)
     study, _ = tune.load_study("pg", url)
     check_shared_study(study, "pg", outputs, outs, 6)
     assert not (outputs / "studies" / "pg" / "journal.log").exists()  # the database held the study
@@ -387,6 +389,6 @@ def test_two_workers_share_a_study_through_postgresql(postgres, outputs, csv_dat
     for path in outputs.rglob("*"):
         if path.is_file():
             assert password.encode() not in path.read_bytes(), path
-    monkeypatch.delenv(tune.PASSWORD_ENV)
+    monkeypatch.delenv(study_storage.PASSWORD_ENV)
     with pytest.raises(Exception, match="password"):
         tune.load_study("pg", url)  # without the password the server refuses
