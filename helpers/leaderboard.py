@@ -56,6 +56,7 @@ COLUMNS = [
     "finished",  # submission.csv written (05), or evaluation.json (04) for data without a test set
     "nested_score",  # blends: the nested estimate of the task's score (val_acc_tta or val_map_tta holds the
     # blend's out-of-fold score, chosen on the same rows)
+    "pruned_at_epoch",  # a tuning trial stopped by its pruner after this epoch (pruned.json; helpers.tune)
     "val_acc_tta",  # out-of-fold accuracy with the run's TTA views (evaluation.json)
     "val_acc",  # out-of-fold accuracy without TTA (evaluation.json)
     "best_val_acc",  # mean over trained folds of each fold's best epoch (metrics.csv)
@@ -84,7 +85,7 @@ COLUMNS = [
 ACCURACIES = ["val_acc_tta", "val_acc", "best_val_acc", "oof_acc", "test_acc", "val_map_tta", "val_map",
               "best_val_map", "test_map"]  # fmt: skip
 LOWER_IS_BETTER = {"best_val_loss", "test_log_loss", "train_seconds", "seconds_per_epoch", "parameters"}
-SORTABLE = [c for c in COLUMNS if c not in {"run", "kind", "task", "rank", "backbone", "finished"}]
+SORTABLE = [c for c in COLUMNS if c not in {"run", "kind", "task", "rank", "backbone", "finished", "pruned_at_epoch"}]
 TASK_ORDER = ("multiclass", "multilabel")
 MULTICLASS_ONLY = [
     "val_acc_tta",
@@ -99,7 +100,7 @@ MULTILABEL_ONLY = ["val_map_tta", "val_map", "val_f1_micro_tuned_tta", "val_f1_m
                    "test_map", "test_f1_micro", "test_f1_macro"]  # fmt: skip
 # 06 shows each task's scores in one table and these in a second: one table of every column is wider than
 # a notebook (a 1400 px window)
-DETAILS = ["kind", "backbone", "img_size", "epochs", "best_val_loss", "train_seconds", "seconds_per_epoch",
+DETAILS = ["kind", "backbone", "img_size", "epochs", "pruned_at_epoch", "best_val_loss", "train_seconds", "seconds_per_epoch",
            "images_per_s", "parameters"]  # fmt: skip
 # a multiclass column's counterpart for multilabel runs (and back): what ranks them and is their plot's axis
 MULTILABEL_COUNTERPART = {
@@ -141,6 +142,7 @@ def run_row(run: RunFolder) -> dict[str, Any]:
         "epochs": config.epochs if config else np.nan,
         "finished": run.complete(_has_test_set(config)) if config else False,
     }
+    row |= _read(run.pruned, lambda p: {"pruned_at_epoch": run.pruned_at_epoch()})
     row |= _read(run.metrics, lambda p: _training_columns(run.read_metrics()))
     row |= _read(run.evaluation, lambda p: _evaluation_columns(run.read_evaluation()))
     if config is not None and "oof_acc" in ONLY[config.task]:

@@ -16,6 +16,7 @@
       data_problems.csv        every problem of the data, when 01 stopped on them
       dropped_rows.csv         the rows left out with drop_bad_rows=True
       finished.json            the parameters the runner's whole series ran with (a sweep skips the run)
+      pruned.json              a tuning trial stopped by its pruner: fold, epoch, monitor and value (helpers.tune)
       onnx/fold<k>_<kind>.onnx        a fold model exported to ONNX (helpers.export)
       onnx/fold<k>_<kind>.json        its preprocessing, classes and the parity check against torch
       plots/<name>.png         every figure a notebook shows
@@ -166,6 +167,10 @@ class RunFolder:
         return self.path / "finished.json"
 
     @property
+    def pruned(self) -> Path:
+        return self.path / "pruned.json"
+
+    @property
     def plots(self) -> Path:
         return self.path / "plots"
 
@@ -293,6 +298,15 @@ class RunFolder:
         """The parameters the whole series completed with, or None when it has not (yet) completed."""
         return json.loads(self.finished.read_text())["parameters"] if self.finished.exists() else None
 
+    # -- pruned.json -----------------------------------------------------------------------------------
+    def write_pruned(self, record: dict[str, Any]) -> None:
+        """Record that a tuning trial's pruner stopped this run: `epoch` (as in metrics.csv) and fold, and
+        the monitored value it was stopped on. Its checkpoints of that epoch are kept."""
+        atomic_write_text(self.pruned, json.dumps(record, indent=2) + "\n")
+
+    def pruned_at_epoch(self) -> int | None:
+        """The epoch a tuning trial's pruner stopped this run at; None when it was not pruned."""
+        return int(json.loads(self.pruned.read_text())["epoch"]) if self.pruned.exists() else None
 
 @dataclass(frozen=True)
 class BlendFolder:

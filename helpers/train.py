@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -552,7 +552,12 @@ def _end_short(bar: tqdm, reason: str) -> None:
 
 
 def train_fold(
-    cfg: Config, info: DataInfo, fold: int, run: RunFolder, device: torch.device | None = None
+    cfg: Config,
+    info: DataInfo,
+    fold: int,
+    run: RunFolder,
+    device: torch.device | None = None,
+    after_epoch: Callable[[dict[str, Any]], str] | None = None,
 ) -> pd.DataFrame:
     """Train one fold to the end (or early stop), resuming from its `last` checkpoint when there is one.
 
@@ -560,6 +565,9 @@ def train_fold(
     rows of metrics.csv. In a multi-process run (see the module docstring) every process calls this with its
     own device; each reads the `last` checkpoint to resume, and rank 0 alone writes. The first
     `freeze_epochs` epochs train the head alone (helpers.transfer); one schedule covers the whole run.
+    `after_epoch` (a tuning trial's pruner, helpers.tune) sees each epoch's metrics row before it is saved;
+    a reason it returns ends the fold there like an early stop: that epoch's checkpoints are saved and the
+    fold counts as finished.
     """
     world_size, rank = world()
     device = device or pick_device()
@@ -587,6 +595,7 @@ def train_fold(
         stop_signals_caught(),
         _progress(desc=f"fold {fold}", unit="epoch", initial=state.epoch, total=cfg.epochs) as bar,
     ):
+        ended = ""
         for epoch in range(state.epoch, cfg.epochs):
             body_frozen = epoch < cfg.freeze_epochs
             if epoch in (state.epoch, cfg.freeze_epochs):  # a phase starts: head alone, or every layer
@@ -620,13 +629,15 @@ def train_fold(
             )
             parts.schedule.after_epoch(row[cfg.monitor])
             improved = state.record(cfg, row)
+            ended = after_epoch(row) if after_epoch is not None else ""
+            state.finished = state.finished or bool(ended)
             # -- save-epoch: the processes hold the same weights and metrics, so one writes them
             if rank == 0:
                 _save_epoch(cfg, run, info.classes, model, parts, row, state, improved)
             bar.update()
             if state.finished:
                 break
-        if reason := state.early_stop(cfg):
+        if reason := ended or state.early_stop(cfg):
             _end_short(bar, reason)
     if world_size > 1:
         dist.barrier()  # the others read metrics.csv (and later the `last` files) once rank 0 has written
