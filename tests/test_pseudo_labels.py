@@ -58,14 +58,15 @@ def _with_test_images(data: Path, n: int = 6) -> list[str]:
     ids = [f"t{i:02d}" for i in range(n)]
     for image_id in ids:
         write_image(data / "test_image" / f"{image_id}.jpg", random_rgb(rng))
+    ids = [f"{image_id}.jpg" for image_id in ids]  # a test folder's ids are its file names
     pd.DataFrame({"id": ids, "label": "cat"}).to_csv(data / "test_labels.csv", index=False)
-    return [f"{image_id}.jpg" for image_id in ids]  # a test folder's ids are its file names
+    return ids
 
 
 def _source(cfg: Config, ids: list[str], probabilities: np.ndarray, classes: list[str]) -> RunFolder:
     """A source run as its 05 leaves it: config.json and test_probabilities.csv."""
     run = RunFolder.named("source").create()
-    run.write_config(cfg.replace(run_name="source"))
+    run.write_config(cfg.replace(run_name="source", teachers=[], pseudo_source=""))
     run.write_test_probabilities(probabilities_frame(ids, probabilities, classes))
     return run
 
