@@ -5,6 +5,9 @@ micro-batches at the end of an epoch still make an update), clipping after unsca
 EMA, mixup/cutmix, early stopping, and resume from the `last` checkpoint. Randomness is reseeded from
 (seed, fold, epoch) at each epoch, so a resumed run replays exactly what an uninterrupted one would.
 
+A run with `teachers` adds their distillation loss to the labels' (helpers.distill), and a run with
+pseudo-labels adds them to every fold's training rows (helpers.pseudo_rows), never to its validation rows.
+
 A stop signal (helpers.stopping) ends training at the next optimizer update: the `last` checkpoint then
 holds the epoch's position (helpers.epoch_position), and a resumed run goes on from that step to the same
 weights and metrics as a run never stopped. A non-finite loss, gradient norm or weight stops the fold

@@ -198,3 +198,14 @@ def test_a_distilled_fold_resumes_bit_equal_and_refuses_changed_teachers(
     torch.save(ckpt, teacher.checkpoint(0, "best_score"))
     with pytest.raises(ValueError, match="learnt from teachers"):
         train_fold(cfg, info, 0, changed)
+
+
+def test_a_multilabel_student_learns_from_its_teachers_sigmoids(outputs, make_multilabel_dataset):
+    data = make_multilabel_dataset(n=40)  # folds of 22 and 18: no training batch of one image
+    _teacher(data, task="multilabel", folds=[0])
+    cfg, info, run = _prepared(data, "student", task="multilabel", folds=[0], teachers=["teacher"])
+    metrics = train_folds(cfg, info, run)
+    assert metrics["teacher_seconds"].gt(0).all() and metrics["train_loss"].notna().all()
+    distiller = build_distiller(cfg, info, 0, run, timm.create_model("test_resnet", num_classes=4),
+                                nn.BCEWithLogitsLoss(), torch.device("cpu"))  # fmt: skip
+    assert isinstance(distiller.timm_task, SigmoidDistillationTask)

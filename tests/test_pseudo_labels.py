@@ -25,12 +25,13 @@ from helpers.pseudo_labels import (
     prepare_pseudo_labels,
     pseudo_label_counts,
     pseudo_test_note,
+    source_probabilities,
 )
 from helpers.pseudo_rows import probability_columns, pseudo_training_rows, with_pseudo_labels
 from helpers.run_folder import RunFolder
 from helpers.targets import SOFT_TARGET
 from helpers.tasks import MultiLabel, SingleLabel
-from helpers.train import fold_rows, train_fold
+from helpers.train import fold_rows, train_fold, train_folds
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -217,3 +218,20 @@ def test_the_leaderboard_marks_pseudo_labelled_and_distilled_runs(outputs, make_
     assert (row["teachers"], row["pseudo_labels"]) == ("big, bigger", f"{len(ids)} from source")
     plain = run_row(RunFolder.named("source"))
     assert (plain["teachers"], plain["pseudo_labels"]) == ("", "")
+
+
+def test_an_unlabelled_folder_is_labelled_by_the_sources_fold_models(outputs, make_csv_dataset):
+    data = make_csv_dataset(per_class=8)
+    source_cfg, source_info, source = _run(data, run_name="source", folds=[])
+    train_folds(source_cfg, source_info, source)
+    folder = data.parent / "unlabelled"
+    rng = np.random.default_rng(9)
+    for i in range(5):
+        write_image(folder / f"u{i}.png", random_rgb(rng))
+    cfg, info, run = _run(data, pseudo_source="source", unlabelled_dir=str(folder), pseudo_threshold=0.5)
+    probabilities, origin = source_probabilities(cfg, info)[1:]
+    assert origin == f"unlabelled_dir {folder}" and probabilities.shape == (5, 3)
+    assert np.allclose(probabilities.sum(1), 1.0, atol=1e-5)
+    table = prepare_pseudo_labels(cfg, info, run)
+    assert set(table["path"]) <= {str(folder / f"u{i}.png") for i in range(5)}
+    assert (table["confidence"] >= 0.5).all() and pseudo_test_note(run) == ""
