@@ -95,7 +95,7 @@ class Config:
     pseudo_source: str = setting("", "data")
     # keep an image when the source is at least this sure (multiclass: its top probability; multilabel:
     # every class's probability at least this far from undecided, p >= t or p <= 1 - t)
-    pseudo_threshold: float = setting(0.9, "data")
+    pseudo_threshold: float = setting(0.8, "data")
     pseudo_soft: bool = setting(False, "data")  # train on the source's probabilities instead of hard labels
     # optional: a folder of unlabelled images (absolute, or relative to the project root) to pseudo-label
     # instead of the test images; the source's fold models predict them
@@ -274,7 +274,7 @@ class Config:
         need(self.distill_temperature > 0, "distill_temperature", "must be positive, e.g. 2.0")
         need(0 <= self.distill_weight <= 1, "distill_weight", "must be in [0, 1]: 0 ignores the teachers")
         need(len(set(self.teachers)) == len(self.teachers), "teachers", "a run is listed twice")
-        need(0.5 <= self.pseudo_threshold <= 1, "pseudo_threshold", "must be in [0.5, 1], e.g. 0.9")
+        need(0.5 <= self.pseudo_threshold <= 1, "pseudo_threshold", "must be in [0.5, 1], e.g. 0.8")
         need(
             not self.unlabelled_dir or bool(self.pseudo_source),
             "unlabelled_dir",
