@@ -51,7 +51,7 @@ def _refuse(member: SourceMember, why: str) -> ConfigError:
     return ConfigError(f"teachers: {member.run.name!r} cannot teach this run: {why}")
 
 
-def check_teacher(member: SourceMember, cfg: Config, info: DataInfo, student: RunFolder) -> None:
+def check_teacher(member: SourceMember, info: DataInfo, student: RunFolder) -> None:
     """Refuse a teacher that is the student itself, or of another data set, task, class list or split:
     its fold k would not be the student's fold k, and its models may have trained on the student's
     validation rows."""
@@ -84,7 +84,7 @@ def fold_teachers(cfg: Config, info: DataInfo, fold: int, student: RunFolder) ->
     """The checkpoints that teach fold `fold`: each teacher's own fold-`fold` model, after the guard."""
     found = []
     for member in teachers_of(cfg):
-        check_teacher(member, cfg, info, student)
+        check_teacher(member, info, student)
         path = member.run.checkpoint(fold, member.kind)
         if not path.exists():
             raise _refuse(
