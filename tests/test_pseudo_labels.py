@@ -235,3 +235,17 @@ def test_an_unlabelled_folder_is_labelled_by_the_sources_fold_models(outputs, ma
     table = prepare_pseudo_labels(cfg, info, run)
     assert set(table["path"]) <= {str(folder / f"u{i}.png") for i in range(5)}
     assert (table["confidence"] >= 0.5).all() and pseudo_test_note(run) == ""
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_a_fold_trains_on_soft_pseudo_labels(outputs, make_csv_dataset, make_multilabel_dataset, task):
+    data = make_csv_dataset(per_class=8) if task == "multiclass" else make_multilabel_dataset(n=40)
+    ids = _with_test_images(data, n=8)
+    cfg, info, run = _run(data, task, pseudo_source="source", pseudo_soft=True, pseudo_threshold=0.5)
+    probabilities = np.full((len(ids), info.num_classes), 0.05)
+    probabilities[:, 0] = 0.95 if task == "multilabel" else 1 - 0.05 * (info.num_classes - 1)
+    _source(cfg, ids, probabilities, info.classes)
+    assert len(prepare_pseudo_labels(cfg, info, run)) == len(ids)
+    metrics = train_fold(cfg, info, 0, run)
+    assert metrics["train_loss"].notna().all()
+    assert metrics["train_images"].iloc[0] == (info.table["fold"] != 0).sum() + len(ids)
