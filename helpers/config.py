@@ -89,6 +89,17 @@ class Config:
     drop_bad_rows: bool = setting(False, "data", resumable=True)
     n_folds: int = setting(5, "data")  # K of stratified K-fold (a given fixed split has one part)
     seed: int = setting(42, "data")  # folds, initialisation, augmentation and loader order
+    # pseudo-labels (helpers.pseudo_labels): a run whose test probabilities (05) label the test images, or
+    # whose fold models label unlabelled_dir; the chosen images join every fold's training side, never a
+    # validation fold. Empty: none
+    pseudo_source: str = setting("", "data")
+    # keep an image when the source is at least this sure (multiclass: its top probability; multilabel:
+    # every class's probability at least this far from undecided, p >= t or p <= 1 - t)
+    pseudo_threshold: float = setting(0.8, "data")
+    pseudo_soft: bool = setting(False, "data")  # train on the source's probabilities instead of hard labels
+    # optional: a folder of unlabelled images (absolute, or relative to the project root) to pseudo-label
+    # instead of the test images; the source's fold models predict them
+    unlabelled_dir: str = setting("", "data")
     # --- model ------------------------------------------------------------------------------------
     backbone: str = setting("resnet18", "train")  # any timm model name
     # square input side; 0: the backbone's (pretrained) size, or the data's median side if smaller
@@ -104,6 +115,13 @@ class Config:
     weights_file: str = setting("", "train")
     channels_last: bool = setting(True, "train")  # memory format for conv nets
     compile: bool = setting(False, "train")  # torch.compile the model (benchmarks/RESULTS.md: when it pays)
+    # --- distillation (helpers.distill) -----------------------------------------------------------
+    # runs of the same data set, classes and folds whose fold-k models teach this run's fold k (their
+    # best_score checkpoints, run live on each training batch); empty: no distillation
+    teachers: list[str] = setting([], "train")
+    distill_temperature: float = setting(2.0, "train")  # softens the teachers' and student's outputs
+    # the loss is (1 - w) x the labels' loss + w x the distillation loss (timm's LogitDistillationTask)
+    distill_weight: float = setting(0.5, "train")
     # --- training ---------------------------------------------------------------------------------
     folds: list[int] = setting([0], "train", resumable=True)  # folds to train; [] means all
     epochs: int = setting(5, "train")
@@ -252,6 +270,15 @@ class Config:
             not (self.mixup or self.cutmix) or self.batch_size % 2 == 0,
             "batch_size",
             "must be even when mixup or cutmix is on (they pair images within a batch)",
+        )
+        need(self.distill_temperature > 0, "distill_temperature", "must be positive, e.g. 2.0")
+        need(0 <= self.distill_weight <= 1, "distill_weight", "must be in [0, 1]: 0 ignores the teachers")
+        need(len(set(self.teachers)) == len(self.teachers), "teachers", "a run is listed twice")
+        need(0.5 <= self.pseudo_threshold <= 1, "pseudo_threshold", "must be in [0.5, 1], e.g. 0.8")
+        need(
+            not self.unlabelled_dir or bool(self.pseudo_source),
+            "unlabelled_dir",
+            "needs pseudo_source: the run whose models label these images",
         )
         need(self.num_workers >= -1, "num_workers", "must be -1 (automatic) or 0 or more")
         need(bool(self.backbone), "backbone", "must name a timm model, e.g. resnet18")

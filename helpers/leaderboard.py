@@ -53,6 +53,8 @@ COLUMNS = [
     "backbone",
     "img_size",
     "epochs",
+    "teachers",  # the runs it was distilled from (helpers.distill), comma-separated; empty: none
+    "pseudo_labels",  # how many pseudo-labelled images it trained on and their source (helpers.pseudo_labels)
     "finished",  # submission.csv written (05), or evaluation.json (04) for data without a test set
     "nested_score",  # blends: the nested estimate of the task's score (val_acc_tta or val_map_tta holds the
     # blend's out-of-fold score, chosen on the same rows)
@@ -85,7 +87,11 @@ COLUMNS = [
 ACCURACIES = ["val_acc_tta", "val_acc", "best_val_acc", "oof_acc", "test_acc", "val_map_tta", "val_map",
               "best_val_map", "test_map"]  # fmt: skip
 LOWER_IS_BETTER = {"best_val_loss", "test_log_loss", "train_seconds", "seconds_per_epoch", "parameters"}
-SORTABLE = [c for c in COLUMNS if c not in {"run", "kind", "task", "rank", "backbone", "finished", "pruned_at_epoch"}]
+SORTABLE = [
+    c
+    for c in COLUMNS
+    if c not in {"run", "kind", "task", "rank", "backbone", "finished", "pruned_at_epoch", "teachers", "pseudo_labels"}
+]
 TASK_ORDER = ("multiclass", "multilabel")
 MULTICLASS_ONLY = [
     "val_acc_tta",
@@ -100,8 +106,8 @@ MULTILABEL_ONLY = ["val_map_tta", "val_map", "val_f1_micro_tuned_tta", "val_f1_m
                    "test_map", "test_f1_micro", "test_f1_macro"]  # fmt: skip
 # 06 shows each task's scores in one table and these in a second: one table of every column is wider than
 # a notebook (a 1400 px window)
-DETAILS = ["kind", "backbone", "img_size", "epochs", "pruned_at_epoch", "best_val_loss", "train_seconds", "seconds_per_epoch",
-           "images_per_s", "parameters"]  # fmt: skip
+DETAILS = ["kind", "backbone", "img_size", "epochs", "pruned_at_epoch", "teachers", "pseudo_labels", "best_val_loss",
+           "train_seconds", "seconds_per_epoch", "images_per_s", "parameters"]  # fmt: skip
 # a multiclass column's counterpart for multilabel runs (and back): what ranks them and is their plot's axis
 MULTILABEL_COUNTERPART = {
     "val_acc_tta": "val_map_tta",
@@ -140,6 +146,8 @@ def run_row(run: RunFolder) -> dict[str, Any]:
         "backbone": config.backbone if config else np.nan,
         "img_size": config.img_size if config else np.nan,
         "epochs": config.epochs if config else np.nan,
+        "teachers": ", ".join(config.teachers) if config else np.nan,
+        "pseudo_labels": _pseudo_mark(run, config) if config else np.nan,
         "finished": run.complete(_has_test_set(config)) if config else False,
     }
     row |= _read(run.pruned, lambda p: {"pruned_at_epoch": run.pruned_at_epoch()})
@@ -153,6 +161,14 @@ def run_row(run: RunFolder) -> dict[str, Any]:
     if checkpoints:
         row |= _read(checkpoints[0], lambda p: {"parameters": _count(p)})
     return row
+
+
+def _pseudo_mark(run: RunFolder, cfg: Config) -> str:
+    """A pseudo-labelled run's mark: "<n> from <source>"; empty for a run without pseudo-labels."""
+    if not cfg.pseudo_source:
+        return ""
+    count = len(run.read_pseudo_labels()) if run.pseudo_labels.exists() else 0
+    return f"{count} from {cfg.pseudo_source}"
 
 
 def run_task(cfg: Config) -> str:

@@ -29,7 +29,7 @@ from helpers.images import read_image
 from helpers.precision import pick_device
 from helpers.stopping import ignore_in_worker
 from helpers.store import StoreView, open_view, store_folder, store_side
-from helpers.targets import decode_label_set
+from helpers.targets import SOFT_TARGET, decode_label_set, with_soft_targets
 from helpers.tasks import task_for
 
 SEED_STRIDE = 1_000_003
@@ -210,7 +210,8 @@ def build_loader(
     """The loader over a table's rows (`path`; `label_idx`, `height` and `width` when known) for one fold.
 
     Its targets are the run's task's (helpers.tasks.task_for(cfg), a resolved task): class indices, or
-    multi-hot float rows `num_classes` wide (multilabel rows with labels need num_classes).
+    multi-hot float rows `num_classes` wide (multilabel rows with labels need num_classes); dense float
+    rows for every row when the table has a `soft_target` column (soft pseudo-labels, helpers.pseudo_rows).
 
     Training's loader shuffles (or with sampler="balanced" draws rows inversely to their class's
     frequency, `balanced_weights`) and augments with the fold's seed, in batches of batch_size (full batches
@@ -225,7 +226,10 @@ def build_loader(
     )
     labels = np.zeros(len(rows), dtype=np.int64)
     if "label_idx" in rows:
-        labels = task_for(cfg).targets(rows, num_classes)
+        task = task_for(cfg)
+        labels = task.targets(rows, num_classes)
+        if SOFT_TARGET in rows:  # pseudo-labelled rows trained on their source's probabilities
+            labels = with_soft_targets(task.dense_targets(labels, num_classes), rows[SOFT_TARGET].tolist())
     store = open_view(store_folder(dataset_folder(cfg), side), rows["path"].tolist()) if cfg.store else None
     seed = cfg.seed + fold
     dataset = ImageDataset(rows["path"], labels, transform, seed, side, store)

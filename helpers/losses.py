@@ -12,6 +12,13 @@ multiclass, a weight per class n / (C * count) in the cross-entropy (scikit-lear
 per class of negatives / positives in the binary cross-entropy (timm's `compute_class_weights`, "neg_pos"),
 so each class's positive and negative terms weigh alike. Weights are buffers of the loss module, so they
 move with `.to(device)`.
+
+Distillation (helpers.distill) uses timm's `LogitDistillationTask` as it is for softmax outputs (its
+temperature-scaled KL divergence); for sigmoid outputs, which timm's task does not cover,
+`SigmoidDistillationTask` keeps timm's task (teacher wrapper, weights, temperature) and replaces its KL
+with timm's `BinaryCrossEntropy` per class against the teacher's temperature-scaled sigmoid probabilities:
+each class of a multi-label image is its own yes/no distribution, so a softmax across the classes would
+make them compete.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
-from timm.loss import compute_class_weights
+from timm.loss import BinaryCrossEntropy, compute_class_weights
+from timm.task import LogitDistillationTask
 from torch import nn
 
 from helpers.config import ConfigError
@@ -104,3 +112,21 @@ def _require_every_class(bad: np.ndarray, what: str) -> None:
             f"classes.json) {what} in this fold, so its weight is undefined. Set class_weights='none', "
             "or merge or drop that class."
         )
+
+
+class SigmoidDistillationTask(LogitDistillationTask):
+    """timm's logit distillation for a sigmoid per class: the distillation term is the binary cross-entropy
+    of the student's logits / T against sigmoid(teacher logits / T), times T^2 (as timm scales its KL, so
+    the gradient's size does not shrink with T), averaged over images and classes."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        student_logits = self.trainable_module(input)
+        task_loss = self.criterion(student_logits, target)
+        with torch.no_grad():
+            input_kd = self.teacher.normalize_input(input, self.student_mean, self.student_std)
+            teacher_logits = self.teacher(input_kd.detach(), return_features=False)
+        t = self.temperature
+        soft = (teacher_logits.float() / t).sigmoid()
+        kd_loss = BinaryCrossEntropy(smoothing=0.0)(student_logits.float() / t, soft) * t**2
+        total = self.task_loss_weight * task_loss + self.distill_loss_weight * kd_loss
+        return {"loss": total, "output": student_logits, "task_loss": task_loss, "kd_loss": kd_loss}

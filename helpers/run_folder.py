@@ -14,6 +14,8 @@
       submission.csv           the sample submission filled in (05)
       test_probabilities.csv   id and one probability column per class (05)
       data_problems.csv        every problem of the data, when 01 stopped on them
+      pseudo_labels.csv        the pseudo-labelled images training adds to every fold (01, pseudo_source):
+                               id, path, label, label_idx, confidence, source, origin, prob_<class>
       dropped_rows.csv         the rows left out with drop_bad_rows=True
       finished.json            the parameters the runner's whole series ran with (a sweep skips the run)
       pruned.json              a tuning trial stopped by its pruner: fold, epoch, monitor and value (helpers.tune)
@@ -159,6 +161,10 @@ class RunFolder:
         return self.path / "data_problems.csv"
 
     @property
+    def pseudo_labels(self) -> Path:
+        return self.path / "pseudo_labels.csv"
+
+    @property
     def dropped_rows(self) -> Path:
         return self.path / "dropped_rows.csv"
 
@@ -274,6 +280,15 @@ class RunFolder:
     def read_test_probabilities(self) -> pd.DataFrame:
         """The id-indexed probability columns 05 wrote."""
         return pd.read_csv(self.test_probabilities, dtype={"id": str}).set_index("id").astype(float)
+
+    # -- pseudo_labels.csv ------------------------------------------------------------------------------
+    def write_pseudo_labels(self, frame: pd.DataFrame) -> None:
+        atomic_to_csv(frame, self.pseudo_labels)
+
+    def read_pseudo_labels(self) -> pd.DataFrame:
+        """The pseudo-labelled images, ids and label texts as text (an empty label set reads as "")."""
+        text = {"id": str, "path": str, "label": str, "source": str, "origin": str}
+        return pd.read_csv(self.pseudo_labels, dtype=text, keep_default_na=False)
 
     # -- data problems ----------------------------------------------------------------------------------
     def write_data_problems(self, problems: pd.DataFrame) -> None:

@@ -351,7 +351,7 @@ def list_test_images(cfg: Config, data_dir: Path, layout: str) -> pd.DataFrame |
         return _listed_test_images(cfg, data_dir / cfg.sample_submission, test_dir, "sample_submission")
     if not test_dir.is_dir():
         return None
-    files = _image_files(test_dir)
+    files = image_files(test_dir)
     if not files:
         raise DataError(f"{test_dir} holds no images; put the test images there, or remove the empty folder.")
     ids = [f.relative_to(test_dir).as_posix() for f in files]
@@ -368,7 +368,8 @@ def list_test_images(cfg: Config, data_dir: Path, layout: str) -> pd.DataFrame |
     return test
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
+    """The image files under a folder, sorted (hidden files left out)."""
     return sorted(
         f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
     )
@@ -395,7 +396,7 @@ def _listed_test_images(cfg: Config, table: Path, test_dir: Path, setting: str) 
         if not blank:
             test["label"] = listed[cfg.label_col].to_numpy()
     if test_dir.is_dir():
-        unlisted = sorted({str(f) for f in _image_files(test_dir)} - set(test["path"]))
+        unlisted = sorted({str(f) for f in image_files(test_dir)} - set(test["path"]))
         if unlisted:
             names = [Path(u).name for u in unlisted[:5]]
             warnings.warn(

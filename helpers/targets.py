@@ -37,3 +37,17 @@ def multi_hot(index_sets: Sequence[Sequence[int]], num_classes: int) -> np.ndarr
     for row, indices in enumerate(index_sets):
         out[row, list(indices)] = 1.0
     return out
+
+
+# a prepared table's optional column of soft targets: a probability row (C,) for a pseudo-labelled image
+# trained on its source's probabilities (helpers.pseudo_rows), None for a row trained on its labels
+SOFT_TARGET = "soft_target"
+
+
+def with_soft_targets(dense: np.ndarray, soft: Sequence[object]) -> np.ndarray:
+    """Dense (N, C) float targets with each row that has a soft target replaced by it."""
+    out = np.asarray(dense, dtype=np.float32).copy()
+    for row, value in enumerate(soft):
+        if value is not None and not (isinstance(value, float) and np.isnan(value)):
+            out[row] = np.asarray(value, dtype=np.float32)
+    return out

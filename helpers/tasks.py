@@ -25,6 +25,7 @@ from cleanlab.multilabel_classification import get_label_quality_scores as multi
 from cleanlab.rank import get_label_quality_scores
 from matplotlib.figure import Figure
 from timm.loss import AsymmetricLossMultiLabel
+from timm.task import LogitDistillationTask
 from torch import nn
 
 from helpers import multilabel_metrics as ml
@@ -34,6 +35,7 @@ from helpers.folds import assign_folds, assign_multilabel_folds
 from helpers.label_sets import canonical_label
 from helpers.losses import (
     FocalLoss,
+    SigmoidDistillationTask,
     SmoothedBCEWithLogits,
     balanced_class_weights,
     balanced_pos_weight,
@@ -72,6 +74,8 @@ class Task(ABC):
     calibration_skipped: ClassVar[str] = ""  # why temperature scaling does not apply; empty when it does
     blend_objective_name: ClassVar[str]  # what greedy blending optimises on the out-of-fold rows, in words
     stacking: ClassVar[str]  # the shape of a blend's meta-model (helpers.fusion.STACKS)
+    # timm's distillation task for this task's outputs (helpers.losses): softmax KL, or a BCE per class
+    distillation: ClassVar[type[LogitDistillationTask]]
 
     def __init__(self, allow_empty: bool = False) -> None:
         self.allow_empty = allow_empty  # whether an image may hold no class (allow_empty_labels)
@@ -118,6 +122,25 @@ class Task(ABC):
             )
         weights = self.balanced_weights(train_targets, num_classes) if balanced else None
         return self.weighted_loss(loss, smoothing, focal_gamma, weights)
+
+    @abstractmethod
+    def dense_targets(self, targets: np.ndarray, num_classes: int) -> np.ndarray:
+        """`targets` as (N, C) float rows, the form a soft target takes: one-hot, or the multi-hot rows."""
+
+    @abstractmethod
+    def teacher_logits(
+        self, logits: Sequence[torch.Tensor], weights: Sequence[float], temperature: float
+    ) -> torch.Tensor:
+        """One set of logits for several teachers' (weights summing to 1): at `temperature` its
+        probabilities are exactly the weighted mean of the teachers' probabilities at that temperature, so
+        timm's distillation loss sees the ensemble's averaged distribution."""
+
+    @abstractmethod
+    def pseudo_labels(
+        self, probabilities: np.ndarray, threshold: float
+    ) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+        """Which rows a source's probabilities label confidently enough (a boolean per row), each row's
+        confidence (what the threshold is compared with) and each row's hard label as class indices."""
 
     @abstractmethod
     def balanced_weights(self, train_targets: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -292,9 +315,30 @@ class SingleLabel(Task):
     # (benchmarks/RESULTS.md, section 12)
     blend_objective_name = "accuracy, ties broken by log loss"
     stacking = "multinomial"
+    distillation = LogitDistillationTask
 
     def targets(self, rows: pd.DataFrame, num_classes: int) -> np.ndarray:
         return rows["label_idx"].to_numpy(dtype=np.int64)
+
+    def dense_targets(self, targets: np.ndarray, num_classes: int) -> np.ndarray:
+        return np.eye(num_classes, dtype=np.float32)[targets]
+
+    def teacher_logits(
+        self, logits: Sequence[torch.Tensor], weights: Sequence[float], temperature: float
+    ) -> torch.Tensor:
+        # log of the weighted mean of softmax(z / T): a normalised log-distribution, so its softmax at T
+        # (after multiplying by T) is that mean again
+        terms = [
+            (z.float() / temperature).log_softmax(dim=1) + float(np.log(w))
+            for z, w in zip(logits, weights, strict=True)
+        ]
+        return torch.logsumexp(torch.stack(terms), dim=0) * temperature
+
+    def pseudo_labels(
+        self, probabilities: np.ndarray, threshold: float
+    ) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+        confidence = probabilities.max(1)
+        return confidence >= threshold, confidence, [[int(c)] for c in probabilities.argmax(1)]
 
     def encode(self, tokens: Sequence[str], order: dict[str, int], sep: str) -> tuple[str, int | str]:
         return tokens[0], order[tokens[0]]
@@ -420,6 +464,7 @@ class MultiLabel(Task):
     )
     blend_objective_name = "macro mAP"
     stacking = "per_class"
+    distillation = SigmoidDistillationTask
 
     def targets(self, rows: pd.DataFrame, num_classes: int) -> np.ndarray:
         if num_classes < 1:
@@ -428,6 +473,25 @@ class MultiLabel(Task):
 
     def encode(self, tokens: Sequence[str], order: dict[str, int], sep: str) -> tuple[str, int | str]:
         return canonical_label(tokens, order, sep), encode_label_set(order[t] for t in tokens)
+
+    def dense_targets(self, targets: np.ndarray, num_classes: int) -> np.ndarray:
+        return np.asarray(targets, dtype=np.float32)
+
+    def teacher_logits(
+        self, logits: Sequence[torch.Tensor], weights: Sequence[float], temperature: float
+    ) -> torch.Tensor:
+        # the logit of the weighted mean of sigmoid(z / T), times T: its sigmoid at T is that mean again
+        mean = sum(w * (z.float() / temperature).sigmoid() for z, w in zip(logits, weights, strict=True))
+        return torch.logit(mean.clamp(1e-6, 1 - 1e-6)) * temperature
+
+    def pseudo_labels(
+        self, probabilities: np.ndarray, threshold: float
+    ) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+        # each class must be decided: sure enough it holds, or sure enough it does not
+        confidence = np.maximum(probabilities, 1 - probabilities).min(1)
+        holds = probabilities >= 0.5
+        accepted = (confidence >= threshold) & (holds.any(1) | self.allow_empty)
+        return accepted, confidence, [np.flatnonzero(row).tolist() for row in holds]
 
     def split(self, value: object, sep: str) -> list[str]:
         return split_label(value, sep)

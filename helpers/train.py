@@ -5,6 +5,9 @@ micro-batches at the end of an epoch still make an update), clipping after unsca
 EMA, mixup/cutmix, early stopping, and resume from the `last` checkpoint. Randomness is reseeded from
 (seed, fold, epoch) at each epoch, so a resumed run replays exactly what an uninterrupted one would.
 
+A run with `teachers` adds their distillation loss to the labels' (helpers.distill), and a run with
+pseudo-labels adds them to every fold's training rows (helpers.pseudo_rows), never to its validation rows.
+
 A stop signal (helpers.stopping) ends training at the next optimizer update: the `last` checkpoint then
 holds the epoch's position (helpers.epoch_position), and a resumed run goes on from that step to the same
 weights and metrics as a run never stopped. A non-finite loss, gradient norm or weight stops the fold
@@ -41,11 +44,13 @@ from helpers.augment import InputPrep
 from helpers.checkpoints import load_checkpoint, save_checkpoint, unwrap
 from helpers.config import Config, ConfigError
 from helpers.dataset import DataInfo, build_store
+from helpers.distill import Distiller, build_distiller, check_resumed_teachers
 from helpers.epoch_position import EpochPosition, capture_rng, restore_rng
 from helpers.finite import LossWatch
 from helpers.loaders import build_loader, sample_seed
 from helpers.model import create_model
 from helpers.precision import Precision, pick_device, resolve_precision
+from helpers.pseudo_rows import pseudo_training_rows, with_pseudo_labels
 from helpers.run_folder import RunFolder
 from helpers.schedules import Schedule, build_schedule
 from helpers.settings import resolve_task
@@ -71,6 +76,7 @@ class TrainParts:
     prep: InputPrep = InputPrep((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # uint8 -> 0..1 unless given
     updates: int = 0  # optimizer updates so far in this fold
     task: Task = field(default_factory=SingleLabel)  # what validation measures (helpers.tasks)
+    distill: Distiller | None = None  # a distilled fold's loss, with its teachers (helpers.distill)
 
 
 def seed_everything(seed: int) -> None:
@@ -134,7 +140,10 @@ def train_one_epoch(
         # DDP all-reduces gradients during backward: only the micro-batch that updates needs it
         with model.no_sync() if ddp and not updating else nullcontext():
             with parts.precision.context():
-                loss = parts.loss_fn(model(x), target)
+                if parts.distill is not None:
+                    loss = parts.distill(model, x, target)
+                else:
+                    loss = parts.loss_fn(model(x), target)
             parts.scaler.scale(loss / group_size).backward()
         watch.add(i, loss, idx, lr_range(parts.optimizer)[1])
         position.loss_sum += loss.detach().float() * len(y)
@@ -502,6 +511,7 @@ def _save_last(
         scheduler=parts.schedule.scheduler.state_dict(),
         scaler=parts.scaler.state_dict(),
         ema=parts.ema.module.state_dict() if parts.ema is not None else None,
+        teachers=parts.distill.teachers if parts.distill is not None else None,
         rng={"torch": torch.get_rng_state(), "python": random.getstate()},
         position=position,
     )
@@ -582,10 +592,13 @@ def train_fold(
     seed_everything(cfg.seed + fold)
     model = _fold_model(cfg, info.num_classes, device)
     train_rows, val_rows = fold_rows(info, fold)
+    train_rows = with_pseudo_labels(train_rows, pseudo_training_rows(cfg, info, run))  # never val_rows
     train_loader = build_loader(cfg, train_rows, True, fold, device, world_size, rank, info.num_classes)
     val_loader = build_loader(cfg, val_rows, False, fold, device, world_size, rank, info.num_classes)
     updates_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
     parts = build_parts(cfg, model, info.num_classes, updates_per_epoch, device, fold_targets(info, fold))
+    parts.distill = build_distiller(cfg, info, fold, run, model, parts.loss_fn, device)
+    check_resumed_teachers(resumed, parts.distill, run.checkpoint(fold, "last"))
     # -- restore: an unfinished fold's weights, optimizer, schedule, scaler, EMA, counters and position
     state = _restore(resumed, model, parts, rank)
 
@@ -616,6 +629,8 @@ def train_fold(
                 lr_body, lr_head = lr_range(parts.optimizer)
                 row = {"fold": fold, "epoch": epoch, "body_frozen": body_frozen, "lr": lr_head}
                 row.update(lr_body=0.0 if body_frozen else lr_body, **trained)
+                if parts.distill is not None:
+                    row["teacher_seconds"] = parts.distill.take_seconds()  # the teachers' share of it
                 row.update(_validate(model, val_loader, parts, device))
             except StopRequested as stop:
                 n_batches = len(train_loader)
