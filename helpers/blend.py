@@ -46,7 +46,7 @@ from helpers.holdout import sample_submission, test_labels
 from helpers.inference import fill_submission, probabilities_frame
 from helpers.paths import blends_dir, runs_dir
 from helpers.reports import oof_frame
-from helpers.run_folder import BlendFolder, RunFolder
+from helpers.run_folder import BlendFolder, BlendMember, RunFolder
 from helpers.tables import detect_layout, list_test_images
 from helpers.tasks import Task, task_for
 from helpers.thresholds import TunedThresholds
@@ -406,17 +406,6 @@ def write_blend(result: BlendResult, name: str = "") -> BlendFolder:
 
 
 @dataclass(frozen=True)
-class BlendMember:
-    """One member of a written blend: the run, the checkpoint kind and TTA views of its probabilities, and
-    its weight (a stack's: its share of the meta-model's absolute coefficients)."""
-
-    run: str
-    checkpoint: str
-    tta_views: list[str]
-    weight: float
-
-
-@dataclass(frozen=True)
 class BlendRecord:
     """A written blend (blend.json): name, method, task, classes, members, the combiner and the scores."""
 
@@ -444,10 +433,7 @@ def read_blend(name: str) -> BlendRecord:
             f"write it with python -m helpers.blend --name {name}"
         )
     record = folder.read_record()
-    members = [
-        BlendMember(m["run"], m["checkpoint"], list(m["tta_views"]), float(m["weight"]))
-        for m in record["members"]
-    ]
+    members = folder.read_members()
     return BlendRecord(
         record["name"], record["method"], record["task"], list(record["classes"]), members,
         combiner_from_dict(record["combiner"]), record["scores"], record,

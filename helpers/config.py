@@ -89,9 +89,9 @@ class Config:
     drop_bad_rows: bool = setting(False, "data", resumable=True)
     n_folds: int = setting(5, "data")  # K of stratified K-fold (a given fixed split has one part)
     seed: int = setting(42, "data")  # folds, initialisation, augmentation and loader order
-    # pseudo-labels (helpers.pseudo_labels): a run whose test probabilities (05) label the test images, or
-    # whose fold models label unlabelled_dir; the chosen images join every fold's training side, never a
-    # validation fold. Empty: none
+    # pseudo-labels (helpers.pseudo_labels): a run or blend (07) whose test probabilities label the test
+    # images, or whose fold models label unlabelled_dir; the chosen images join every fold's training side,
+    # never a validation fold. Empty: none
     pseudo_source: str = setting("", "data")
     # keep an image when the source is at least this sure (multiclass: its top probability; multilabel:
     # every class's probability at least this far from undecided, p >= t or p <= 1 - t)
@@ -116,8 +116,8 @@ class Config:
     channels_last: bool = setting(True, "train")  # memory format for conv nets
     compile: bool = setting(False, "train")  # torch.compile the model (benchmarks/RESULTS.md: when it pays)
     # --- distillation (helpers.distill) -----------------------------------------------------------
-    # runs of the same data set, classes and folds whose fold-k models teach this run's fold k (their
-    # best_score checkpoints, run live on each training batch); empty: no distillation
+    # runs (or blends of runs, at their weights) of the same data set, classes and folds whose fold-k models
+    # teach this run's fold k (run live on each training batch); empty: no distillation
     teachers: list[str] = setting([], "train")
     distill_temperature: float = setting(2.0, "train")  # softens the teachers' and student's outputs
     # the loss is (1 - w) x the labels' loss + w x the distillation loss (timm's LogitDistillationTask)

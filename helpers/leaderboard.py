@@ -90,7 +90,18 @@ LOWER_IS_BETTER = {"best_val_loss", "test_log_loss", "train_seconds", "seconds_p
 SORTABLE = [
     c
     for c in COLUMNS
-    if c not in {"run", "kind", "task", "rank", "backbone", "finished", "pruned_at_epoch", "teachers", "pseudo_labels"}
+    if c
+    not in {
+        "run",
+        "kind",
+        "task",
+        "rank",
+        "backbone",
+        "finished",
+        "pruned_at_epoch",
+        "teachers",
+        "pseudo_labels",
+    }
 ]
 TASK_ORDER = ("multiclass", "multilabel")
 MULTICLASS_ONLY = [

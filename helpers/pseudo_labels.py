@@ -1,8 +1,8 @@
 """Pseudo-labels: a source's confident predictions on unlabelled images, chosen once per run by 01.
 
 The source (`pseudo_source`, resolved by helpers.sources) labels either the data set's test images, from
-the probabilities its 05 saved (test_probabilities.csv), or the images of `unlabelled_dir`, which its fold
-models predict here. The run's task decides what is confident (`Task.pseudo_labels`: a multiclass top
+the probabilities its 05 (a run) or 07 (a blend) saved (test_probabilities.csv), or the images of
+`unlabelled_dir`, which its runs' fold models predict here. The run's task decides what is confident (`Task.pseudo_labels`: a multiclass top
 probability, or every class of a multilabel image decided, at `pseudo_threshold`); test labels, when the
 data set has them, are never read. An image that is also a training image is left out. The chosen images,
 their labels, confidences and source probabilities are saved in the run's pseudo_labels.csv, which
@@ -10,6 +10,8 @@ training reads back (helpers.pseudo_rows); once the run has trained, the saved c
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,7 +26,7 @@ from helpers.label_sets import class_rows
 from helpers.paths import resolve_path
 from helpers.plots import save_figure, show_images
 from helpers.pseudo_rows import probability_columns
-from helpers.run_folder import RunFolder
+from helpers.run_folder import BlendFolder, RunFolder
 from helpers.sources import SourceMember, source_members
 from helpers.tables import DataError, detect_layout, image_files, list_test_images
 from helpers.tasks import task_named
@@ -32,26 +34,47 @@ from helpers.tasks import task_named
 TEST_IMAGES = "test images"  # pseudo_labels.csv's `origin` of images taken from the data set's test set
 
 
-def _saved_probabilities(member: SourceMember, ids: pd.Series, classes: list[str]) -> np.ndarray:
-    """A member run's saved test probabilities (its 05) in the order of `ids`."""
-    if not member.run.test_probabilities.exists():
-        raise MissingFileError(
-            f"pseudo_source: {member.run.test_probabilities} does not exist: run 05_inference for run "
-            f"{member.run.name!r} first (its test probabilities are the pseudo-labels' source)"
-        )
-    saved = member.run.read_test_probabilities()
+def _saved_probabilities(
+    owner: str, file: Path, saved: pd.DataFrame, ids: pd.Series, classes: list[str], rerun: str
+) -> np.ndarray:
+    """Probabilities a run's 05 or a blend saved for the test images (`owner` names which, `rerun` how to
+    write them again), in the order of `ids`."""
     if list(saved.columns) != list(classes):
         raise ConfigError(
-            f"pseudo_source: run {member.run.name!r} predicts classes {list(saved.columns)}, and this data set "
-            f"has {classes}"
+            f"pseudo_source: {owner} predicts classes {list(saved.columns)}, and this data set has {classes}"
         )
     missing = sorted(set(ids) - set(saved.index))
     if missing:
         raise DataError(
-            f"{member.run.test_probabilities} has no probabilities for {len(missing)} test image(s), e.g. "
-            f"{missing[:5]}: run 05 for run {member.run.name!r} again on this test set"
+            f"{file} has no probabilities for {len(missing)} test image(s), e.g. {missing[:5]}: {rerun} again "
+            "on this test set"
         )
     return saved.loc[ids].to_numpy(dtype=np.float64)
+
+
+def _run_probabilities(member: SourceMember, ids: pd.Series, classes: list[str]) -> np.ndarray:
+    """A member run's saved test probabilities (its 05) in the order of `ids`."""
+    file = member.run.test_probabilities
+    if not file.exists():
+        raise MissingFileError(
+            f"pseudo_source: {file} does not exist: run 05_inference for run {member.run.name!r} first (its "
+            "test probabilities are the pseudo-labels' source)"
+        )
+    owner = f"run {member.run.name!r}"
+    return _saved_probabilities(owner, file, member.run.read_test_probabilities(), ids, classes, "run its 05")
+
+
+def _test_probabilities(
+    name: str, members: list[SourceMember], ids: pd.Series, classes: list[str]
+) -> np.ndarray:
+    """The source's probabilities for the test images: a blend's own (what its submission was decided
+    from), or its members' saved ones weighted."""
+    blend = BlendFolder.named(name)
+    if blend.complete():
+        saved = blend.read_test_probabilities()
+        rerun = f"write blend {name!r} (07)"
+        return _saved_probabilities(f"blend {name!r}", blend.test_probabilities, saved, ids, classes, rerun)
+    return sum(m.weight * _run_probabilities(m, ids, classes) for m in members)
 
 
 def _predicted_probabilities(member: SourceMember, rows: pd.DataFrame) -> np.ndarray:
@@ -83,7 +106,7 @@ def source_probabilities(cfg: Config, info: DataInfo) -> tuple[pd.DataFrame, np.
             "unlabelled_dir to a folder of unlabelled images"
         )
     rows = test[["id", "path"]]  # a labelled test set's labels are not read
-    probabilities = sum(m.weight * _saved_probabilities(m, rows["id"], info.classes) for m in members)
+    probabilities = _test_probabilities(cfg.pseudo_source, members, rows["id"], info.classes)
     return rows.reset_index(drop=True), probabilities, TEST_IMAGES
 
 

@@ -323,6 +323,18 @@ class RunFolder:
         """The epoch a tuning trial's pruner stopped this run at; None when it was not pruned."""
         return int(json.loads(self.pruned.read_text())["epoch"]) if self.pruned.exists() else None
 
+
+@dataclass(frozen=True)
+class BlendMember:
+    """One member of a written blend: the run, the checkpoint kind and TTA views of its probabilities, and
+    its weight (a stack's: its share of the meta-model's absolute coefficients)."""
+
+    run: str
+    checkpoint: str
+    tta_views: list[str]
+    weight: float
+
+
 @dataclass(frozen=True)
 class BlendFolder:
     """One blend's folder under outputs/blends, and the files in it. blend.json is written last and
@@ -378,6 +390,13 @@ class BlendFolder:
 
     def read_record(self) -> dict[str, Any]:
         return json.loads(self.record.read_text())
+
+    def read_members(self) -> list[BlendMember]:
+        """The members blend.json lists, in its order."""
+        return [
+            BlendMember(m["run"], m["checkpoint"], list(m["tta_views"]), float(m["weight"]))
+            for m in self.read_record()["members"]
+        ]
 
     def write_oof(self, frame: pd.DataFrame) -> None:
         atomic_to_csv(frame, self.oof)

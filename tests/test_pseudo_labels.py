@@ -28,7 +28,7 @@ from helpers.pseudo_labels import (
     source_probabilities,
 )
 from helpers.pseudo_rows import probability_columns, pseudo_training_rows, with_pseudo_labels
-from helpers.run_folder import RunFolder
+from helpers.run_folder import BlendFolder, RunFolder
 from helpers.targets import SOFT_TARGET
 from helpers.tasks import MultiLabel, SingleLabel
 from helpers.train import fold_rows, train_fold, train_folds
@@ -113,6 +113,27 @@ def test_chosen_from_saved_test_probabilities_without_the_test_labels(outputs, m
     assert np.allclose(table[probability_columns(info.classes)].to_numpy(), probabilities[[5, 2, 0, 3]])
     assert pseudo_label_counts(table, info)["pseudo"].tolist() == [2, 1, 1]
     assert "pseudo-labels of these test images" in pseudo_test_note(run)
+
+
+def test_a_blend_source_labels_the_test_images_with_its_own_probabilities(outputs, make_csv_dataset):
+    data = make_csv_dataset(per_class=8)
+    ids = _with_test_images(data, n=2)
+    cfg, info, run = _run(data, pseudo_source="blended", pseudo_threshold=0.8)
+    _source(cfg, ids, np.array([[0.5, 0.5, 0.0], [0.5, 0.0, 0.5]]), info.classes)  # its member, unsure
+    blend = BlendFolder.named("blended")
+    blend.path.mkdir(parents=True)
+    blended = np.array([[0.1, 0.9, 0.0], [0.05, 0.05, 0.9]])  # a stack is no weighted mean of its members
+    blend.write_test_probabilities(probabilities_frame(ids, blended, info.classes))
+    members = [{"run": "source", "checkpoint": "best_score", "tta_views": ["identity"], "weight": 1.0}]
+    blend.write_record({"name": "blended", "method": "stack", "members": members})
+    rows, probabilities, origin = source_probabilities(cfg, info)
+    assert rows["id"].tolist() == ids and origin == TEST_IMAGES
+    assert np.allclose(probabilities, blended)
+    table = prepare_pseudo_labels(cfg, info, run)
+    assert dict(zip(table["id"], table["label"], strict=True)) == {
+        ids[0]: info.classes[1],
+        ids[1]: info.classes[2],
+    }
 
 
 def test_training_images_are_never_pseudo_labelled(outputs, make_csv_dataset):
