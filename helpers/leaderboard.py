@@ -119,6 +119,8 @@ MULTILABEL_ONLY = ["val_map_tta", "val_map", "val_f1_micro_tuned_tta", "val_f1_m
 # a notebook (a 1400 px window)
 DETAILS = ["kind", "backbone", "img_size", "epochs", "pruned_at_epoch", "teachers", "pseudo_labels", "best_val_loss",
            "train_seconds", "seconds_per_epoch", "images_per_s", "parameters"]  # fmt: skip
+# details only some runs have (tuning trials, distilled or pseudo-labelled runs): shown when one has them
+OCCASIONAL_DETAILS = ["pruned_at_epoch", "teachers", "pseudo_labels"]
 # a multiclass column's counterpart for multilabel runs (and back): what ranks them and is their plot's axis
 MULTILABEL_COUNTERPART = {
     "val_acc_tta": "val_map_tta",
@@ -255,13 +257,16 @@ def by_task(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def display_tables(frame: pd.DataFrame, sort_by: str) -> list[tuple[str, pd.DataFrame]]:
     """06's tables, titled: per task, its runs' scores ranked by `sort_by` (or the task's counterpart of
-    it, named in the title), then how each run was made and what it cost (DETAILS)."""
+    it, named in the title), then how each run was made and what it cost (DETAILS, without the occasional
+    ones no run of the task has)."""
     tables = []
     for task, runs in by_task(rank_runs(frame, sort_by)).items():
         tables.append(
             (f"{task} runs, ranked by {sort_column(sort_by, task)}", runs.drop(columns=["task", *DETAILS]))
         )
-        tables.append((f"{task} runs: backbone, size, loss and cost", runs[["run", "rank", *DETAILS]]))
+        details = runs[["run", "rank", *DETAILS]]
+        unused = [c for c in OCCASIONAL_DETAILS if details[c].replace("", np.nan).isna().all()]
+        tables.append((f"{task} runs: backbone, size, loss and cost", details.drop(columns=unused)))
     return tables
 
 

@@ -308,7 +308,7 @@ def build_parts(
     )
 
 
-def _higher_is_better(monitor: str) -> bool:
+def higher_is_better(monitor: str) -> bool:
     return monitor != "val_loss"
 
 
@@ -317,7 +317,7 @@ def _improved(monitor: str, value: float, best: float | None) -> bool:
     without any positive) beats nothing, and anything beats it."""
     if best is None or math.isnan(best):
         return True
-    return value > best if _higher_is_better(monitor) else value < best
+    return value > best if higher_is_better(monitor) else value < best
 
 
 def best_epochs(metrics: pd.DataFrame, monitor: str) -> pd.DataFrame:
@@ -326,7 +326,7 @@ def best_epochs(metrics: pd.DataFrame, monitor: str) -> pd.DataFrame:
     Of tied epochs the first, as the fold's best_score checkpoint holds it.
     """
     by_fold = metrics.groupby("fold")[monitor]
-    return metrics.loc[by_fold.idxmax() if _higher_is_better(monitor) else by_fold.idxmin()]
+    return metrics.loc[by_fold.idxmax() if higher_is_better(monitor) else by_fold.idxmin()]
 
 
 @dataclass

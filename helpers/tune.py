@@ -58,7 +58,7 @@ from helpers.study_storage import (
     storage_url,
     trial_run_name,
 )
-from helpers.train import _higher_is_better, best_epochs, train_fold
+from helpers.train import best_epochs, higher_is_better, train_fold
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "none")
@@ -89,7 +89,7 @@ class StudySettings:
 
     @property
     def direction(self) -> str:
-        return "maximize" if _higher_is_better(self.monitor) else "minimize"
+        return "maximize" if higher_is_better(self.monitor) else "minimize"
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("base", "space", "monitor", "sampler", "pruner")}

@@ -164,3 +164,17 @@ def test_06_tables_name_their_ranking_column_fit_a_window_and_compare_f1_at_one_
     multilabel = tables[2][1]
     f1 = [c for c in multilabel.columns if "f1" in c]
     assert f1 == ["val_f1_micro_tuned_tta", "val_f1_macro_tuned_tta", "test_f1_micro", "test_f1_macro"]
+
+
+def test_06_shows_the_occasional_details_only_where_a_run_has_them(mixed):
+    frame = leaderboard.build_leaderboard()
+    frame["teachers"] = np.where(frame["run"] == frame["run"].iloc[0], "big_teacher", "")
+    details = {
+        title: table for title, table in leaderboard.display_tables(frame, "test_acc") if ": " in title
+    }
+    with_teacher = [t for t in details.values() if "big_teacher" in t.get("teachers", pd.Series()).tolist()]
+    assert len(with_teacher) == 1
+    assert all(
+        "pruned_at_epoch" not in t.columns and "pseudo_labels" not in t.columns for t in details.values()
+    )
+    assert sum("teachers" in t.columns for t in details.values()) == 1, "the other task's runs have none"
