@@ -14,6 +14,16 @@ confident predictions on the folder (`pseudo_source`, `unlabelled_dir`, threshol
 2 takes round 1's. Test accuracy of each round. Every run trains fold 0; medians over the seeds (the folds,
 initialisation, draws and the kept fifth follow the seed). --quick: one seed, 2 epochs (4 for the
 pseudo-label rounds).
+
+    python benchmarks/bench_distill.py --followup [--quick] [--json FILE]
+
+The follow-up measurement, on its own (a time budget: seeds are run while the next one is expected to fit
+in FOLLOWUP_BUDGET_S). The multi-label demo (macro mAP over its 300 test images): the same three teachers,
+their ensemble, the student alone and distilled, all EPOCHS. The digits with a weaker student: the teachers
+at EPOCHS, the student alone and distilled at SHORT_EPOCHS, so the gap is wider. And the distilled digits
+student exported to ONNX (helpers.export) and timed on the test images' pixels, already decoded and resized,
+in onnxruntime (CPU, one thread) beside the same model in torch (one thread), and beside the kit's whole
+prediction path (reading the images included). --quick: one seed, 2 epochs (1 for the short student).
 """
 
 from __future__ import annotations
@@ -45,6 +55,9 @@ STUDENTS = (
 )
 KEEP = 0.2  # the labelled fifth of the pseudo-label part
 ROUNDS = 2
+MULTILABEL = {"label_col": "labels", "task": "multilabel"}
+SHORT_EPOCHS = 3  # the weaker digits student of the follow-up
+FOLLOWUP_BUDGET_S = 600.0
 
 
 def _environment() -> None:
@@ -110,6 +123,17 @@ def _predict(members: list, test) -> tuple[Any, float]:
     return total / len(members), len(test) / (time.perf_counter() - started)
 
 
+def _test_set(cfg, classes: list[str]) -> tuple[Any, Any]:
+    """The data's test rows (id, path) and their targets as the run's task reads them."""
+    from helpers.dataset import data_dir_of
+    from helpers.holdout import checked_test_images, test_labels
+    from helpers.tables import detect_layout, list_test_images
+
+    data_dir = data_dir_of(cfg)
+    test = checked_test_images(list_test_images(cfg, data_dir, detect_layout(cfg, data_dir)), cfg)
+    return test, test_labels(cfg, data_dir, test, classes)
+
+
 def _accuracy(probabilities, test) -> float:
     return float((probabilities.argmax(1) == test["label_idx"].to_numpy(dtype=int)).mean())
 
@@ -170,6 +194,114 @@ def pseudo_rounds(demo: Path, work: Path, seed: int, epochs: int) -> dict[str, A
         out["labelled"] = len(info.table)
         source = run.name
     return out
+
+
+def _teachers_and_students(
+    data: Path, tag: str, seed: int, epochs: int, student_epochs: int, **settings: Any
+) -> tuple[dict[str, Any], Any]:
+    """Three teachers, their ensemble, the student alone and distilled on one data set: the task's view
+    score (accuracy, or macro mAP) on its test images and images/s; also the distilled student's run."""
+    from helpers.tasks import task_for
+
+    out: dict[str, Any] = {}
+    teachers = []
+    for backbone in TEACHERS:
+        cfg, info, run = _train(data, f"{tag}_teacher_{backbone}_{seed}", backbone, seed, epochs, **settings)
+        teachers.append((cfg, run.checkpoint(0, "best_score")))
+    task = task_for(cfg)
+    test, targets = _test_set(cfg, info.classes)
+    for member, backbone in zip(teachers, TEACHERS, strict=True):
+        out[f"teacher {backbone}"] = task.view_score(targets, _predict([member], test)[0])
+    probabilities, out["ensemble_images_per_s"] = _predict(teachers, test)
+    out["ensemble"] = task.view_score(targets, probabilities)
+    names = [c.run_name for c, _ in teachers]
+    for kind, extra in (("alone", {}), ("distilled", {"teachers": names})):
+        cfg, _, run = _train(data, f"{tag}_{kind}_{seed}", STUDENT, seed, student_epochs, **settings, **extra)
+        probabilities, out[f"{kind}_images_per_s"] = _predict([(cfg, run.checkpoint(0, "best_score"))], test)
+        out[kind] = task.view_score(targets, probabilities)
+    out["metric"], out["test_images"] = task.view_metric, len(test)
+    return out, run
+
+
+def onnx_speed(run) -> dict[str, Any]:
+    """The run's fold-0 model exported to ONNX; images/s over the test images' pixels (decoded and resized
+    beforehand, batches of BATCH_SIZE) in onnxruntime and in torch, one thread each."""
+    import onnxruntime
+    import torch
+
+    from helpers.checkpoints import load_model
+    from helpers.export import INPUT, OUTPUT, PixelsToProbabilities, export_run, parity_images
+    from helpers.model import data_config_for
+    from helpers.tasks import task_for
+
+    cfg = run.read_config()
+    started = time.perf_counter()
+    exported = export_run(run)[0]
+    export_seconds = time.perf_counter() - started
+    pixels = parity_images(cfg, 10**6)
+    batches = [pixels[i : i + BATCH_SIZE] for i in range(0, len(pixels), BATCH_SIZE)]
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(exported.onnx), options, providers=["CPUExecutionProvider"])
+    model, _ = load_model(run.checkpoint(0, "best_score"))
+    mean, std = (data_config_for(cfg.backbone)[k] for k in ("mean", "std"))
+    wrapped = PixelsToProbabilities(model, mean, std, task_for(cfg)).eval()
+
+    def timed(step) -> float:
+        step(batches[0])  # warm-up
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            for batch in batches:
+                step(batch)
+            best = min(best, time.perf_counter() - t)
+        return len(pixels) / best
+
+    with torch.no_grad():
+        torch_rate = timed(wrapped)
+    onnx_rate = timed(lambda batch: session.run([OUTPUT], {INPUT: batch.numpy()}))
+    return {
+        "onnx_images_per_s": onnx_rate,
+        "torch_pixels_images_per_s": torch_rate,
+        "export_seconds": export_seconds,
+        "parity_max_abs_diff": exported.max_abs_diff,
+        "onnx_bytes": exported.onnx.stat().st_size,
+    }
+
+
+def followup_seed(seed: int, epochs: int, short_epochs: int) -> dict[str, Any]:
+    """One seed of the follow-up: the multi-label demo, the weaker digits student, its ONNX speed."""
+    from helpers.demo import ensure_demo_data
+
+    digits = ensure_demo_data()
+    multilabel, _ = _teachers_and_students(
+        digits.parent / "digits_multilabel", "ml", seed, epochs, epochs, **MULTILABEL
+    )
+    weaker, run = _teachers_and_students(digits, "short", seed, epochs, short_epochs)
+    return {"seed": seed, "multilabel": multilabel, "digits_short": weaker, "onnx": onnx_speed(run)}
+
+
+def followup(quick: bool) -> dict[str, Any]:
+    """Seeds of the follow-up while the next is expected to fit in the budget (the slowest seed so far)."""
+    _environment()
+    started, load = time.perf_counter(), [os.getloadavg()]
+    epochs, short_epochs, seeds = (2, 1, SEEDS[:1]) if quick else (EPOCHS, SHORT_EPOCHS, SEEDS)
+    rows, slowest = [], 0.0
+    for seed in seeds:
+        if rows and time.perf_counter() - started + slowest > FOLLOWUP_BUDGET_S:
+            break
+        t = time.perf_counter()
+        rows.append(followup_seed(seed, epochs, short_epochs))
+        slowest = max(slowest, time.perf_counter() - t)
+        load.append(os.getloadavg())
+    return {
+        "quick": quick,
+        "epochs": epochs,
+        "short_epochs": short_epochs,
+        "seeds": rows,
+        "load": load,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -275,5 +407,113 @@ def markdown(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def followup_markdown(r: dict[str, Any]) -> list[str]:
+    rows = r["seeds"]
+    seeds = [x["seed"] for x in rows]
+
+    def median(part: str, key: str) -> float:
+        return statistics.median(x[part][key] for x in rows)
+
+    def table(part: str, student_epochs: int) -> list[str]:
+        metric = {"map": "macro mAP"}.get(rows[0][part]["metric"], rows[0][part]["metric"])
+        lines = [
+            f"| model | test {metric} (median) | per seed | images/s (median) |",
+            "|---|---:|---|---:|",
+        ]
+        for backbone in TEACHERS:
+            key = f"teacher {backbone}"
+            per_seed = ", ".join(f"{x[part][key]:.3f}" for x in rows)
+            lines.append(
+                f"| teacher {backbone} ({r['epochs']} epochs) | {median(part, key):.3f} | {per_seed} | |"
+            )
+        for key, name in (
+            ("ensemble", "the 3 teachers' equal-weight ensemble"),
+            ("alone", f"{STUDENT} alone ({student_epochs} epochs)"),
+            ("distilled", f"{STUDENT} distilled ({student_epochs} epochs)"),
+        ):
+            per_seed = ", ".join(f"{x[part][key]:.3f}" for x in rows)
+            lines.append(
+                f"| {name} | **{median(part, key):.3f}** | {per_seed} | "
+                f"{median(part, f'{key}_images_per_s'):.0f} |"
+            )
+        closed = [
+            f"{(x[part]['distilled'] - x[part]['alone']) / (x[part]['ensemble'] - x[part]['alone']):.2f}"
+            if x[part]["ensemble"] > x[part]["alone"]
+            else "no gap"
+            for x in rows
+        ]
+        return lines + [
+            "",
+            f"Gap closed per seed, (distilled - alone) / (ensemble - alone): {', '.join(closed)}.",
+        ]
+
+    ml, dg = rows[0]["multilabel"], rows[0]["digits_short"]
+    lines = [
+        f"Follow-up (`python benchmarks/bench_distill.py --followup`): medians over seeds {seeds} (the seeds that "
+        f"fit its {FOLLOWUP_BUDGET_S:.0f} s budget); fold 0, batch {BATCH_SIZE}, {IMG_SIZE} px, from scratch, "
+        "teachers and student as above, the defaults (temperature 2, weight 0.5).",
+        "",
+        f"The multi-label demo ({ml['test_images']} test images, macro mAP; every model {r['epochs']} epochs):",
+        "",
+        *table("multilabel", r["epochs"]),
+        "",
+        f"The digits ({dg['test_images']} test images) with a weaker student: teachers {r['epochs']} epochs, the "
+        f"student {r['short_epochs']}:",
+        "",
+        *table("digits_short", r["short_epochs"]),
+        "",
+        f"The distilled digits student ({STUDENT}, {IMG_SIZE} px) on the {dg['test_images']} test images, one "
+        "thread, batches of 64, best of 3 passes per seed, medians:",
+        "",
+        "| path | images/s (median) | per seed |",
+        "|---|---:|---|",
+    ]
+    for key, name in (
+        (
+            "torch_pixels_images_per_s",
+            "PyTorch, the model on decoded pixels (normalisation and softmax included)",
+        ),
+        ("onnx_images_per_s", "onnxruntime on CPU, the exported .onnx on the same pixels"),
+    ):
+        per_seed = ", ".join(f"{x['onnx'][key]:.0f}" for x in rows)
+        lines.append(f"| {name} | **{median('onnx', key):.0f}** | {per_seed} |")
+    per_seed = ", ".join(f"{x['digits_short']['distilled_images_per_s']:.0f}" for x in rows)
+    lines += [
+        f"| the kit's prediction (predict_checkpoints: reading and resizing the JPEGs included) | "
+        f"{median('digits_short', 'distilled_images_per_s'):.0f} | {per_seed} |",
+        "",
+        f"Export {median('onnx', 'export_seconds'):.0f} s (median, parity check included; largest probability "
+        f"difference {max(x['onnx']['parity_max_abs_diff'] for x in rows):.1e}), "
+        f"{median('onnx', 'onnx_bytes') / 1024:.0f} KiB.",
+    ]
+    loads = ", ".join(f"{x[0]:.1f}" for x in r["load"])
+    lines += [
+        "",
+        f"Load average (1 min) at the start and after each seed: {loads} (run at nice 19 beside other jobs on the "
+        f"2 cores): the images/s are noisy, the scores are the figures. {r['seconds']:.0f} s in all.",
+    ]
+    return lines
+
+
+def main() -> int:
+    import argparse
+
+    from cli import report, temporary_outputs
+
+    from helpers.allocator import retain_freed_memory
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--followup", action="store_true", help="the follow-up measurement alone")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args()
+    if not args.followup:
+        return quick_main(__doc__, "bench_distill_out_", run, markdown)
+    retain_freed_memory()
+    with temporary_outputs("bench_distill_out_"):
+        result = followup(args.quick)
+    return report(result, args.json, followup_markdown)
+
+
 if __name__ == "__main__":
-    sys.exit(quick_main(__doc__, "bench_distill_out_", run, markdown))
+    sys.exit(main())
