@@ -119,9 +119,9 @@ class Config:
     # runs (or blends of runs, at their weights) of the same data set, classes and folds whose fold-k models
     # teach this run's fold k (run live on each training batch); empty: no distillation
     teachers: list[str] = setting([], "train")
-    distill_temperature: float = setting(2.0, "train")  # softens the teachers' and student's outputs
+    distill_temperature: float = setting(4.0, "train")  # softens the teachers' and student's outputs
     # the loss is (1 - w) x the labels' loss + w x the distillation loss (timm's LogitDistillationTask)
-    distill_weight: float = setting(0.5, "train")
+    distill_weight: float = setting(0.9, "train")
     # --- training ---------------------------------------------------------------------------------
     folds: list[int] = setting([0], "train", resumable=True)  # folds to train; [] means all
     epochs: int = setting(5, "train")
