@@ -17,6 +17,22 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 SIDE = 16
+PROJECT_OUTPUTS = Path(__file__).resolve().parents[1] / "outputs"  # a user's runs, blends and studies
+
+
+def _project_outputs() -> set[Path]:
+    """What the project's own outputs/ holds, two levels deep (runs/<run>, blends/<blend>, ...)."""
+    return {p.relative_to(PROJECT_OUTPUTS) for pattern in ("*", "*/*") for p in PROJECT_OUTPUTS.glob(pattern)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def project_outputs_untouched():
+    """No test writes into the project's outputs/, where a user's work lives: every test that makes runs
+    points KIT_OUTPUTS at a temp folder (the `outputs` fixture), and one that loses it fails here."""
+    before = _project_outputs()
+    yield
+    added = sorted(str(p) for p in _project_outputs() - before)
+    assert not added, f"tests wrote into {PROJECT_OUTPUTS}: {added[:5]}"
 
 
 @pytest.fixture

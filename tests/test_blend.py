@@ -363,17 +363,16 @@ def test_an_interrupted_blend_leaves_no_half_written_file_and_no_record(three_ru
 
         return Half()
 
-    monkeypatch.setattr(blend, "probabilities_frame", half_written)
-    with pytest.raises(Killed):
+    with monkeypatch.context() as killing, pytest.raises(Killed):
+        killing.setattr(blend, "probabilities_frame", half_written)
         blend.write_blend(result, "kept")
     assert not folder.complete()  # the record went first: no blend.json describes the files left
     assert folder.test_probabilities.read_text() == before  # the old file whole, not the half one
     assert [p.name for p in folder.path.iterdir() if p.name.endswith(".tmp")] == []
     with pytest.raises(MissingFileError, match="interrupted"):
         blend.read_blend("kept")
-    monkeypatch.undo()
-    blend.write_blend(result, "kept")
-    assert blend.read_blend("kept").method == "mean"
+    blend.write_blend(result, "kept")  # written again, into the same outputs folder
+    assert blend.read_blend("kept").method == "mean" and folder.complete()
 
 
 def test_the_command_line_writes_the_blend_and_lists_what_it_left_out(three_runs, capsys):
