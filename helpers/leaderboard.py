@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +255,11 @@ def by_task(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
+def without_unused(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """The frame without those of `columns` that no row fills (NaN or empty text)."""
+    return frame.drop(columns=[c for c in columns if frame[c].replace("", np.nan).isna().all()])
+
+
 def display_tables(frame: pd.DataFrame, sort_by: str) -> list[tuple[str, pd.DataFrame]]:
     """06's tables, titled: per task, its runs' scores ranked by `sort_by` (or the task's counterpart of
     it, named in the title), then how each run was made and what it cost (DETAILS, without the occasional
@@ -264,9 +269,8 @@ def display_tables(frame: pd.DataFrame, sort_by: str) -> list[tuple[str, pd.Data
         tables.append(
             (f"{task} runs, ranked by {sort_column(sort_by, task)}", runs.drop(columns=["task", *DETAILS]))
         )
-        details = runs[["run", "rank", *DETAILS]]
-        unused = [c for c in OCCASIONAL_DETAILS if details[c].replace("", np.nan).isna().all()]
-        tables.append((f"{task} runs: backbone, size, loss and cost", details.drop(columns=unused)))
+        details = without_unused(runs[["run", "rank", *DETAILS]], OCCASIONAL_DETAILS)
+        tables.append((f"{task} runs: backbone, size, loss and cost", details))
     return tables
 
 
@@ -431,7 +435,8 @@ def main() -> int:
     frame = write_leaderboard()
     with pd.option_context("display.max_columns", None, "display.width", 200):
         for task, runs in by_task(frame).items():
-            print(f"{task} runs:\n{runs.round(4).to_string(index=False)}\n")
+            shown = without_unused(runs, [*OCCASIONAL_DETAILS, "nested_score"])
+            print(f"{task} runs:\n{shown.round(4).to_string(index=False)}\n")
     if frame.empty:
         print("no trained runs yet")
     print(f"wrote {leaderboard_csv()} and {leaderboard_png()}")

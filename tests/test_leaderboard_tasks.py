@@ -124,6 +124,10 @@ def test_the_command_prints_one_table_per_task(mixed, capsys):
         < out.index("multilabel runs:")
         < out.index("ml_low")
     )
+    header = out.splitlines()[1]
+    assert "val_acc_tta" in header and "teachers" not in header and "nested_score" not in header, (
+        "none has them"
+    )
 
 
 def test_a_run_is_finished_when_its_submission_or_without_a_test_set_its_evaluation_exists(outputs, tmp_path):
